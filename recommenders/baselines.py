@@ -8,7 +8,9 @@ from simulator.policy import PolicyContext, top_k_items
 from simulator.types import Feedback, Observation
 
 
-def random_subsets(n: int, num_items: int, k: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def random_subsets(
+    n: int, num_items: int, k: int, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """[n, k] uniformly random k-subsets of range(num_items), in random order.
 
     Floyd's algorithm, vectorized over users: k draws per user whatever the catalog size,
@@ -18,7 +20,11 @@ def random_subsets(n: int, num_items: int, k: int, gen: torch.Generator, device:
     out = torch.empty(n, k, dtype=torch.long, device=device)
     for col, j in enumerate(range(num_items - k, num_items)):
         t = (torch.rand(n, generator=gen, device=device) * (j + 1)).long().clamp_max(j)
-        taken = (out[:, :col] == t[:, None]).any(dim=1) if col else torch.zeros(n, dtype=torch.bool, device=device)
+        taken = (
+            (out[:, :col] == t[:, None]).any(dim=1)
+            if col
+            else torch.zeros(n, dtype=torch.bool, device=device)
+        )
         out[:, col] = torch.where(taken, torch.full_like(t, j), t)
     order = torch.rand(n, k, generator=gen, device=device).argsort(dim=1)
     return out.gather(1, order)

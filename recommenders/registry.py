@@ -23,8 +23,18 @@ class PolicyKind:
 POLICIES: dict[str, PolicyKind] = {
     k.name: k
     for k in (
-        PolicyKind("random", "uniformly random slates: the natural (non-optimizing) reference", False, UniformRandom),
-        PolicyKind("popularity", "the most-clicked items so far, the same slate for everyone", False, Popularity),
+        PolicyKind(
+            "random",
+            "uniformly random slates: the natural (non-optimizing) reference",
+            False,
+            UniformRandom,
+        ),
+        PolicyKind(
+            "popularity",
+            "the most-clicked items so far, the same slate for everyone",
+            False,
+            Popularity,
+        ),
         PolicyKind(
             "oracle-greedy",
             "ORACLE: top items by true click utility (reads true preferences; an upper bound, not deployable)",
@@ -41,4 +51,6 @@ def make_policy(name: str) -> Policy:
     except KeyError:
         close = difflib.get_close_matches(name, POLICIES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpecError(f"unknown policy {name!r}{hint}; known: {', '.join(sorted(POLICIES))}") from None
+        raise SpecError(
+            f"unknown policy {name!r}{hint}; known: {', '.join(sorted(POLICIES))}"
+        ) from None

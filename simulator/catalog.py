@@ -4,7 +4,6 @@ device sees the same items."""
 
 from __future__ import annotations
 
-
 import torch
 
 from .errors import SpecError
@@ -65,7 +64,9 @@ def build_catalog(spec: CatalogSpec, env_seed: int) -> Catalog:
                 return default
             values = torch.tensor(table[name].to_numpy(), dtype=default.dtype)
             if values.dtype.is_floating_point and not torch.isfinite(values).all():
-                raise SpecError(f"catalog column {name!r} in {spec.path} has NaN or infinite values")
+                raise SpecError(
+                    f"catalog column {name!r} in {spec.path} has NaN or infinite values"
+                )
             return values
 
         appeal = column("appeal", torch.zeros(k))

@@ -44,7 +44,9 @@ class MNL:
     def __init__(self, spec: MNLChoice) -> None:
         self.spec = spec
 
-    def probabilities(self, u: torch.Tensor, items: torch.Tensor, appeal: torch.Tensor) -> torch.Tensor:
+    def probabilities(
+        self, u: torch.Tensor, items: torch.Tensor, appeal: torch.Tensor
+    ) -> torch.Tensor:
         s = click_utility(u, items, appeal) / self.spec.temperature
         k = s.shape[1]
         if self.spec.position_bias != 1.0:
@@ -64,7 +66,9 @@ class Proportional:
     def __init__(self, spec: ProportionalChoice) -> None:
         self.spec = spec
 
-    def probabilities(self, u: torch.Tensor, items: torch.Tensor, appeal: torch.Tensor) -> torch.Tensor:
+    def probabilities(
+        self, u: torch.Tensor, items: torch.Tensor, appeal: torch.Tensor
+    ) -> torch.Tensor:
         s = (click_utility(u, items, appeal) - self.spec.min_score).clamp_min(0.0)
         k = s.shape[1]
         if self.spec.position_bias != 1.0:
@@ -84,7 +88,9 @@ class Argmax:
     def __init__(self, spec: ArgmaxChoice) -> None:
         self.spec = spec
 
-    def probabilities(self, u: torch.Tensor, items: torch.Tensor, appeal: torch.Tensor) -> torch.Tensor:
+    def probabilities(
+        self, u: torch.Tensor, items: torch.Tensor, appeal: torch.Tensor
+    ) -> torch.Tensor:
         s = click_utility(u, items, appeal)
         best_val, best = s.max(dim=1)
         probs = torch.zeros(s.shape[0], s.shape[1] + 1, dtype=s.dtype, device=s.device)
@@ -103,7 +109,9 @@ class ClickProb:
     def __init__(self, spec: ClickProbChoice) -> None:
         self.spec = spec
 
-    def probabilities(self, u: torch.Tensor, items: torch.Tensor, appeal: torch.Tensor) -> torch.Tensor:
+    def probabilities(
+        self, u: torch.Tensor, items: torch.Tensor, appeal: torch.Tensor
+    ) -> torch.Tensor:
         p = click_utility(u, items, appeal).clamp(0.0, 1.0) / items.shape[1]
         return torch.cat([p, 1.0 - p.sum(dim=1, keepdim=True)], dim=1)
 

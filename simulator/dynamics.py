@@ -76,7 +76,14 @@ class Static:
     def __init__(self, spec: NoDynamics | None = None) -> None:
         self.spec = spec
 
-    def step(self, u, u0, items, slot, uniform):  # type: ignore[no-untyped-def]
+    def step(
+        self,
+        u: torch.Tensor,
+        u0: torch.Tensor,
+        items: torch.Tensor,
+        slot: torch.Tensor,
+        uniform: torch.Tensor | None,
+    ) -> torch.Tensor:
         return u
 
 
@@ -132,7 +139,9 @@ class TRecs(ItemTriggered):
         self.spec = spec
         self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
 
-    def apply(self, u, x, w, uniform):  # type: ignore[no-untyped-def]
+    def apply(
+        self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
+    ) -> torch.Tensor:
         return slerp_toward(u, x, (self.spec.delta * w).clamp(0.0, 1.0))
 
 
@@ -152,7 +161,9 @@ class Assimilation(ItemTriggered):
         self.spec = spec
         self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
 
-    def apply(self, u, x, w, uniform):  # type: ignore[no-untyped-def]
+    def apply(
+        self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
+    ) -> torch.Tensor:
         dot = (u * x).sum(dim=-1, keepdim=True)
         moved = _unit(u + (self.spec.eta * w)[:, None] * dot * x)
         return torch.where((w > 0)[:, None], moved, u)
@@ -167,7 +178,9 @@ class Confidence(ItemTriggered):
         self.spec = spec
         self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
 
-    def apply(self, u, x, w, uniform):  # type: ignore[no-untyped-def]
+    def apply(
+        self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
+    ) -> torch.Tensor:
         near = angle(u, x) < self.spec.epsilon
         frac = torch.where(near, (self.spec.mu * w).clamp(0.0, 1.0), torch.zeros_like(w))
         return slerp_toward(u, x, frac)
@@ -187,7 +200,14 @@ class Anchored:
         self.inner = build_dynamics(spec.inner)
         self.needs_uniform = self.inner.needs_uniform
 
-    def step(self, u, u0, items, slot, uniform):  # type: ignore[no-untyped-def]
+    def step(
+        self,
+        u: torch.Tensor,
+        u0: torch.Tensor,
+        items: torch.Tensor,
+        slot: torch.Tensor,
+        uniform: torch.Tensor | None,
+    ) -> torch.Tensor:
         f = self.inner.step(u, u0, items, slot, uniform)
         return _unit(self.spec.lam * u0 + (1 - self.spec.lam) * f)
 
@@ -210,7 +230,9 @@ class Interest(ItemTriggered):
         self.spec = spec
         self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
 
-    def apply(self, u, x, w, uniform):  # type: ignore[no-untyped-def]
+    def apply(
+        self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
+    ) -> torch.Tensor:
         assert uniform is not None
         mask = torch.nn.functional.one_hot(x.argmax(dim=-1), u.shape[1]).to(u.dtype)
         uk = (u * mask).sum(dim=-1)
@@ -243,7 +265,9 @@ class Evans(ItemTriggered):
         self.spec = spec
         self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
 
-    def apply(self, u, x, w, uniform):  # type: ignore[no-untyped-def]
+    def apply(
+        self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
+    ) -> torch.Tensor:
         assert uniform is not None
         f = (self.spec.factor_low + (self.spec.factor_high - self.spec.factor_low) * uniform) ** w
         source = x.argmax(dim=-1)

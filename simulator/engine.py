@@ -26,7 +26,7 @@ import torch
 
 from . import metrics
 from .catalog import build_catalog
-from .choice import ChoiceModel, build_choice, click_utility, sample_choice
+from .choice import ChoiceModel, build_choice, sample_choice
 from .dynamics import Dynamics, build_dynamics
 from .errors import SpecError
 from .policy import Policy, PolicyContext, check_slate
@@ -71,7 +71,9 @@ def build_environment(spec: ScenarioSpec, device: str | torch.device = "cpu") ->
     if spec.slate_size > catalog.size:
         raise SpecError(f"slate size {spec.slate_size} exceeds the catalog's {catalog.size} items")
     if spec.polarity_axis is not None and len(spec.polarity_axis) != catalog.dim:
-        raise SpecError(f"polarity axis has {len(spec.polarity_axis)} entries, the catalog dimension is {catalog.dim}")
+        raise SpecError(
+            f"polarity axis has {len(spec.polarity_axis)} entries, the catalog dimension is {catalog.dim}"
+        )
     return Environment(
         spec=spec,
         catalog=catalog.to(dev),
@@ -86,7 +88,9 @@ class ArmRecord:
     """Everything one arm produced. Summaries are per step (memory independent of the
     horizon); the trajectory is kept only when asked for."""
 
-    summaries: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in SUMMARY_COLUMNS})
+    summaries: dict[str, list[float]] = field(
+        default_factory=lambda: {c: [] for c in SUMMARY_COLUMNS}
+    )
     final: torch.Tensor | None = None  # [B, d] preferences after the last step
     clicks: torch.Tensor | None = None  # [B] total clicks per user
     preferences: list[torch.Tensor] | None = None  # full: T + 1 tensors [B, d] (CPU)
@@ -111,7 +115,11 @@ def draw_noise(env: Environment, gens: Mapping[str, torch.Generator], n: int) ->
     """The step's random numbers; their shapes depend on the scenario, never the policy."""
     dev = env.device
     choice = torch.rand(n, generator=gens["choice"], device=dev)
-    dyn = torch.rand(n, generator=gens["dynamics"], device=dev) if env.dynamics.needs_uniform else None
+    dyn = (
+        torch.rand(n, generator=gens["dynamics"], device=dev)
+        if env.dynamics.needs_uniform
+        else None
+    )
     drift = (
         torch.randn(n, env.dim, generator=gens["drift"], device=dev)
         if env.spec.drift.noise_std > 0
@@ -120,7 +128,9 @@ def draw_noise(env: Environment, gens: Mapping[str, torch.Generator], n: int) ->
     return StepNoise(choice=choice, dynamics=dyn, drift=drift)
 
 
-def natural_drift(env: Environment, u: torch.Tensor, u0: torch.Tensor, noise: StepNoise) -> torch.Tensor:
+def natural_drift(
+    env: Environment, u: torch.Tensor, u0: torch.Tensor, noise: StepNoise
+) -> torch.Tensor:
     """Recommendation-independent drift, then the preference space is enforced."""
     d = env.spec.drift
     if d.mean_reversion == 0 and noise.drift is None:
@@ -168,7 +178,11 @@ def run_arms(
     spec, dev, cat = env.spec, env.device, env.catalog
     streams = Streams(seed, device=dev)
     u0 = sample_population(
-        spec.population, users, cat.dim, env_seed=spec.env_seed, gen=Streams(seed).generator("population")
+        spec.population,
+        users,
+        cat.dim,
+        env_seed=spec.env_seed,
+        gen=Streams(seed).generator("population"),
     ).to(dev)
     if spec.polarity_axis is not None:
         axis = torch.tensor(spec.polarity_axis, dtype=torch.float32, device=dev)
@@ -228,13 +242,19 @@ def run_arms(
             clicks[arm] += clicked.float()
             state[arm] = new_u
             if record_full:
-                assert rec.preferences is not None and rec.slates is not None and rec.choices is not None
+                assert (
+                    rec.preferences is not None
+                    and rec.slates is not None
+                    and rec.choices is not None
+                )
                 rec.preferences.append(new_u.cpu())
                 rec.slates.append(slate.cpu())
                 rec.choices.append(item.cpu())
         for arm in policies:
             ref_u = state[reference] if reference is not None else state[arm]
-            records[arm].summaries["induced_shift"].append(float((state[arm] - ref_u).norm(dim=1).mean()))
+            records[arm].summaries["induced_shift"].append(
+                float((state[arm] - ref_u).norm(dim=1).mean())
+            )
         if progress is not None:
             progress(t + 1)
 

@@ -26,7 +26,11 @@ def read_matrix(path: str | Path, *, what: str) -> tuple[np.ndarray, pd.DataFram
             mat = np.load(p, allow_pickle=False)
         elif suffix == ".parquet":
             table = pd.read_parquet(p)
-            cols = [c for c in table.columns if isinstance(c, str) and c.startswith("f") and c[1:].isdigit()]
+            cols = [
+                c
+                for c in table.columns
+                if isinstance(c, str) and c.startswith("f") and c[1:].isdigit()
+            ]
             cols.sort(key=lambda c: int(c[1:]))
             if not cols or cols != [f"f{i}" for i in range(len(cols))]:
                 raise SpecError(f"{what} parquet file {p} needs feature columns f0, f1, ...")

@@ -68,7 +68,12 @@ def bimodality_coefficient(z: torch.Tensor) -> float:
 
 
 def esteban_ray(
-    z: torch.Tensor, alpha: float = 1.6, bins: int = 20, lo: float = -1.0, hi: float = 1.0, k: float = 1.0
+    z: torch.Tensor,
+    alpha: float = 1.6,
+    bins: int = 20,
+    lo: float = -1.0,
+    hi: float = 1.0,
+    k: float = 1.0,
 ) -> float:
     """Esteban and Ray (Econometrica 1994): ``K sum_i sum_j pi_i^(1+alpha) pi_j |y_i - y_j|``
     over ``bins`` equal-width bins of [lo, hi] (values outside are clipped into the end

@@ -69,7 +69,9 @@ def top_k_items(
     return out
 
 
-def check_slate(slate: torch.Tensor, num_users: int, slate_size: int, num_items: int, name: str) -> None:
+def check_slate(
+    slate: torch.Tensor, num_users: int, slate_size: int, num_items: int, name: str
+) -> None:
     """Refuse malformed slates with a readable error (shape, dtype, range)."""
     if not isinstance(slate, torch.Tensor) or slate.dtype not in (torch.int64, torch.int32):
         raise SpecError(f"policy {name!r} must return an integer tensor of item indices")

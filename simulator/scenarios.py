@@ -134,7 +134,9 @@ _PRESETS: tuple[ScenarioSpec, ...] = (
             "Topic interests in [-1, 1] that drift toward +1 or -1 as topics are consumed; "
             "quality drives welfare, interest drives clicks."
         ),
-        catalog=OneHotTopicsCatalog(n_topics=20, items_per_topic=50, quality_mean=0.0, quality_std=1.0),
+        catalog=OneHotTopicsCatalog(
+            n_topics=20, items_per_topic=50, quality_mean=0.0, quality_std=1.0
+        ),
         population=UniformBoxPopulation(low=-1.0, high=1.0),
         choice=ProportionalChoice(min_score=-1.0, no_click_mass=2.0),
         dynamics=RecSimInterest(step=0.3),
@@ -196,5 +198,7 @@ def register(spec: ScenarioSpec) -> None:
     """Add a scenario; an id is never re-bound to a different spec."""
     existing = SCENARIOS.get(spec.id)
     if existing is not None and existing.fingerprint() != spec.fingerprint():
-        raise SpecError(f"scenario {spec.id!r} already exists with different contents; use a new version")
+        raise SpecError(
+            f"scenario {spec.id!r} already exists with different contents; use a new version"
+        )
     SCENARIOS[spec.id] = spec

@@ -331,7 +331,9 @@ class NaturalDrift(Frozen):
 class ScenarioSpec(Frozen):
     """A complete, versioned simulation environment."""
 
-    id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9.-]*-v[0-9]+$", description="Id, e.g. topics-v1.")
+    id: str = Field(
+        ..., pattern=r"^[a-z0-9][a-z0-9.-]*-v[0-9]+$", description="Id, e.g. topics-v1."
+    )
     title: str = Field("", description="One-line title.")
     source: str = Field("", description="Where the model comes from.")
     shows: str = Field("", description="What the scenario is meant to show.")

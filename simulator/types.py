@@ -31,7 +31,9 @@ class Catalog:
         return int(self.features.shape[1])
 
     def to(self, device: torch.device | str) -> Catalog:
-        return Catalog(*(t.to(device) for t in (self.features, self.appeal, self.quality, self.topic)))
+        return Catalog(
+            *(t.to(device) for t in (self.features, self.appeal, self.quality, self.topic))
+        )
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,10 @@ def sample_population(
         comp = torch.multinomial(weights, n, replacement=True, generator=gen)
         return _unit(centres[comp] + spec.spread * torch.randn(n, dim, generator=gen))
     if isinstance(spec, SpectrumPopulation):
-        z = torch.randn(n, generator=gen) if spec.distribution == "normal" else (
-            (torch.rand(n, generator=gen) * 2 - 1) * 3**0.5
+        z = (
+            torch.randn(n, generator=gen)
+            if spec.distribution == "normal"
+            else ((torch.rand(n, generator=gen) * 2 - 1) * 3**0.5)
         )
         p = (spec.mean + spec.std * z).clamp(-spec.clip, spec.clip)
         if dim == 1:
@@ -77,7 +79,9 @@ def sample_population(
     if isinstance(spec, FilePopulation):
         mat, _ = read_matrix(spec.path, what="population")
         if mat.shape[1] != dim:
-            raise SpecError(f"population file {spec.path} has dimension {mat.shape[1]}, the catalog {dim}")
+            raise SpecError(
+                f"population file {spec.path} has dimension {mat.shape[1]}, the catalog {dim}"
+            )
         rows = torch.from_numpy(mat)
         if rows.shape[0] >= n:
             return rows[:n].clone()
@@ -90,5 +94,7 @@ def user_types(spec: PopulationSpec, initial: torch.Tensor) -> torch.Tensor | No
     """For a types population, the type index of each user (by matching vectors)."""
     if not isinstance(spec, TypesPopulation):
         return None
-    table = torch.tensor([t.preferences for t in spec.types], dtype=initial.dtype, device=initial.device)
+    table = torch.tensor(
+        [t.preferences for t in spec.types], dtype=initial.dtype, device=initial.device
+    )
     return torch.cdist(initial, table).argmin(dim=1)

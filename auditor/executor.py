@@ -1,0 +1,103 @@
+"""Where jobs run: in this process, or as Ray tasks (embedded Ray or a cluster).
+
+This is the one module that starts Ray work. Job functions are plain Python; Ray is added
+at the edge with ``ray.remote``. Results are put back in job order, so the backend never
+changes an outcome.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from simulator.errors import SpecError
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def resolve_ray_address(use_ray: bool, address: str | None) -> str | None:
+    """'' or None with use_ray: embedded Ray ("local"); an address (or RAY_ADDRESS): a cluster.
+    Returns None when jobs should run in process."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        return address
+    return "local" if use_ray else None
+
+
+def ensure_ray(address: str) -> None:
+    """Connect to a cluster, or start embedded Ray once per process (dashboard off)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {
+        "ignore_reinit_error": True,
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+    }
+    try:
+        if address == "local":
+            ray.init(
+                address="local",
+                num_cpus=os.cpu_count() or 1,
+                include_dashboard=False,
+                **kwargs,
+            )
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise SpecError(f"cannot connect to Ray at {address}: {exc}") from None
+
+
+def run_jobs(
+    fn: Callable[[J], R],
+    jobs: Sequence[J],
+    *,
+    ray_address: str | None = None,
+    num_cpus: float = 1,
+    on_done: Callable[[int], None] | None = None,
+) -> list[R]:
+    """Run ``fn`` over ``jobs``: in process when ``ray_address`` is None, else as Ray
+    tasks (``"local"`` starts embedded Ray). ``on_done(i)`` is called as job i finishes.
+    """
+    if ray_address is None:
+        results = []
+        for i, job in enumerate(jobs):
+            results.append(fn(job))
+            if on_done:
+                on_done(i)
+        return results
+
+    import ray
+    from ray.exceptions import RayTaskError
+
+    ensure_ray(ray_address)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+    refs = [remote.remote(job) for job in jobs]  # submit all, then collect
+    index = {ref: i for i, ref in enumerate(refs)}
+    out: list[Any] = [None] * len(refs)
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                out[index[ref]] = ray.get(ref)
+                if on_done:
+                    on_done(index[ref])
+    except RayTaskError as exc:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, SpecError):
+            raise SpecError(str(cause)) from None
+        raise
+    return out
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,350 @@
+"""The ``recaudit`` command line.
+
+Every command validates its input and turns a bad value into one line on stderr and exit
+status 2 (no traceback). Heavy imports (torch, Ray, pandas) happen inside commands so
+that ``recaudit --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """A problem with the user's input; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="recaudit",
+        description="Audit recommender policies for the preference shifts and polarization they induce.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate a policy against its natural counterfactual",
+        description=(
+            "Run a policy and the scenario's natural reference policy on the same simulated users "
+            "with common random numbers, one replicate per seed, and report engagement, preference "
+            "shift, induced shift and polarization."
+        ),
+    )
+    sim.add_argument("--scenario", required=True, help="scenario id (see 'recaudit scenarios')")
+    sim.add_argument("--policy", required=True, help="policy kind (see 'recaudit policies')")
+    sim.add_argument(
+        "--users", type=_positive_int, help="number of users (default: the scenario's)"
+    )
+    sim.add_argument(
+        "--steps", type=_positive_int, help="number of steps (default: the scenario's)"
+    )
+    sim.add_argument(
+        "--seeds", type=_positive_int, default=3, help="number of replicates (default 3)"
+    )
+    sim.add_argument("--seed", type=_non_negative_int, default=0, help="first seed (default 0)")
+    sim.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default cpu)"
+    )
+    sim.add_argument("--ray", action="store_true", help="run each seed as a task on embedded Ray")
+    sim.add_argument(
+        "--ray-address", help="run on the Ray cluster at this address (or set RAY_ADDRESS)"
+    )
+    sim.add_argument("--out", type=Path, help="write parquet files, the spec and the result here")
+    sim.add_argument("--full", action="store_true", help="record full trajectories (with --out)")
+    sim.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    sim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    scen = sub.add_parser("scenarios", help="list the scenario registry")
+    scen.add_argument("--json", action="store_true", help="print JSON")
+    pol = sub.add_parser("policies", help="list the policy kinds")
+    pol.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+# ------------------------------------------------------------------------ commands
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from simulator.scenarios import SCENARIOS
+
+    if args.json:
+        rows = [
+            {
+                "id": s.id,
+                "title": s.title,
+                "source": s.source,
+                "shows": s.shows,
+                "fingerprint": s.fingerprint(),
+            }
+            for s in SCENARIOS.values()
+        ]
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(s) for s in SCENARIOS)
+        for s in SCENARIOS.values():
+            print(f"{s.id:<{width}}  {s.title}")
+    return 0
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    from recommenders.registry import POLICIES
+
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"name": p.name, "summary": p.summary, "oracle": p.oracle}
+                    for p in POLICIES.values()
+                ],
+                indent=2,
+            )
+        )
+    else:
+        width = max(len(p) for p in POLICIES)
+        for p in POLICIES.values():
+            print(f"{p.name:<{width}}  {p.summary}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from auditor.executor import resolve_ray_address, run_jobs
+    from auditor.simulate import SimJob, aggregate, check_fits, run_simulation, versions
+    from recommenders.registry import make_policy
+    from simulator.scenarios import get_scenario
+
+    spec = get_scenario(args.scenario)
+    make_policy(args.policy)  # validate the name before any work
+    make_policy(spec.natural_policy)
+    if args.full and args.out is None:
+        raise CliError("--full records trajectories to files: give --out DIR too")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CliError("--device cuda was asked for but no CUDA device is available")
+    out_dir: Path | None = args.out
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise CliError(f"--out {out_dir} exists and is not a directory")
+        if (out_dir / "result.json").exists():
+            raise CliError(f"--out {out_dir} already holds results; choose another directory")
+    users = args.users or spec.default_users
+    steps = args.steps or spec.default_steps
+    address = resolve_ray_address(args.ray, args.ray_address)
+    jobs = [
+        SimJob(
+            scenario=spec,
+            policy=args.policy,
+            users=users,
+            steps=steps,
+            seed=args.seed + i,
+            device=args.device,
+            record_full=args.full,
+            per_user=out_dir is not None,
+        )
+        for i in range(args.seeds)
+    ]
+    check_fits(jobs, concurrent=1 if address is None else (os.cpu_count() or 1))
+
+    from functools import partial
+
+    from tqdm import tqdm
+
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    start = time.perf_counter()
+    if address is None:  # progress per step
+        bar = tqdm(
+            total=len(jobs) * steps, desc="simulating", unit="step", disable=not show_progress
+        )
+        done_steps = [0]
+
+        def tick(t: int) -> None:
+            bar.update(t - done_steps[0])
+            done_steps[0] = 0 if t == steps else t
+
+        outcomes = run_jobs(partial(run_simulation, progress=tick), jobs)
+    else:  # progress per finished seed
+        bar = tqdm(total=len(jobs), desc="seeds", unit="seed", disable=not show_progress)
+        outcomes = run_jobs(
+            run_simulation, jobs, ray_address=address, on_done=lambda _i: bar.update(1)
+        )
+    bar.close()
+    seconds = time.perf_counter() - start
+
+    result: dict[str, Any] = {
+        "scenario": spec.id,
+        "fingerprint": spec.fingerprint(),
+        "policy": args.policy,
+        "natural_policy": spec.natural_policy,
+        "users": users,
+        "steps": steps,
+        "seeds": [j.seed for j in jobs],
+        "device": args.device,
+        "backend": "in-process"
+        if address is None
+        else ("ray-embedded" if address == "local" else "ray-cluster"),
+        "seconds": round(seconds, 3),
+        "arms": aggregate(outcomes),
+        "out": str(out_dir) if out_dir else None,
+        "versions": versions(),
+    }
+    if out_dir is not None:
+        write_outputs(out_dir, spec, jobs, outcomes, result)
+    if args.json:
+        print(json.dumps(_clean(result)))
+    else:
+        print(render_table(result))
+    return 0
+
+
+def write_outputs(
+    out_dir: Path, spec: Any, jobs: list[Any], outcomes: list[Any], result: dict[str, Any]
+) -> None:
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pd.concat([o.summary for o in outcomes], ignore_index=True).to_parquet(
+        out_dir / "summary.parquet"
+    )
+    pd.concat([o.per_user for o in outcomes], ignore_index=True).to_parquet(
+        out_dir / "per_user.parquet"
+    )
+    if jobs[0].record_full:
+        pd.concat([o.trajectories for o in outcomes], ignore_index=True).to_parquet(
+            out_dir / "trajectories.parquet"
+        )
+    job_spec = jobs[0].model_dump(mode="json", exclude={"seed"})
+    job_spec["seeds"] = [j.seed for j in jobs]
+    job_spec["fingerprint"] = spec.fingerprint()
+    (out_dir / "spec.json").write_text(json.dumps(job_spec, indent=2) + "\n")
+    (out_dir / "result.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN: write null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+FIGURES = (
+    ("engagement", "clicks/user-step"),
+    ("welfare", "welfare/user-step"),
+    ("shift", "mean shift ||u_T-u_0||"),
+    ("induced_shift", "induced shift vs natural"),
+    ("polarization_initial", "polarization at start"),
+    ("polarization", "polarization at end"),
+)
+
+
+def render_table(result: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    arms = result["arms"]
+    n = len(result["seeds"])
+    head = [
+        f"figure (mean ± sd over {n} seed{'' if n == 1 else 's'})",
+        f"policy: {result['policy']}",
+        f"natural: {result['natural_policy']}",
+    ]
+    rows = []
+    for key, label in FIGURES:
+        row = [label]
+        for arm in ("policy", "natural"):
+            f = arms[arm][key]
+            row.append(f"{f['mean']:.4f} ± {f['sd']:.4f}")
+        rows.append(row)
+    lines = [
+        f"scenario {result['scenario']} (fingerprint {result['fingerprint']}): "
+        f"{result['users']} users x {result['steps']} steps, seeds {result['seeds'][0]}..{result['seeds'][-1]}, "
+        f"{result['backend']}, {result['seconds']:.1f} s",
+        tabulate(rows, headers=head, tablefmt="simple"),
+    ]
+    if result["out"]:
+        lines.append(
+            f"results written to {result['out']} (summary.parquet, per_user.parquet, spec.json, result.json)"
+        )
+    return "\n".join(lines)
+
+
+COMMANDS = {"simulate": cmd_simulate, "scenarios": cmd_scenarios, "policies": cmd_policies}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from recaudit import __version__
+
+        print(f"recaudit {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    from pydantic import ValidationError
+
+    from simulator.errors import SpecError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, SpecError) as exc:
+        print(f"recaudit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        print(f"recaudit: error: invalid {where}: {first['msg']}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("recaudit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("RECAUDIT_DEBUG"):
+            raise
+        print(
+            f"recaudit: internal error: {type(exc).__name__}: {exc} (set RECAUDIT_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
