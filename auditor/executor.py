@@ -26,8 +26,41 @@ def resolve_ray_address(use_ray: bool, address: str | None) -> str | None:
     return "local" if use_ray else None
 
 
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail fast on a cluster address nobody listens on (Ray itself retries for minutes)."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms are left to Ray
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise SpecError(f"cannot connect to Ray at {address}: {exc.strerror or exc}") from None
+
+
+def _use_cluster_token() -> None:
+    """Clusters made by ``ray start`` require token authentication by default and keep the
+    token in ~/.ray/auth_token (or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH). Present it when
+    one exists, unless RAY_AUTH_MODE says otherwise."""
+    from pathlib import Path
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    ):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def ensure_ray(address: str) -> None:
     """Connect to a cluster, or start embedded Ray once per process (dashboard off)."""
+    if address != "local":
+        _use_cluster_token()  # before Ray reads its configuration
     import ray
 
     if ray.is_initialized():
@@ -46,6 +79,7 @@ def ensure_ray(address: str) -> None:
                 **kwargs,
             )
         else:
+            _check_reachable(address)
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SpecError(f"cannot connect to Ray at {address}: {exc}") from None
@@ -70,10 +104,10 @@ def run_jobs(
                 on_done(i)
         return results
 
+    ensure_ray(ray_address)  # first: it sets Ray's environment before the import
     import ray
     from ray.exceptions import RayTaskError
 
-    ensure_ray(ray_address)
     remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
     refs = [remote.remote(job) for job in jobs]  # submit all, then collect
     index = {ref: i for i, ref in enumerate(refs)}

@@ -127,8 +127,15 @@ def build_choice(spec: ChoiceSpec) -> ChoiceModel:
 
 
 def sample_choice(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sample: [B] slot in 0..k-1, or -1 for the no-click option (last column)."""
+    """Inverse-CDF sample: [B] slot in 0..k-1, or -1 for the no-click option (last column).
+
+    A float32 CDF can end a hair below 1; a uniform beyond its end takes the last option
+    with positive probability, so a zero-probability option is never chosen.
+    """
     k = probs.shape[1] - 1
     cdf = probs.cumsum(dim=1)
-    idx = (cdf <= uniform[:, None]).sum(dim=1).clamp_max(k)
+    idx = (cdf <= uniform[:, None]).sum(dim=1)
+    positions = torch.arange(k + 1, device=probs.device)
+    last_positive = torch.where(probs > 0, positions, torch.zeros_like(positions)).amax(dim=1)
+    idx = torch.minimum(idx, last_positive)
     return torch.where(idx == k, torch.full_like(idx, -1), idx)

@@ -56,7 +56,8 @@ def bimodality_coefficient(z: torch.Tensor) -> float:
     x = z.double()
     m = x.mean()
     m2 = ((x - m) ** 2).mean()
-    if float(m2) == 0.0:
+    # zero variance up to rounding (the mean of n equal doubles need not be exact)
+    if float(m2) <= 1e-24 * max(float(m) ** 2, 1e-300):
         return 0.0
     m3 = ((x - m) ** 3).mean()
     m4 = ((x - m) ** 4).mean()
@@ -94,6 +95,7 @@ def mean_pairwise_distance(z: torch.Tensor) -> float:
     if n < 2:
         return 0.0
     s = z.double().sort().values
+    s = s - s[0]  # shift-invariant; makes a point mass exactly 0
     i = torch.arange(n, dtype=torch.float64, device=s.device)
     total = ((2 * i - n + 1) * s).sum()  # sum over i<j of (s_j - s_i)
     return float(2 * total / (n * (n - 1)))

@@ -22,7 +22,13 @@ def policies():
 def test_same_policy_in_two_arms_gives_identical_trajectories():
     env = build_environment(TINY)
     res = run_arms(
-        env, {"a": UniformRandom(), "b": UniformRandom()}, users=40, steps=6, seed=3, reference="b", record_full=True
+        env,
+        {"a": UniformRandom(), "b": UniformRandom()},
+        users=40,
+        steps=6,
+        seed=3,
+        reference="b",
+        record_full=True,
     )
     a, b = res.arms["a"], res.arms["b"]
     for pa, pb in zip(a.preferences, b.preferences, strict=True):
@@ -35,7 +41,9 @@ def test_same_policy_in_two_arms_gives_identical_trajectories():
 
 @pytest.mark.parametrize("scenario_id", sorted(SCENARIOS))
 def test_no_dynamics_means_zero_induced_shift_for_every_policy(scenario_id):
-    spec = get_scenario(scenario_id).model_copy(update={"dynamics": NoDynamics(), "drift": NaturalDrift()})
+    spec = get_scenario(scenario_id).model_copy(
+        update={"dynamics": NoDynamics(), "drift": NaturalDrift()}
+    )
     env = build_environment(spec)
     arms = policies()
     res = run_arms(env, arms, users=30, steps=4, seed=1, reference="random")
@@ -48,7 +56,9 @@ def test_no_dynamics_means_zero_induced_shift_for_every_policy(scenario_id):
 def test_natural_drift_is_common_to_arms_without_item_dynamics():
     """With only the recommendation-independent drift, every policy moves users the same way."""
     spec = TINY.model_copy(update={"dynamics": NoDynamics()})
-    res = run_arms(build_environment(spec), policies(), users=30, steps=5, seed=2, reference="random")
+    res = run_arms(
+        build_environment(spec), policies(), users=30, steps=5, seed=2, reference="random"
+    )
     assert res.arms["random"].summaries["shift"][-1] > 0.01  # users do drift
     for rec in res.arms.values():
         assert torch.equal(rec.final, res.arms["random"].final)
@@ -72,7 +82,13 @@ def test_arm_order_and_extra_arms_do_not_change_an_arm():
     """An arm's result depends on its policy and seed only, not on which arms run beside it."""
     env = build_environment(TINY)
     alone = run_arms(env, {"o": OracleGreedy()}, users=30, steps=5, seed=4)
-    crowd = run_arms(env, {"r": UniformRandom(), "p": Popularity(), "o": OracleGreedy()}, users=30, steps=5, seed=4)
+    crowd = run_arms(
+        env,
+        {"r": UniformRandom(), "p": Popularity(), "o": OracleGreedy()},
+        users=30,
+        steps=5,
+        seed=4,
+    )
     assert torch.equal(alone.arms["o"].final, crowd.arms["o"].final)
 
 
@@ -136,7 +152,9 @@ def test_click_rate_of_a_constant_slate_matches_the_logit():
 def test_evans_centrists_never_change_and_myopic_oracle_induces_no_shift():
     spec = get_scenario("evans-polarization-v1")
     env = build_environment(spec)
-    res = run_arms(env, {"o": OracleGreedy(), "r": UniformRandom()}, users=500, steps=30, seed=0, reference="r")
+    res = run_arms(
+        env, {"o": OracleGreedy(), "r": UniformRandom()}, users=500, steps=30, seed=0, reference="r"
+    )
     centrist = res.types == 4
     assert centrist.any()
     for rec in res.arms.values():
@@ -162,6 +180,8 @@ def test_device_cuda_without_gpu_is_a_clear_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_run_matches_cpu_closely():
     cpu = run_arms(build_environment(TINY), {"o": OracleGreedy()}, users=64, steps=5, seed=0)
-    gpu = run_arms(build_environment(TINY, "cuda"), {"o": OracleGreedy()}, users=64, steps=5, seed=0)
+    gpu = run_arms(
+        build_environment(TINY, "cuda"), {"o": OracleGreedy()}, users=64, steps=5, seed=0
+    )
     assert torch.equal(cpu.initial, gpu.initial.cpu())
     assert gpu.arms["o"].final.device.type == "cuda"
