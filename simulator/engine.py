@@ -152,6 +152,35 @@ def project(space: str, u: torch.Tensor) -> torch.Tensor:
     return u
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    """One arm's step: what was shown, the choice, and the new preferences."""
+
+    items: torch.Tensor  # [B, k, d] features of the shown items
+    appeal: torch.Tensor  # [B, k]
+    probs: torch.Tensor  # [B, k + 1] choice probabilities (last: no click)
+    slot: torch.Tensor  # [B] chosen slot or -1
+    item: torch.Tensor  # [B] chosen item or -1
+    new_u: torch.Tensor  # [B, d] preferences after dynamics and natural drift
+
+
+def step_users(
+    env: Environment, u: torch.Tensor, u0: torch.Tensor, slate: torch.Tensor, noise: StepNoise
+) -> StepOutcome:
+    """Steps 2 to 5 of the step order for one arm: choice probabilities from the true
+    preferences, the sampled choice, the item dynamics, then the natural drift."""
+    cat = env.catalog
+    items = cat.features[slate]
+    appeal = cat.appeal[slate]
+    probs = env.choice.probabilities(u, items, appeal)
+    slot = sample_choice(probs, noise.choice)
+    rows = torch.arange(slot.shape[0], device=slot.device)
+    item = torch.where(slot >= 0, slate[rows, slot.clamp_min(0)], torch.full_like(slot, -1))
+    new_u = env.dynamics.step(u, u0, items, slot, noise.dynamics)
+    new_u = natural_drift(env, new_u, u0, noise)
+    return StepOutcome(items=items, appeal=appeal, probs=probs, slot=slot, item=item, new_u=new_u)
+
+
 def run_arms(
     env: Environment,
     policies: Mapping[str, Policy],
@@ -206,7 +235,6 @@ def run_arms(
         if record_full:
             records[arm].preferences = [u0.cpu()]
             records[arm].slates, records[arm].choices = [], []
-    rows = torch.arange(users, device=dev)
 
     for t in range(steps):
         noise = draw_noise(env, gens, users)
@@ -216,23 +244,18 @@ def run_arms(
             slate = pol.act(obs)
             check_slate(slate, users, spec.slate_size, cat.size, getattr(pol, "name", arm))
             slate = slate.long()
-            items = cat.features[slate]  # [B, k, d]
-            appeal = cat.appeal[slate]
-            probs = env.choice.probabilities(u, items, appeal)
-            slot = sample_choice(probs, noise.choice)
+            out = step_users(env, u, u0, slate, noise)
+            slot, item, new_u = out.slot, out.item, out.new_u
             clicked = slot >= 0
-            item = torch.where(clicked, slate[rows, slot.clamp_min(0)], torch.full_like(slot, -1))
-            new_u = env.dynamics.step(u, u0, items, slot, noise.dynamics)
-            new_u = natural_drift(env, new_u, u0, noise)
             pol.update(Feedback(t=t, slate=slate, slot=slot, item=item))
 
             rec = records[arm]
             safe_item = item.clamp_min(0)
             value = (u * cat.features[safe_item]).sum(dim=1) + cat.quality[safe_item]
-            p0 = env.choice.probabilities(u0, items, appeal)
+            p0 = env.choice.probabilities(u0, out.items, out.appeal)
             s = rec.summaries
             s["click_rate"].append(float(clicked.float().mean()))
-            s["expected_clicks"].append(float(1.0 - probs[:, -1].mean()))
+            s["expected_clicks"].append(float(1.0 - out.probs[:, -1].mean()))
             s["initial_pref_engagement"].append(float(1.0 - p0[:, -1].mean()))
             s["welfare"].append(float(torch.where(clicked, value, torch.zeros_like(value)).mean()))
             s["shift"].append(float((new_u - u0).norm(dim=1).mean()))
