@@ -10,7 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["simulator", "recommenders", "auditor", "service", "recaudit"]
 #: modules allowed to import each heavy integration
-FENCED = {"recbole": {"recommenders/recbole_adapter.py"}, "mlflow": {"auditor/tracking.py", "dashboards"}}
+FENCED = {
+    "recbole": {"recommenders/recbole_adapter.py"},
+    "mlflow": {"auditor/tracking.py", "dashboards"},
+}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -43,7 +46,9 @@ def test_heavy_integrations_are_fenced():
             for path in (ROOT / package).rglob("*.py"):
                 rel = str(path.relative_to(ROOT))
                 if lib in imports_of(path):
-                    assert any(rel == a or rel.startswith(a + "/") for a in allowed), f"{rel} imports {lib}"
+                    assert any(rel == a or rel.startswith(a + "/") for a in allowed), (
+                        f"{rel} imports {lib}"
+                    )
 
 
 def test_only_the_executor_starts_ray_work():
