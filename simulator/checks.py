@@ -48,18 +48,29 @@ def check_scenario(
 
     def run(s: int) -> dict[str, torch.Tensor]:
         res = run_arms(
-            env, {"a": make_policy(), "b": make_policy()}, users=users, steps=steps, seed=s, reference="b"
+            env,
+            {"a": make_policy(), "b": make_policy()},
+            users=users,
+            steps=steps,
+            seed=s,
+            reference="b",
         )
         a, b = res.arms["a"], res.arms["b"]
         assert a.final is not None and b.final is not None
         if not torch.equal(a.final, b.final):
-            raise ConformanceError(f"{spec.id}: two arms with the same policy diverged (common random numbers broken)")
+            raise ConformanceError(
+                f"{spec.id}: two arms with the same policy diverged (common random numbers broken)"
+            )
         if a.summaries != b.summaries:
-            raise ConformanceError(f"{spec.id}: two arms with the same policy have different summaries")
+            raise ConformanceError(
+                f"{spec.id}: two arms with the same policy have different summaries"
+            )
         if any(v != 0.0 for v in a.summaries["induced_shift"]):
             raise ConformanceError(f"{spec.id}: identical arms report a non-zero induced shift")
         if a.final.shape != (users, cat.dim) or not torch.isfinite(a.final).all():
-            raise ConformanceError(f"{spec.id}: final preferences have shape {tuple(a.final.shape)} or are not finite")
+            raise ConformanceError(
+                f"{spec.id}: final preferences have shape {tuple(a.final.shape)} or are not finite"
+            )
         if not _in_space(spec.space, a.final):
             raise ConformanceError(f"{spec.id}: preferences left the {spec.space} space")
         for name in ("click_rate", "expected_clicks"):
@@ -73,7 +84,9 @@ def check_scenario(
         if not torch.equal(first[key], again[key]):
             raise ConformanceError(f"{spec.id}: the same seed gave different {key} preferences")
     other = run(seed + 1)
-    if spec.population.kind not in ("types", "file") and torch.equal(first["initial"], other["initial"]):
+    if spec.population.kind not in ("types", "file") and torch.equal(
+        first["initial"], other["initial"]
+    ):
         raise ConformanceError(f"{spec.id}: different seeds gave the same users")
 
     # choice probabilities are a distribution over slots + no-click
@@ -82,5 +95,7 @@ def check_scenario(
     probs = env.choice.probabilities(u, cat.features[slate], cat.appeal[slate])
     if probs.shape != (u.shape[0], spec.slate_size + 1):
         raise ConformanceError(f"{spec.id}: choice probabilities have shape {tuple(probs.shape)}")
-    if not ((probs >= 0).all() and torch.allclose(probs.sum(dim=1), torch.ones(u.shape[0]), atol=1e-5)):
+    if not (
+        (probs >= 0).all() and torch.allclose(probs.sum(dim=1), torch.ones(u.shape[0]), atol=1e-5)
+    ):
         raise ConformanceError(f"{spec.id}: choice probabilities are not a distribution")

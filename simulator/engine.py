@@ -111,6 +111,14 @@ class RunResult:
     arms: dict[str, ArmRecord]
 
 
+def segment_matrix(spec: ScenarioSpec, types: torch.Tensor | None) -> torch.Tensor | None:
+    """One-hot user types: the side information policies get for typed populations."""
+    if types is None:
+        return None
+    n_types = len(getattr(spec.population, "types", ()))
+    return torch.nn.functional.one_hot(types, n_types).float()
+
+
 def draw_noise(env: Environment, gens: Mapping[str, torch.Generator], n: int) -> StepNoise:
     """The step's random numbers; their shapes depend on the scenario, never the policy."""
     dev = env.device
@@ -219,6 +227,8 @@ def run_arms(
     else:
         axis = metrics.principal_axis(u0)
     gens = {name: streams.generator(name) for name in ("choice", "dynamics", "drift")}
+    types = user_types(spec.population, u0)
+    segments = segment_matrix(spec, types)
     state = {arm: u0 for arm in policies}
     records = {arm: ArmRecord() for arm in policies}
     clicks = {arm: torch.zeros(users, device=dev) for arm in policies}
@@ -230,6 +240,8 @@ def run_arms(
                 catalog=cat,
                 generator=streams.generator("policy"),
                 device=dev,
+                horizon=steps,
+                segments=segments,
             )
         )
         if record_full:
@@ -292,6 +304,6 @@ def run_arms(
         reference=reference,
         initial=u0,
         axis=axis,
-        types=user_types(spec.population, u0),
+        types=types,
         arms=records,
     )

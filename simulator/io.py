@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from .errors import SpecError
 
+#: data shipped with the package; a spec path ``data:<relative path>`` resolves under it
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_PREFIX = "data:"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """``data:movielens-100k-v1/items.parquet`` -> ``<simulator package>/data/...``; any
+    other path is returned unchanged. A ``data:`` path must be relative and stay inside
+    the data directory (no ``..``)."""
+    if isinstance(path, str) and path.startswith(DATA_PREFIX):
+        rel = PurePosixPath(path[len(DATA_PREFIX) :])
+        if not rel.parts or rel.is_absolute() or ".." in rel.parts or "\\" in str(rel):
+            raise SpecError(f"bad package data path {path!r}: use data:<dir>/<file>")
+        return DATA_DIR.joinpath(*rel.parts)
+    return Path(path)
+
 
 def read_matrix(path: str | Path, *, what: str) -> tuple[np.ndarray, pd.DataFrame | None]:
     """Return (rows x dim float32 matrix, the full table for parquet or None).
 
+    ``path`` may name package data as ``data:<dir>/<file>`` (see :func:`resolve_path`).
+
     ``.npy`` is read with ``allow_pickle=False``; ``.parquet`` must have columns
     ``f0..f{d-1}``. Anything else, a missing file, or non-finite values raise SpecError.
     """
-    p = Path(path)
+    p = resolve_path(path)
     if not p.is_file():
         raise SpecError(f"{what} file not found: {p}")
     suffix = p.suffix.lower()

@@ -23,13 +23,20 @@ SCORE_BLOCK = 1 << 24
 @dataclass(frozen=True)
 class PolicyContext:
     """What a policy knows when a run starts. The catalog's item facts (features, appeal,
-    quality, topic) are public; user preferences are not."""
+    quality, topic) are public; user preferences are not.
+
+    ``segments`` is coarse side information a platform has about its users ([B, S]
+    one-hot, e.g. a declared audience segment): for populations made of user types it is
+    the type, otherwise None. ``horizon`` is the number of steps of the run.
+    """
 
     num_users: int
     slate_size: int
     catalog: Catalog
     generator: torch.Generator
     device: torch.device
+    horizon: int = 0
+    segments: torch.Tensor | None = None
 
 
 @runtime_checkable

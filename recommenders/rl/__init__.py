@@ -1,0 +1,1 @@
+"""Reinforcement-learning recommenders trained against the batched simulator."""
