@@ -12,7 +12,7 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ import torch
 from pydantic import Field
 
 from recommenders.registry import make_policy
+from recommenders.rl.policy import PolicyBundle
 from simulator import metrics
 from simulator.engine import SUMMARY_COLUMNS, RunResult, build_environment, run_arms
 from simulator.errors import SpecError
@@ -43,6 +44,17 @@ class SimJob(Frozen):
         False, description="Keep full trajectories (memory grows with steps)."
     )
     per_user: bool = Field(False, description="Return per-user final figures.")
+    policy_config: dict[str, Any] | None = Field(
+        None, description="A trained policy's JSON config."
+    )
+    policy_weights: bytes | None = Field(
+        None, description="A trained policy's safetensors weights."
+    )
+
+    def bundle(self) -> PolicyBundle | None:
+        if self.policy_config is None or self.policy_weights is None:
+            return None
+        return PolicyBundle(config=self.policy_config, weights=self.policy_weights)
 
 
 @dataclass
@@ -114,7 +126,7 @@ def run_simulation(job: SimJob, progress: Callable[[int], None] | None = None) -
     start = time.perf_counter()
     env = build_environment(job.scenario, job.device)
     arms = {
-        POLICY_ARM: make_policy(job.policy),
+        POLICY_ARM: make_policy(job.policy, job.bundle()),
         NATURAL_ARM: make_policy(job.scenario.natural_policy),
     }
     result = run_arms(

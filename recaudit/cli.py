@@ -49,6 +49,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="recaudit",
@@ -90,6 +100,40 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     sim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    tr = sub.add_parser(
+        "train",
+        help="train a learner (PPO) on a scenario, tracked in MLflow",
+        description=(
+            "Train a reinforcement-learning recommender against the simulator. Every training run is "
+            "an MLflow run (params, per-iteration metrics, the policy as safetensors + JSON) and the "
+            "policy is registered as recaudit.<scenario>.<kind>. A sweep trains its members as Ray "
+            "tasks, each a child run."
+        ),
+    )
+    tr.add_argument(
+        "--policy", required=True, help="trainable policy kind (see 'recaudit policies')"
+    )
+    tr.add_argument("--scenario", required=True, help="scenario id")
+    tr.add_argument(
+        "--users", type=_positive_int, help="parallel users per iteration (default 4096)"
+    )
+    tr.add_argument("--iterations", type=_positive_int, help="training iterations (default 60)")
+    tr.add_argument("--steps", type=_positive_int, help="horizon (default: the scenario's)")
+    tr.add_argument("--seed", type=_non_negative_int, help="training seed (default 0)")
+    tr.add_argument("--gamma", type=_finite_float, help="discount in [0, 1] (default: the kind's)")
+    tr.add_argument(
+        "--penalty-weight", type=_finite_float, help="penalty weight >= 0 (default: the kind's)"
+    )
+    tr.add_argument(
+        "--sweep", help="NAME=V1,V2,... train one member per value, e.g. penalty_weight=0,0.5,1"
+    )
+    tr.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default cpu)"
+    )
+    tr.add_argument("--ray", action="store_true", help="run sweep members on embedded Ray")
+    tr.add_argument("--ray-address", help="run sweep members on the Ray cluster at this address")
+    tr.add_argument("--json", action="store_true", help="print one JSON object")
+
     scen = sub.add_parser("scenarios", help="list the scenario registry")
     scen.add_argument("--json", action="store_true", help="print JSON")
     pol = sub.add_parser("policies", help="list the policy kinds")
@@ -127,7 +171,12 @@ def cmd_policies(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 [
-                    {"name": p.name, "summary": p.summary, "oracle": p.oracle}
+                    {
+                        "name": p.name,
+                        "summary": p.summary,
+                        "oracle": p.oracle,
+                        "trainable": p.trainable,
+                    }
                     for p in POLICIES.values()
                 ],
                 indent=2,
@@ -143,11 +192,11 @@ def cmd_policies(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from auditor.executor import resolve_ray_address, run_jobs
     from auditor.simulate import SimJob, aggregate, check_fits, run_simulation, versions
-    from recommenders.registry import make_policy
+    from recommenders.registry import get_kind, make_policy
     from simulator.scenarios import get_scenario
 
     spec = get_scenario(args.scenario)
-    make_policy(args.policy)  # validate the name before any work
+    kind = get_kind(args.policy)  # validate the name before any work
     make_policy(spec.natural_policy)
     if args.full and args.out is None:
         raise CliError("--full records trajectories to files: give --out DIR too")
@@ -165,6 +214,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     users = args.users or spec.default_users
     steps = args.steps or spec.default_steps
     address = resolve_ray_address(args.ray, args.ray_address)
+    policy_config, policy_weights, policy_run = None, None, None
+    if kind.trainable:
+        from auditor.train import resolve_bundle
+
+        print(
+            f"recaudit: looking up a trained {kind.name} for {spec.id} (training it if needed)",
+            file=sys.stderr,
+        )
+        bundle, policy_run = resolve_bundle(kind.name, spec)
+        policy_config, policy_weights = bundle.config, bundle.weights
     jobs = [
         SimJob(
             scenario=spec,
@@ -175,6 +234,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             device=args.device,
             record_full=args.full,
             per_user=out_dir is not None,
+            policy_config=policy_config,
+            policy_weights=policy_weights,
         )
         for i in range(args.seeds)
     ]
@@ -209,6 +270,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "scenario": spec.id,
         "fingerprint": spec.fingerprint(),
         "policy": args.policy,
+        "policy_run_id": policy_run,
         "natural_policy": spec.natural_policy,
         "users": users,
         "steps": steps,
@@ -247,7 +309,7 @@ def write_outputs(
         pd.concat([o.trajectories for o in outcomes], ignore_index=True).to_parquet(
             out_dir / "trajectories.parquet"
         )
-    job_spec = jobs[0].model_dump(mode="json", exclude={"seed"})
+    job_spec = jobs[0].model_dump(mode="json", exclude={"seed", "policy_weights"})
     job_spec["seeds"] = [j.seed for j in jobs]
     job_spec["fingerprint"] = spec.fingerprint()
     (out_dir / "spec.json").write_text(json.dumps(job_spec, indent=2) + "\n")
@@ -305,7 +367,104 @@ def render_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"simulate": cmd_simulate, "scenarios": cmd_scenarios, "policies": cmd_policies}
+def cmd_train(args: argparse.Namespace) -> int:
+    from auditor.executor import resolve_ray_address
+    from auditor.train import TrainJob, default_config, train_many
+    from recommenders.rl.ppo import PPOConfig
+    from simulator.scenarios import get_scenario
+
+    spec = get_scenario(args.scenario)
+    overrides = {
+        "users": args.users,
+        "iterations": args.iterations,
+        "steps": args.steps,
+        "seed": args.seed,
+        "gamma": args.gamma,
+        "penalty_weight": args.penalty_weight,
+    }
+    base = default_config(args.policy, **overrides)
+    configs = [base]
+    if args.sweep:
+        name, sep, values = args.sweep.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise CliError("--sweep takes NAME=V1,V2,... (e.g. penalty_weight=0,0.5,1)")
+        if name not in PPOConfig.model_fields:
+            raise CliError(
+                f"--sweep: unknown setting {name!r}; one of {', '.join(PPOConfig.model_fields)}"
+            )
+        configs = [
+            default_config(args.policy, **{**base.model_dump(), name: v.strip()})
+            for v in values.split(",")
+        ]
+    jobs = [
+        TrainJob(kind=args.policy, scenario=spec, config=c, device=args.device) for c in configs
+    ]
+    address = resolve_ray_address(args.ray, args.ray_address)
+    if not args.json:
+        print(
+            f"training {len(jobs)} {args.policy} polic{'y' if len(jobs) == 1 else 'ies'} on {spec.id}",
+            file=sys.stderr,
+        )
+    results = train_many(jobs, ray_address=address, parent_name=f"sweep {args.policy} {spec.id}")
+    members = []
+    for outcome, ids in results:
+        members.append(
+            {
+                "run_id": ids["run_id"],
+                "registered_model": ids["registered_model"],
+                "version": ids["version"],
+                "final_engagement": outcome.evaluation["final/engagement"],
+                "final_induced_shift": outcome.evaluation["final/induced_shift"],
+                "seconds": round(outcome.seconds, 3),
+                "env_steps_per_s": round(outcome.env_steps_per_s, 1),
+                "config": outcome.job.config.model_dump(mode="json"),
+            }
+        )
+    payload: dict[str, Any] = members[0] if len(members) == 1 else {"members": members}
+    if args.json:
+        print(json.dumps(_clean(payload)))
+    else:
+        from tabulate import tabulate
+
+        rows = [
+            [
+                m["run_id"][:8],
+                m["version"],
+                m["config"]["gamma"],
+                m["config"]["penalty_weight"],
+                f"{m['final_engagement']:.4f}",
+                f"{m['final_induced_shift']:.4f}",
+                m["seconds"],
+                m["env_steps_per_s"],
+            ]
+            for m in members
+        ]
+        print(
+            tabulate(
+                rows,
+                headers=[
+                    "run",
+                    "version",
+                    "gamma",
+                    "weight",
+                    "engagement",
+                    "induced shift",
+                    "seconds",
+                    "env-steps/s",
+                ],
+            )
+        )
+        print(f"registered as {members[0]['registered_model']}; see them with: recaudit ui")
+    return 0
+
+
+COMMANDS = {
+    "simulate": cmd_simulate,
+    "train": cmd_train,
+    "scenarios": cmd_scenarios,
+    "policies": cmd_policies,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,8 @@
-"""Policy kinds by name, with one line each for ``recaudit policies``."""
+"""Policy kinds by name, with one line each for ``recaudit policies``.
+
+Kinds that need training (the PPO learners) are built from a trained
+:class:`~recommenders.rl.policy.PolicyBundle`; the auditor's policy cache supplies it.
+"""
 
 from __future__ import annotations
 
@@ -10,47 +14,93 @@ from simulator.errors import SpecError
 from simulator.policy import Policy
 
 from .baselines import OracleGreedy, Popularity, UniformRandom
+from .myopic import MyopicEstimate
+from .rl.policy import LearnedPolicy, PolicyBundle
 
 
 @dataclass(frozen=True)
 class PolicyKind:
     name: str
     summary: str
-    oracle: bool
-    factory: Callable[[], Policy]
+    oracle: bool = False
+    factory: Callable[[], Policy] | None = None  # None: needs training
+    gamma: float = 0.99  # learners: default discount
+    penalty: str = "none"  # learners: penalty family
+    penalty_weight: float = 0.0  # learners: default weight
+
+    @property
+    def trainable(self) -> bool:
+        return self.factory is None
 
 
-POLICIES: dict[str, PolicyKind] = {
-    k.name: k
-    for k in (
-        PolicyKind(
-            "random",
-            "uniformly random slates: the natural (non-optimizing) reference",
-            False,
-            UniformRandom,
-        ),
-        PolicyKind(
-            "popularity",
-            "the most-clicked items so far, the same slate for everyone",
-            False,
-            Popularity,
-        ),
-        PolicyKind(
-            "oracle-greedy",
-            "ORACLE: top items by true click utility (reads true preferences; an upper bound, not deployable)",
-            True,
-            OracleGreedy,
-        ),
-    )
-}
+_KINDS = (
+    PolicyKind(
+        "random",
+        "uniformly random slates: the natural (non-optimizing) reference",
+        factory=UniformRandom,
+    ),
+    PolicyKind(
+        "popularity",
+        "the most-clicked items so far, the same slate for everyone",
+        factory=Popularity,
+    ),
+    PolicyKind(
+        "myopic",
+        "greedy on an online estimate of each user's taste from their clicks (no training)",
+        factory=MyopicEstimate,
+    ),
+    PolicyKind(
+        "oracle-greedy",
+        "ORACLE: top items by true click utility (reads true preferences; an upper bound, not deployable)",
+        oracle=True,
+        factory=OracleGreedy,
+    ),
+    PolicyKind("ppo", "PPO long-horizon click optimizer (discount 0.99); trained", gamma=0.99),
+    PolicyKind(
+        "ppo-myopic",
+        "the same PPO learner with discount 0: maximizes next-step clicks; trained",
+        gamma=0.0,
+    ),
+    PolicyKind(
+        "ppo-safe-shift",
+        "PPO with the safe-shift reward: + weight x clicks under initial and natural preferences; trained",
+        penalty="safe-shift",
+        penalty_weight=1.0,
+    ),
+    PolicyKind(
+        "ppo-distance",
+        "PPO penalized by weight x distance to the natural counterfactual's preferences; trained",
+        penalty="distance",
+        penalty_weight=1.0,
+    ),
+    PolicyKind(
+        "ppo-path-specific",
+        "PPO rewarded with clicks under natural-counterfactual preferences (weight 1: fully); trained",
+        penalty="path-specific",
+        penalty_weight=1.0,
+    ),
+)
+POLICIES: dict[str, PolicyKind] = {k.name: k for k in _KINDS}
 
 
-def make_policy(name: str) -> Policy:
+def get_kind(name: str) -> PolicyKind:
     try:
-        return POLICIES[name].factory()
+        return POLICIES[name]
     except KeyError:
         close = difflib.get_close_matches(name, POLICIES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SpecError(
             f"unknown policy {name!r}{hint}; known: {', '.join(sorted(POLICIES))}"
         ) from None
+
+
+def make_policy(name: str, bundle: PolicyBundle | None = None) -> Policy:
+    """A fresh policy instance; trained kinds need their bundle."""
+    kind = get_kind(name)
+    if kind.factory is not None:
+        return kind.factory()
+    if bundle is None:
+        raise SpecError(
+            f"policy {name!r} must be trained first: recaudit train --policy {name} --scenario ..."
+        )
+    return LearnedPolicy(bundle)
