@@ -1,0 +1,126 @@
+"""`recaudit train` and the trained-policy cache, against a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+TINY_ARGS = ["--scenario", "topics-tiny-v1", "--users", "32", "--iterations", "2"]
+
+
+@pytest.fixture()
+def home(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["RECAUDIT_HOME"] = str(tmp_path / "home")
+    return env
+
+
+def run(bin_, env, *args):
+    return subprocess.run([bin_, *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def client(env):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{env['RECAUDIT_HOME']}/mlflow.db")
+
+
+def test_train_logs_params_metrics_policy_and_registers(recaudit_bin, home):
+    proc = run(recaudit_bin, home, "train", "--policy", "ppo", *TINY_ARGS, "--seed", "7", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["registered_model"] == "recaudit.topics-tiny-v1.ppo" and out["version"] == 1
+    assert 0 <= out["final_engagement"] <= 1 and out["final_induced_shift"] >= 0
+    assert out["env_steps_per_s"] > 0 and out["config"]["seed"] == 7
+    c = client(home)
+    run_ = c.get_run(out["run_id"])
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["ppo.gamma"] == "0.99" and run_.data.params["kind"] == "ppo"
+    hist = c.get_metric_history(out["run_id"], "charts/clicks_per_user_step")
+    assert [m.step for m in hist] == [0, 1]  # one point per iteration
+    assert run_.data.metrics["final/engagement"] == pytest.approx(out["final_engagement"])
+    files = {f.path for f in c.list_artifacts(out["run_id"], "policy")}
+    assert files == {"policy/policy.json", "policy/policy.safetensors"}
+    versions = c.search_model_versions("name='recaudit.topics-tiny-v1.ppo'")
+    assert [v.run_id for v in versions] == [out["run_id"]]
+
+
+def test_simulate_reuses_a_trained_policy_instead_of_retraining(recaudit_bin, home, monkeypatch):
+    """resolve_bundle finds a finished run by fingerprint; only a miss trains."""
+    monkeypatch.setenv("RECAUDIT_HOME", home["RECAUDIT_HOME"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from auditor import train as train_mod
+    from simulator.scenarios import get_scenario
+
+    spec = get_scenario("topics-tiny-v1")
+    cfg = train_mod.default_config("ppo", users=32, iterations=2)
+    first, run1 = train_mod.resolve_bundle("ppo", spec, cfg)
+    calls = []
+    monkeypatch.setattr(train_mod, "train_many", lambda *a, **k: calls.append(1))
+    second, run2 = train_mod.resolve_bundle("ppo", spec, cfg)
+    assert calls == [] and run1 == run2 and first.weights == second.weights
+    other = train_mod.default_config("ppo", users=32, iterations=2, seed=1)
+    with pytest.raises(TypeError):  # a different config misses the cache and would train
+        train_mod.resolve_bundle("ppo", spec, other)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "nope", "--scenario", "topics-tiny-v1"], "unknown policy 'nope'"),
+        (["--policy", "random", "--scenario", "topics-tiny-v1"], "needs no training"),
+        (["--policy", "ppo", "--scenario", "topics-tiny-v1", "--gamma", "1.5"], "invalid gamma"),
+        (
+            ["--policy", "ppo", "--scenario", "topics-tiny-v1", "--penalty-weight", "-1"],
+            "invalid penalty_weight",
+        ),
+        (["--policy", "ppo", "--scenario", "topics-tiny-v1", "--gamma", "nan"], "must be finite"),
+        (
+            ["--policy", "ppo", "--scenario", "topics-tiny-v1", "--sweep", "bogus=1,2"],
+            "unknown setting 'bogus'",
+        ),
+        (
+            ["--policy", "ppo", "--scenario", "topics-tiny-v1", "--sweep", "penalty_weight"],
+            "NAME=V1,V2",
+        ),
+        (["--policy", "ppo", "--scenario", "nope-v1"], "unknown scenario"),
+    ],
+)
+def test_train_bad_input_is_exit_2(recaudit_bin, home, args, message):
+    proc = run(recaudit_bin, home, "train", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sweep_runs_members_on_ray_as_child_runs(recaudit_bin, home):
+    proc = run(
+        recaudit_bin,
+        home,
+        "train",
+        "--policy",
+        "ppo-distance",
+        *TINY_ARGS,
+        "--sweep",
+        "penalty_weight=0,0.5",
+        "--ray",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    members = json.loads(proc.stdout)["members"]
+    assert [m["config"]["penalty_weight"] for m in members] == [0.0, 0.5]
+    c = client(home)
+    parents = {c.get_run(m["run_id"]).data.tags.get("mlflow.parentRunId") for m in members}
+    assert len(parents) == 1 and None not in parents
+    assert c.get_run(parents.pop()).info.status == "FINISHED"
+    # weight 0 of the distance penalty is the unpenalized learner: same numbers in process
+    single = json.loads(
+        run(recaudit_bin, home, "train", "--policy", "ppo", *TINY_ARGS, "--json").stdout
+    )
+    assert single["final_engagement"] == members[0]["final_engagement"]
