@@ -81,8 +81,9 @@ class OracleGreedy:
     k items of highest click utility ``<u, x> + appeal``, best first.
 
     Every choice model here gives click probability increasing in each shown item's
-    utility, so this maximizes next-step click probability: an upper bound for myopic
-    engagement, and the scoring policy of the simulator benchmark.
+    utility, so this maximizes next-step click probability: a bound on one step's
+    engagement (not on a horizon's: long-horizon learners can beat it, see
+    evans-polarization-v1), and the scoring policy of the simulator benchmark.
     """
 
     oracle = True

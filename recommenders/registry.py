@@ -51,7 +51,7 @@ _KINDS = (
     ),
     PolicyKind(
         "oracle-greedy",
-        "ORACLE: top items by true click utility (reads true preferences; an upper bound, not deployable)",
+        "ORACLE: top items by true click utility (reads true preferences; bounds next-step clicks; not deployable)",
         oracle=True,
         factory=OracleGreedy,
     ),

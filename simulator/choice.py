@@ -24,7 +24,8 @@ def click_utility(u: torch.Tensor, items: torch.Tensor, appeal: torch.Tensor) ->
 
 
 def position_weights(k: int, bias: float, like: torch.Tensor) -> torch.Tensor:
-    """Cascade-style attention ``bias ** j`` for slots j = 0..k-1."""
+    """Position-based examination weights ``bias ** j`` for slots j = 0..k-1 (a fixed
+    geometric decay per slot, not a sequential cascade)."""
     return bias ** torch.arange(k, dtype=like.dtype, device=like.device)
 
 

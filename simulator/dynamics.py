@@ -3,7 +3,8 @@
 A model maps ``(u, u0, shown items, chosen slot, noise) -> u'`` for a whole batch. Models
 driven by items give each shown item a weight: ``click_weight`` for the clicked one and
 ``exposure_weight`` for the others (mere exposure; 0 by default), and apply the items in
-slate order. Users whose weight is 0 keep their preferences bit for bit.
+slate order. Users whose weight is 0 keep their preferences bit for bit. Stochastic
+models draw one uniform per user and step, shared by the items of that step's slate.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Step order, for every arm:
 2. the user's choice probabilities are computed from the *true* preferences;
 3. one choice is sampled from the shared uniform (inverse CDF);
 4. the preference dynamics apply the shown and chosen items;
-5. the recommendation-independent natural drift applies, and the preference space is
-   enforced;
+5. the recommendation-independent natural drift applies; when it moves preferences, the
+   scenario's preference space is enforced (item dynamics keep their own geometry);
 6. the policy receives the feedback (slates and choices, never preferences);
 7. per-step summaries are streamed to the recorder.
 """

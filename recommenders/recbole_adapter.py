@@ -1,0 +1,1121 @@
+"""RecBole in the loop: the only module of recaudit that imports ``recbole``.
+
+What is here, in the order of a workflow:
+
+1. **Atomic files.** :func:`write_atomic_files` writes an interaction log (a DataFrame with
+   columns ``user``, ``item``, ``timestamp``) as RecBole atomic files: ``<name>.inter``
+   (``user_id:token item_id:token timestamp:float``) and, when item topics are known,
+   ``<name>.item`` (``item_id:token genre:token_seq``), which also makes every listed item
+   known to RecBole even if nobody clicked it. :func:`read_atomic` reads them back;
+   :func:`load_ml100k` reads the MovieLens 100k files bundled with RecBole (nothing is
+   ever downloaded); :func:`feedback_to_frame` turns simulator feedback into a log.
+2. **Training.** :func:`train_model` runs RecBole's own pipeline (``Config``,
+   ``create_dataset``, ``data_preparation``, ``get_model``, ``get_trainer``,
+   ``fit(saved=False)``, ``evaluate(load_best_model=False)``) without
+   ``recbole.quick_start`` (it imports ``ray.tune``). RecBole's global side effects are
+   fenced (see :func:`_recbole_env`): command-line parsing, ``eval`` of string settings,
+   ``CUDA_VISIBLE_DEVICES``, global RNG state, logging, TensorBoard files in the working
+   directory, and unpickling of saved datasets or dataloaders are all disabled.
+3. **Saving.** :func:`save_model` writes the weights as safetensors plus a JSON file
+   naming the model class, the settings that rebuild it and the token <-> id maps.
+   :func:`load_model` rebuilds the model from RecBole's defaults and the JSON settings,
+   checks every tensor name, shape and dtype, then ``load_state_dict(strict=True)``. It
+   never unpickles (no ``torch.load``, no ``pickle``).
+4. **The policy.** :class:`RecBolePolicy` shows each simulated user the top-k catalog
+   items by the model's scores, logs clicks as interactions and retrains every ``R``
+   steps on the accumulated log: the feedback loop of Chaney, Stewart and Engelhardt
+   (RecSys 2018).
+5. **Scenario data.** :func:`derive_movielens` trains BPR on the bundled ml-100k and
+   writes item and user embeddings as the ``movielens-100k-v1`` scenario's catalog and
+   population (see ``scripts/derive_movielens.py``).
+
+Simulator item index ``i`` is RecBole item token ``str(i)``; simulated user ``b`` is user
+token ``str(b)``. RecBole runs on the CPU here.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import csv
+import functools
+import hashlib
+import json
+import logging
+import random
+import re
+import struct
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from simulator.errors import SpecError
+from simulator.policy import SCORE_BLOCK, PolicyContext
+from simulator.types import Feedback, Observation
+
+#: models this adapter builds, trains, saves, loads and runs as policies (each is tested).
+#: LightGCN is refused: it fails on this SciPy ("'dok_matrix' object has no attribute
+#: '_update'").
+SUPPORTED_MODELS: dict[str, str] = {
+    "BPR": "general",
+    "GRU4Rec": "sequential",
+    "SASRec": "sequential",
+}
+
+FORMAT = "recaudit-recbole-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.json"
+PAD = "[PAD]"
+
+INTER_FIELDS = ("user_id:token", "item_id:token", "timestamp:float")
+ITEM_FIELDS = ("item_id:token", "genre:token_seq")
+
+#: settings that describe a model's inputs; saved with the model-specific ones
+_STRUCTURAL_KEYS = (
+    "USER_ID_FIELD",
+    "ITEM_ID_FIELD",
+    "TIME_FIELD",
+    "NEG_PREFIX",
+    "LIST_SUFFIX",
+    "ITEM_LIST_LENGTH_FIELD",
+    "MAX_ITEM_LIST_LENGTH",
+    "POSITION_FIELD",
+)
+#: settings a caller may not change: they would write, read (unpickle) or download files
+#: outside the run's temporary directory, or leave the CPU
+_FORBIDDEN_KEYS = frozenset(
+    {
+        "model",
+        "dataset",
+        "data_path",
+        "checkpoint_dir",
+        "save_dataset",
+        "dataset_save_path",
+        "save_dataloaders",
+        "dataloaders_save_path",
+        "log_wandb",
+        "gpu_id",
+        "use_gpu",
+        "local_rank",
+        "nproc",
+        "world_size",
+        "offset",
+        "ip",
+        "port",
+        "benchmark_filename",
+        "additional_feat_suffix",
+        "worker",
+    }
+)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAX_JSON_BYTES = 256 << 20
+_MAX_HEADER_BYTES = 100 << 20
+
+
+# =============================================================================== files
+def _token(value: Any, what: str) -> str:
+    tok = str(value)
+    if not tok or any(c in tok for c in "\t\n\r") or tok == PAD:
+        raise SpecError(f"{what} token {tok!r} is empty, is {PAD!r} or contains a tab/newline")
+    return tok
+
+
+def write_atomic_files(
+    interactions: pd.DataFrame,
+    data_dir: str | Path,
+    dataset_name: str,
+    *,
+    item_genres: pd.Series | Mapping[Any, Any] | None = None,
+) -> Path:
+    """Write ``<data_dir>/<dataset_name>/<dataset_name>.inter`` (and ``.item``).
+
+    ``interactions`` has columns ``user``, ``item``, ``timestamp`` (tokens are ``str`` of
+    the values; timestamps finite floats). ``item_genres`` maps item -> genre(s): a string
+    of space-separated genre tokens or a sequence of tokens; every item it lists is
+    written to ``.item``, so RecBole knows it even without interactions. Returns the
+    dataset directory.
+    """
+    _check_name(dataset_name)
+    missing = {"user", "item", "timestamp"} - set(interactions.columns)
+    if missing:
+        raise SpecError(f"interaction log lacks column(s) {sorted(missing)}")
+    ts = pd.to_numeric(interactions["timestamp"], errors="coerce").to_numpy(dtype=np.float64)
+    if not np.isfinite(ts).all():
+        raise SpecError("interaction timestamps must be finite numbers")
+    out = Path(data_dir) / dataset_name
+    out.mkdir(parents=True, exist_ok=True)
+    inter = pd.DataFrame(
+        {
+            INTER_FIELDS[0]: [_token(u, "user") for u in interactions["user"]],
+            INTER_FIELDS[1]: [_token(i, "item") for i in interactions["item"]],
+            INTER_FIELDS[2]: ts,
+        }
+    )
+    _write_tsv(inter, out / f"{dataset_name}.inter")
+    if item_genres is not None:
+        genres = pd.Series(item_genres)
+        rows = []
+        for item, g in genres.items():
+            tokens = g.split() if isinstance(g, str) else [str(x) for x in g]
+            if any(not t or any(c.isspace() for c in t) for t in tokens):
+                raise SpecError(f"genre tokens of item {item!r} must be non-empty words")
+            rows.append((_token(item, "item"), " ".join(tokens)))
+        item_df = pd.DataFrame(rows, columns=list(ITEM_FIELDS))
+        if item_df[ITEM_FIELDS[0]].duplicated().any():
+            raise SpecError("item_genres lists an item twice")
+        _write_tsv(item_df, out / f"{dataset_name}.item")
+    return out
+
+
+def _write_tsv(df: pd.DataFrame, path: Path) -> None:
+    # floats are written with repr (shortest round-tripping form)
+    df.to_csv(path, sep="\t", index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
+
+
+def read_atomic(path: str | Path) -> pd.DataFrame:
+    """Read one atomic file; columns are named by field (``user_id``), token and
+    token_seq fields are ``str``, float fields ``float64``."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"atomic file not found: {p}")
+    raw = pd.read_csv(
+        p,
+        sep="\t",
+        dtype=str,
+        keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
+        encoding="utf-8",
+    )
+    out = pd.DataFrame(index=raw.index)
+    for col in raw.columns:
+        name, _, ftype = str(col).partition(":")
+        if ftype not in ("token", "token_seq", "float", "float_seq"):
+            raise SpecError(f"{p.name}: column {col!r} is not 'name:type' with a RecBole type")
+        out[name] = raw[col].astype(float) if ftype == "float" else raw[col]
+    return out
+
+
+def read_atomic_files(
+    data_dir: str | Path, dataset_name: str
+) -> tuple[pd.DataFrame, pd.Series | None]:
+    """The inverse of :func:`write_atomic_files`: (log with ``user``, ``item``,
+    ``timestamp``; genres by item as space-separated strings, or None)."""
+    base = Path(data_dir) / dataset_name
+    inter = read_atomic(base / f"{dataset_name}.inter")
+    log = pd.DataFrame(
+        {"user": inter["user_id"], "item": inter["item_id"], "timestamp": inter["timestamp"]}
+    )
+    item_path = base / f"{dataset_name}.item"
+    if not item_path.is_file():
+        return log, None
+    items = read_atomic(item_path)
+    return log, pd.Series(items["genre"].to_numpy(), index=items["item_id"].to_numpy())
+
+
+def ml100k_dir() -> Path:
+    """RecBole's bundled MovieLens 100k atomic files (site-packages; never downloaded)."""
+    import recbole
+
+    path = Path(recbole.__file__).resolve().parent / "dataset_example" / "ml-100k"
+    if not (path / "ml-100k.inter").is_file():
+        raise SpecError(f"RecBole's bundled ml-100k is missing at {path}")
+    return path
+
+
+def load_ml100k() -> tuple[pd.DataFrame, pd.Series]:
+    """MovieLens 100k from RecBole's bundled files: (log with ``user``, ``item``,
+    ``timestamp`` tokens as in the files; genres by item, RecBole's ``class`` field)."""
+    src = ml100k_dir()
+    inter = read_atomic(src / "ml-100k.inter")
+    items = read_atomic(src / "ml-100k.item")
+    log = pd.DataFrame(
+        {"user": inter["user_id"], "item": inter["item_id"], "timestamp": inter["timestamp"]}
+    )
+    genres = pd.Series(items["class"].to_numpy(), index=items["item_id"].to_numpy())
+    return log, genres
+
+
+def feedback_to_frame(feedback: Feedback, *, timestamp: float | None = None) -> pd.DataFrame:
+    """The clicks of one step as a log: user = row index, item = chosen item index,
+    timestamp = ``feedback.t`` unless given. Users who did not click are left out."""
+    item = feedback.item.detach().cpu()
+    users = torch.nonzero(item >= 0).flatten()
+    ts = float(feedback.t if timestamp is None else timestamp)
+    return pd.DataFrame(
+        {
+            "user": users.numpy(),
+            "item": item[users].numpy(),
+            "timestamp": np.full(users.numel(), ts, dtype=np.float64),
+        }
+    )
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SpecError(
+            f"dataset name {name!r} must be 1-64 letters, digits, '_', '.', '-' (no paths)"
+        )
+
+
+# ====================================================================== RecBole fences
+class _NullWriter:
+    """Stands in for TensorBoard's SummaryWriter (RecBole writes ./log_tensorboard)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch on ``threads`` CPU threads for the block (None: unchanged)."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _recbole_env(threads: int | None = 1) -> Iterator[None]:
+    """Run RecBole code without letting it change the process.
+
+    - the caller's global RNG states (``random``, numpy, torch) and cuDNN flags are
+      restored afterwards (RecBole's ``init_seed`` sets them and its samplers draw from
+      the legacy numpy RNG);
+    - INFO logging (RecBole logs to the root logger) and library warnings are muted;
+    - TensorBoard writers are replaced by a no-op (RecBole would create
+      ``./log_tensorboard`` in the working directory);
+    - torch runs on ``threads`` CPU threads (1 by default: RecBole's many tiny ops run far
+      faster single-threaded on a busy 2-core machine; 10x measured here).
+    """
+    import recbole.trainer.trainer as rb_trainer
+
+    py_state = random.getstate()
+    np_state = np.random.get_state()  # noqa: NPY002 - RecBole draws from the legacy global RNG
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    old_disable = logging.root.manager.disable
+    old_tb = rb_trainer.get_tensorboard
+    try:
+        with (
+            torch.random.fork_rng(devices=[]),
+            warnings.catch_warnings(),
+            _torch_threads(threads),
+        ):
+            warnings.simplefilter("ignore")
+            logging.disable(max(old_disable, logging.INFO))
+            rb_trainer.get_tensorboard = lambda logger: _NullWriter()
+            yield
+    finally:
+        rb_trainer.get_tensorboard = old_tb
+        logging.disable(old_disable)
+        random.setstate(py_state)
+        np.random.set_state(np_state)  # noqa: NPY002
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+
+
+def _literal(value: str) -> Any:
+    """RecBole ``eval``s string settings; this reads Python literals only."""
+    low = value.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        lit = ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+    if lit is None or isinstance(lit, (str, int, float, list, tuple, dict, bool)):
+        return lit
+    return value
+
+
+@functools.cache
+def _config_class() -> type:
+    """RecBole's ``Config`` with three fences: no command-line parsing (it would read
+    pytest's or the service's ``sys.argv``), no ``eval`` of string settings (literals
+    only), and a CPU device without touching ``CUDA_VISIBLE_DEVICES``."""
+    from recbole.config import Config
+
+    class SafeConfig(Config):
+        def _load_cmd_line(self) -> dict[str, Any]:
+            return {}
+
+        def _convert_config_dict(self, config_dict: dict[str, Any]) -> dict[str, Any]:
+            return {k: _literal(v) if isinstance(v, str) else v for k, v in config_dict.items()}
+
+        def _init_device(self) -> None:
+            cfg = self.final_config_dict
+            cfg["gpu_id"] = ""
+            cfg["use_gpu"] = False
+            cfg["single_spec"] = True
+            cfg["local_rank"] = 0
+            cfg["device"] = torch.device("cpu")
+
+    return SafeConfig
+
+
+def _model_kind(model_name: str) -> str:
+    try:
+        return SUPPORTED_MODELS[model_name]
+    except (KeyError, TypeError):
+        raise SpecError(
+            f"RecBole model {model_name!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_MODELS)}"
+        ) from None
+
+
+@functools.cache
+def _model_keys(model_name: str) -> tuple[str, ...]:
+    """Settings saved with a model: its RecBole defaults file's keys + input fields."""
+    import recbole
+    import yaml
+
+    path = Path(recbole.__file__).resolve().parent / "properties" / "model" / f"{model_name}.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return tuple(sorted(set(data) | set(_STRUCTURAL_KEYS)))
+
+
+def _json_value(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return not isinstance(value, float) or np.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_json_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
+    return False
+
+
+def _base_config(model_name: str) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "show_progress": False,
+        "state": "ERROR",
+        "reproducibility": True,
+        "eval_batch_size": 1 << 20,  # scores per evaluation batch (RecBole: users = this // items)
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]},
+    }
+    if SUPPORTED_MODELS[model_name] == "sequential":
+        cfg["train_neg_sample_args"] = None  # RecBole's CE loss (the default) needs this
+    return cfg
+
+
+def _make_config(model_name: str, dataset_name: str, values: Mapping[str, Any]) -> Any:
+    try:
+        return _config_class()(model=model_name, dataset=dataset_name, config_dict=dict(values))
+    except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as exc:
+        raise SpecError(f"RecBole refused the settings of {model_name}: {exc}") from None
+
+
+# ============================================================================= training
+@dataclass
+class TrainedModel:
+    """A RecBole model with what is needed to use it outside RecBole's trainer.
+
+    ``item_tokens[j]`` / ``user_tokens[j]`` is the token of internal id ``j`` (id 0 is
+    RecBole's padding ``[PAD]``). ``config`` is RecBole's Config; ``settings`` the JSON
+    values that rebuild the model. ``splits`` holds RecBole's (train, valid, test)
+    dataloaders after :func:`train_model`, None after :func:`load_model`.
+    ``valid_result`` is RecBole's best validation result during ``fit``; ``test_result``
+    its ``evaluate`` of the final weights on the test split (None without one).
+    """
+
+    model_name: str
+    model: torch.nn.Module
+    config: Any
+    dataset_name: str
+    item_tokens: list[str]
+    user_tokens: list[str]
+    settings: dict[str, Any]
+    fit_seconds: float = 0.0
+    valid_result: dict[str, float] | None = None
+    test_result: dict[str, float] | None = None
+    splits: tuple[Any, Any, Any] | None = None
+    _item_ids: dict[str, int] = field(default_factory=dict, repr=False)
+    _user_ids: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._item_ids = {t: i for i, t in enumerate(self.item_tokens)}
+        self._user_ids = {t: i for i, t in enumerate(self.user_tokens)}
+
+    @property
+    def kind(self) -> str:
+        return SUPPORTED_MODELS[self.model_name]
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.config["MAX_ITEM_LIST_LENGTH"])
+
+    def item_ids(self, tokens: Sequence[Any]) -> torch.Tensor:
+        """Internal ids of item tokens; 0 (padding) for unknown ones."""
+        return torch.tensor([self._item_ids.get(str(t), 0) for t in tokens], dtype=torch.long)
+
+    def user_ids(self, tokens: Sequence[Any]) -> torch.Tensor:
+        """Internal ids of user tokens; 0 (padding) for unknown ones."""
+        return torch.tensor([self._user_ids.get(str(t), 0) for t in tokens], dtype=torch.long)
+
+    @torch.no_grad()
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        """[n, n_items] scores of every internal item id for internal user ids (general
+        models; ``full_sort_predict``)."""
+        if self.kind != "general":
+            raise SpecError(f"{self.model_name} is sequential: use score_sequences")
+        from recbole.data.interaction import Interaction
+
+        self.model.eval()
+        inter = Interaction({self.config["USER_ID_FIELD"]: users.long().cpu()})
+        predict: Any = self.model.full_sort_predict
+        return predict(inter).reshape(users.numel(), -1)
+
+    @torch.no_grad()
+    def score_sequences(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """[n, n_items] scores from item sequences (sequential models): ``item_seq`` is
+        [n, L] internal ids, left-aligned, zero-padded, L <= MAX_ITEM_LIST_LENGTH;
+        lengths must be >= 1."""
+        if self.kind != "sequential":
+            raise SpecError(f"{self.model_name} is a general model: use score_users")
+        if item_seq.shape[1] > self.max_seq_length or int(item_seq_len.min()) < 1:
+            raise SpecError("sequences must be 1..MAX_ITEM_LIST_LENGTH items long")
+        from recbole.data.interaction import Interaction
+
+        self.model.eval()
+        item_field = self.config["ITEM_ID_FIELD"]
+        inter = Interaction(
+            {
+                item_field + self.config["LIST_SUFFIX"]: item_seq.long().cpu(),
+                self.config["ITEM_LIST_LENGTH_FIELD"]: item_seq_len.long().cpu(),
+            }
+        )
+        predict: Any = self.model.full_sort_predict
+        return predict(inter).reshape(item_seq.shape[0], -1)
+
+
+def train_model(
+    model_name: str,
+    data_dir: str | Path,
+    dataset_name: str,
+    *,
+    epochs: int,
+    seed: int,
+    extra_config: Mapping[str, Any] | None = None,
+    threads: int | None = 1,
+) -> TrainedModel:
+    """Train ``model_name`` on ``<data_dir>/<dataset_name>/<dataset_name>.inter`` with
+    RecBole's pipeline; the final weights are kept (``fit(saved=False)``).
+
+    Settings: RecBole's defaults, then ``extra_config`` (e.g. ``embedding_size``,
+    ``learning_rate``, ``eval_args``; Python-literal strings are read as literals, never
+    ``eval``ed), then ``epochs`` and ``seed``. Settings that move files, load saved
+    datasets, or leave the CPU are refused. With RecBole's default split (80/10/10 for
+    general models, leave-one-out for sequential ones) validation runs during ``fit``
+    (early stopping at ``stopping_step``) and the test split is evaluated; with
+    ``eval_args={"split": {"RS": [1.0, 0.0, 0.0]}}`` everything trains and nothing is
+    evaluated.
+    """
+    _model_kind(model_name)
+    _check_name(dataset_name)
+    if _is_builtin_dataset(dataset_name):
+        raise SpecError(
+            f"dataset name {dataset_name!r} is one RecBole treats specially; pick another "
+            "(load_ml100k + write_atomic_files for MovieLens)"
+        )
+    inter_path = Path(data_dir) / dataset_name / f"{dataset_name}.inter"
+    if not inter_path.is_file():  # RecBole would try to download it
+        raise SpecError(f"interaction file not found: {inter_path}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise SpecError("epochs must be a positive integer")
+    if not isinstance(seed, int) or seed < 0:
+        raise SpecError("seed must be a non-negative integer")
+    extra = dict(extra_config or {})
+    bad = sorted(set(extra) & _FORBIDDEN_KEYS)
+    if bad:
+        raise SpecError(f"RecBole setting(s) {bad} cannot be changed here")
+    if not all(isinstance(k, str) for k in extra) or not _json_value(extra):
+        raise SpecError("extra_config must map names to JSON-like values")
+
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    with tempfile.TemporaryDirectory(prefix="recaudit-recbole-") as tmp, _recbole_env(threads):
+        values = {
+            **_base_config(model_name),
+            **extra,
+            "epochs": epochs,
+            "seed": seed,
+            "data_path": str(Path(data_dir).resolve()),
+            # a fresh directory: RecBole unpickles '<checkpoint_dir>/<dataset>-*.pth' if found
+            "checkpoint_dir": tmp,
+            "save_dataset": False,
+            "save_dataloaders": False,
+            "dataset_save_path": None,
+            "dataloaders_save_path": None,
+            "log_wandb": False,
+            "worker": 0,
+        }
+        config = _make_config(model_name, dataset_name, values)
+        init_seed(seed, True)
+        try:
+            dataset = create_dataset(config)
+            train_data, valid_data, test_data = data_preparation(config, dataset)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise SpecError(f"RecBole could not prepare {inter_path}: {exc}") from None
+        if len(train_data._dataset) == 0:
+            raise SpecError(f"{inter_path} gives {model_name} no training examples")
+        init_seed(seed, True)
+        try:
+            model = get_model(model_name)(config, train_data._dataset).to(config["device"])
+        except (ValueError, TypeError, KeyError, RuntimeError, NotImplementedError) as exc:
+            raise SpecError(f"cannot build {model_name} with these settings: {exc}") from None
+        trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+        has_valid = len(valid_data._dataset) > 0
+        has_test = len(test_data._dataset) > 0
+        start = time.perf_counter()
+        _, best_valid = trainer.fit(
+            train_data,
+            valid_data if has_valid else None,
+            verbose=False,
+            saved=False,
+            show_progress=False,
+        )
+        fit_seconds = time.perf_counter() - start
+        test_result = (
+            trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+            if has_test
+            else None
+        )
+        model.eval()
+    settings = {k: config[k] for k in _model_keys(model_name) if k in config}
+    return TrainedModel(
+        model_name=model_name,
+        model=model,
+        config=config,
+        dataset_name=dataset_name,
+        item_tokens=[str(t) for t in dataset.field2id_token[config["ITEM_ID_FIELD"]]],
+        user_tokens=[str(t) for t in dataset.field2id_token[config["USER_ID_FIELD"]]],
+        settings=settings,
+        fit_seconds=fit_seconds,
+        valid_result=dict(best_valid) if best_valid else None,
+        test_result=dict(test_result) if test_result else None,
+        splits=(train_data, valid_data, test_data),
+    )
+
+
+def _is_builtin_dataset(name: str) -> bool:
+    import recbole
+
+    props = Path(recbole.__file__).resolve().parent / "properties" / "dataset"
+    return (props / f"{name}.yaml").is_file()
+
+
+def full_sort_recall(trained: TrainedModel, k: int = 10, split: str = "test") -> float:
+    """Recall@k of a general model on a split of its own training run, computed here from
+    ``full_sort_predict`` (independently of RecBole's evaluator): items the user had in
+    the earlier splits are masked, as RecBole does; the mean over users with positives
+    of ``|top-k & positives| / |positives|``."""
+    if trained.splits is None or trained.kind != "general":
+        raise SpecError("full_sort_recall needs a general model fresh from train_model")
+    parts = {"valid": 1, "test": 2}
+    if split not in parts:
+        raise SpecError("split must be 'valid' or 'test'")
+    uid, iid = trained.config["USER_ID_FIELD"], trained.config["ITEM_ID_FIELD"]
+    datasets = [s._dataset for s in trained.splits]
+    history = [(d.inter_feat[uid], d.inter_feat[iid]) for d in datasets[: parts[split]]]
+    target = datasets[parts[split]].inter_feat
+    users = torch.unique(target[uid])
+    scores = trained.score_users(users).clone()
+    row_of = torch.full((len(trained.user_tokens),), -1, dtype=torch.long)
+    row_of[users] = torch.arange(users.numel())
+    scores[:, 0] = -torch.inf
+    for hu, hi in history:
+        rows = row_of[hu]
+        keep = rows >= 0
+        scores[rows[keep], hi[keep]] = -torch.inf
+    top = scores.topk(k, dim=1).indices
+    hit = torch.zeros_like(scores, dtype=torch.bool)
+    hit.scatter_(1, top, True)
+    pos = torch.zeros_like(hit)
+    pos[row_of[target[uid]], target[iid]] = True
+    per_user = (hit & pos).sum(1).double() / pos.sum(1).double()
+    return float(per_user.mean())
+
+
+# ============================================================================ save/load
+def save_model(trained: TrainedModel, directory: str | Path) -> Path:
+    """Write ``model.safetensors`` (weights) and ``model.json`` (class, settings, token
+    maps, the weights' SHA-256) into ``directory``; returns the directory."""
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: v.detach().cpu().contiguous().clone() for k, v in trained.model.state_dict().items()
+    }
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    import recbole
+
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model": trained.model_name,
+        "model_type": trained.kind,
+        "recbole_version": recbole.__version__,
+        "dataset": trained.dataset_name,
+        "settings": trained.settings,
+        "item_tokens": trained.item_tokens,
+        "user_tokens": trained.user_tokens,
+        "weights_sha256": _sha256(out / WEIGHTS_FILE),
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return out
+
+
+class _TokenMapDataset:
+    """The part of a RecBole Dataset that model constructors read (``num``), rebuilt from
+    the saved token maps."""
+
+    def __init__(self, maps: Mapping[str, list[str]]) -> None:
+        self.field2id_token = {f: np.array(t) for f, t in maps.items()}
+        self.field2token_id = {f: {x: i for i, x in enumerate(t)} for f, t in maps.items()}
+
+    def num(self, field: str) -> int:
+        if field not in self.field2id_token:
+            raise SpecError(f"the saved model has no token map for field {field!r}")
+        return len(self.field2id_token[field])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_tokens(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not value or value[0] != PAD:
+        raise SpecError(f"{what} must be a list of tokens starting with {PAD!r}")
+    if not all(isinstance(t, str) for t in value) or len(set(value)) != len(value):
+        raise SpecError(f"{what} must be distinct strings")
+    return value
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file after checking that it is one: an 8-byte little-endian
+    header length, then a JSON header that fits in the file. Pickles and torch zip
+    checkpoints fail the check before any parser sees them."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise SpecError(f"{path.name} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n < 2 or n > min(_MAX_HEADER_BYTES, size - 8):
+            raise SpecError(f"{path.name} is not a safetensors file (bad header length)")
+        header = f.read(n)
+    if not header.lstrip().startswith(b"{"):
+        raise SpecError(f"{path.name} is not a safetensors file (header is not JSON)")
+    try:
+        json.loads(header)
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise SpecError(f"{path.name} is not a valid safetensors file: {exc}") from None
+
+
+def load_model(directory: str | Path) -> TrainedModel:
+    """Rebuild a model saved by :func:`save_model`; never unpickles.
+
+    Refuses (SpecError, nothing loaded) a JSON that is malformed or names an unsupported
+    class or unknown settings, a weights file that is not safetensors or does not match
+    the recorded SHA-256, and missing, extra, mis-shaped or mis-typed tensors.
+    """
+    src = Path(directory)
+    cfg_path, w_path = src / CONFIG_FILE, src / WEIGHTS_FILE
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise SpecError(f"model file not found: {p}")
+    if cfg_path.stat().st_size > _MAX_JSON_BYTES:
+        raise SpecError(f"{cfg_path.name} is too large")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{cfg_path.name} is not JSON: {exc}") from None
+    expected = {
+        "format",
+        "version",
+        "model",
+        "model_type",
+        "recbole_version",
+        "dataset",
+        "settings",
+        "item_tokens",
+        "user_tokens",
+        "weights_sha256",
+    }
+    if not isinstance(meta, dict) or set(meta) != expected:
+        got = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise SpecError(f"{cfg_path.name} must have exactly the keys {sorted(expected)}, got {got}")
+    if meta["format"] != FORMAT or meta["version"] != FORMAT_VERSION:
+        raise SpecError(f"{cfg_path.name} is not a {FORMAT} v{FORMAT_VERSION} file")
+    name = meta["model"]
+    kind = _model_kind(name)
+    if meta["model_type"] != kind:
+        raise SpecError(f"{cfg_path.name}: {name} is a {kind} model, not {meta['model_type']}")
+    _check_name(meta["dataset"])
+    settings = meta["settings"]
+    allowed = set(_model_keys(name))
+    if not isinstance(settings, dict) or not _json_value(settings):
+        raise SpecError(f"{cfg_path.name}: settings must be a JSON object of plain values")
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise SpecError(f"{cfg_path.name}: settings {unknown} are not {name} settings")
+    items = _check_tokens(meta["item_tokens"], "item_tokens")
+    users = _check_tokens(meta["user_tokens"], "user_tokens")
+    if _sha256(w_path) != meta["weights_sha256"]:
+        raise SpecError(f"{w_path.name} does not match the SHA-256 recorded in {cfg_path.name}")
+    tensors = _read_safetensors(w_path)
+
+    with _recbole_env(threads=None):
+        from recbole.utils import get_model
+
+        config = _make_config(
+            name,
+            "recaudit-saved-model",
+            {**_base_config(name), **settings, "train_neg_sample_args": None},
+        )
+        maps = {config["USER_ID_FIELD"]: users, config["ITEM_ID_FIELD"]: items}
+        try:
+            model = get_model(name)(config, _TokenMapDataset(maps))
+        except (ValueError, TypeError, KeyError, RuntimeError, NotImplementedError) as exc:
+            raise SpecError(f"cannot build {name} from {cfg_path.name}: {exc}") from None
+    want = model.state_dict()
+    missing = sorted(set(want) - set(tensors))
+    extra = sorted(set(tensors) - set(want))
+    if missing or extra:
+        raise SpecError(f"{w_path.name}: missing tensors {missing}, unexpected tensors {extra}")
+    wrong = [
+        f"{k}: {tuple(tensors[k].shape)} {tensors[k].dtype} (expected {tuple(v.shape)} {v.dtype})"
+        for k, v in want.items()
+        if tensors[k].shape != v.shape or tensors[k].dtype != v.dtype
+    ]
+    if wrong:
+        raise SpecError(f"{w_path.name}: wrong tensor shapes/dtypes: {'; '.join(wrong)}")
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return TrainedModel(
+        model_name=name,
+        model=model,
+        config=config,
+        dataset_name=meta["dataset"],
+        item_tokens=items,
+        user_tokens=users,
+        settings=dict(settings),
+    )
+
+
+# =============================================================================== policy
+class RecBolePolicy:
+    """A RecBole model in the simulation loop, retrained every ``retrain_every`` steps.
+
+    - **Acting.** General models (BPR) score every catalog item for each user with
+      ``full_sort_predict``; sequential models (GRU4Rec, SASRec) score from the user's
+      last ``MAX_ITEM_LIST_LENGTH`` clicks, so they react to new clicks between retrains
+      while a general model sees them only after retraining. The top ``k`` items are
+      shown, best first. Nothing is excluded: items the user already clicked can be
+      shown again (the simulator allows repeat consumption).
+    - **Cold start.** Users the model cannot score (a general model: not in the last
+      training log; a sequential model: no clicks yet), and everyone before the first
+      training, get the most-clicked items of the log, ties broken by a random item
+      order fixed at reset (as the ``popularity`` baseline does).
+    - **Feedback loop.** Clicks are logged as (user, item, step) interactions, the
+      catalog topics as item genres; every ``retrain_every`` steps the model is trained
+      from scratch (``epochs`` epochs) on the whole log so far, never evaluated. An
+      ``initial_log`` (columns ``user``, ``item`` as simulator indices, ``timestamp``
+      before step 0) warm-starts the log and trains the first model at reset.
+    - **Randomness.** Training seeds and the tie-break order come from the policy's
+      stream (``PolicyContext.generator``); RecBole's global seeding is fenced off, so a
+      run is reproducible from its seed.
+
+    ``train_seconds`` lists the wall-clock seconds of each retraining.
+    """
+
+    oracle = False
+
+    def __init__(
+        self,
+        model: str = "BPR",
+        *,
+        retrain_every: int = 5,
+        epochs: int = 10,
+        extra_config: Mapping[str, Any] | None = None,
+        initial_log: pd.DataFrame | None = None,
+        threads: int | None = 1,
+        name: str | None = None,
+    ) -> None:
+        self.kind = _model_kind(model)
+        if retrain_every < 1 or epochs < 1:
+            raise SpecError("retrain_every and epochs must be positive")
+        self.model_name = model
+        self.retrain_every = int(retrain_every)
+        self.epochs = int(epochs)
+        self.extra_config = {
+            "eval_args": {"split": {"RS": [1.0, 0.0, 0.0]}, "order": "TO", "mode": "full"},
+            **dict(extra_config or {}),
+        }
+        self.initial_log = initial_log
+        self.threads = threads
+        self.name = name or f"recbole-{model.lower()}"
+        self.trained: TrainedModel | None = None
+        self.train_seconds: list[float] = []
+
+    # ------------------------------------------------------------------ protocol
+    def reset(self, ctx: PolicyContext) -> None:
+        self.ctx = ctx
+        n_items, n_users = ctx.catalog.size, ctx.num_users
+        self.base_seed = int(
+            torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator, device=ctx.device)
+        )
+        perm = torch.randperm(n_items, generator=ctx.generator, device=ctx.device).cpu()
+        self.tiebreak = torch.empty(n_items, dtype=torch.float64)
+        self.tiebreak[perm] = torch.arange(n_items, dtype=torch.float64) / (2 * n_items)
+        self.counts = torch.zeros(n_items, dtype=torch.float64)
+        self.genres = pd.Series(
+            [f"t{int(t)}" for t in ctx.catalog.topic.cpu().tolist()], index=range(n_items)
+        )
+        self.log_users: list[torch.Tensor] = []
+        self.log_items: list[torch.Tensor] = []
+        self.log_times: list[torch.Tensor] = []
+        self.seq_len = 50  # RecBole's MAX_ITEM_LIST_LENGTH unless set in extra_config
+        if "MAX_ITEM_LIST_LENGTH" in self.extra_config:
+            self.seq_len = int(self.extra_config["MAX_ITEM_LIST_LENGTH"])
+        self.recent = torch.full((n_users, self.seq_len), -1, dtype=torch.long)  # right-aligned
+        self.n_recent = torch.zeros(n_users, dtype=torch.long)
+        self.trained = None
+        self.train_seconds = []
+        self.retrains = 0
+        self.t_offset = 0.0
+        if self.initial_log is not None and len(self.initial_log):
+            self._add_initial_log(self.initial_log, n_users, n_items)
+            self._retrain()
+
+    def act(self, obs: Observation) -> torch.Tensor:
+        k, n = self.ctx.slate_size, obs.num_users
+        popular = (self.counts + self.tiebreak).topk(k).indices
+        slate = popular[None, :].expand(n, k).clone()
+        tm = self.trained
+        if tm is not None:
+            with _torch_threads(self.threads):
+                self._model_slates(tm, slate, n, k)
+        return slate.to(self.ctx.device)
+
+    def _model_slates(self, tm: TrainedModel, slate: torch.Tensor, n: int, k: int) -> None:
+        """Overwrite the rows of users the model can score with its top-k."""
+        if tm.kind == "general":
+            ids = self.user_map[:n]
+            warm = torch.nonzero(ids > 0).flatten()
+            if warm.numel():
+                slate[warm] = self._top_k(lambda rows: tm.score_users(ids[rows]), warm, k)
+        else:
+            warm = torch.nonzero(self.n_recent[:n] > 0).flatten()
+            if warm.numel():
+                slate[warm] = self._top_k(lambda rows: self._score_seq(tm, rows), warm, k)
+
+    def update(self, feedback: Feedback) -> None:
+        item = feedback.item.detach().cpu().long()
+        users = torch.nonzero(item >= 0).flatten()
+        clicked = item[users]
+        ts = torch.full((users.numel(),), self.t_offset + float(feedback.t), dtype=torch.float64)
+        self._append(users, clicked, ts)
+        if (feedback.t + 1) % self.retrain_every == 0:
+            self._retrain()
+
+    # ----------------------------------------------------------------- internals
+    def _add_initial_log(self, log: pd.DataFrame, n_users: int, n_items: int) -> None:
+        missing = {"user", "item", "timestamp"} - set(log.columns)
+        if missing:
+            raise SpecError(f"initial_log lacks column(s) {sorted(missing)}")
+        users = torch.as_tensor(pd.to_numeric(log["user"]).to_numpy(), dtype=torch.long)
+        items = torch.as_tensor(pd.to_numeric(log["item"]).to_numpy(), dtype=torch.long)
+        ts = torch.as_tensor(pd.to_numeric(log["timestamp"]).to_numpy(), dtype=torch.float64)
+        if users.min() < 0 or users.max() >= n_users or items.min() < 0 or items.max() >= n_items:
+            raise SpecError("initial_log users/items must be simulator indices in range")
+        if not torch.isfinite(ts).all():
+            raise SpecError("initial_log timestamps must be finite")
+        order = torch.from_numpy(np.lexsort((ts.numpy(), users.numpy())))  # by user, then time
+        self._append(users[order], items[order], ts[order], sequential_order=True)
+        # run steps come after the initial log
+        self.t_offset = float(ts.max()) + 1.0 if float(ts.max()) >= 0 else 0.0
+
+    def _append(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        ts: torch.Tensor,
+        sequential_order: bool = False,
+    ) -> None:
+        if not users.numel():
+            return
+        self.log_users.append(users)
+        self.log_items.append(items)
+        self.log_times.append(ts)
+        self.counts += torch.bincount(items, minlength=self.counts.numel()).double()
+        if sequential_order:  # several clicks per user: append one at a time, in order
+            for u, i in zip(users.tolist(), items.tolist(), strict=True):
+                self.recent[u] = torch.cat([self.recent[u, 1:], torch.tensor([i])])
+                self.n_recent[u] = min(self.seq_len, int(self.n_recent[u]) + 1)
+        else:  # at most one click per user (one simulator step)
+            self.recent[users] = torch.cat([self.recent[users, 1:], items[:, None]], dim=1)
+            self.n_recent[users] = (self.n_recent[users] + 1).clamp_max(self.seq_len)
+
+    def _log_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "user": torch.cat(self.log_users).numpy(),
+                "item": torch.cat(self.log_items).numpy(),
+                "timestamp": torch.cat(self.log_times).numpy(),
+            }
+        )
+
+    def _trainable(self) -> bool:
+        if not self.log_users:
+            return False
+        if self.kind == "general":
+            return True
+        # a sequential model needs a user with two clicks (a prefix and a next item)
+        users = torch.cat(self.log_users)
+        return bool((torch.bincount(users) >= 2).any())
+
+    def _retrain(self) -> None:
+        if not self._trainable():
+            return
+        seed = (self.base_seed + self.retrains) % (2**31 - 1)
+        self.retrains += 1
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="recaudit-loop-") as tmp:
+            write_atomic_files(self._log_frame(), tmp, "loop", item_genres=self.genres)
+            tm = train_model(
+                self.model_name,
+                tmp,
+                "loop",
+                epochs=self.epochs,
+                seed=seed,
+                extra_config=self.extra_config,
+                threads=self.threads,
+            )
+        self.train_seconds.append(time.perf_counter() - start)
+        n_items = self.ctx.catalog.size
+        self.item_map = tm.item_ids([str(i) for i in range(n_items)])
+        if bool((self.item_map == 0).any()):  # pragma: no cover - the .item file lists all
+            raise SpecError("RecBole dropped catalog items from its item map")
+        self.user_map = tm.user_ids([str(b) for b in range(self.ctx.num_users)])
+        if tm.kind == "sequential" and tm.max_seq_length != self.seq_len:
+            raise SpecError("MAX_ITEM_LIST_LENGTH changed between reset and training")
+        self.trained = tm
+
+    def _score_seq(self, tm: TrainedModel, rows: torch.Tensor) -> torch.Tensor:
+        lengths = self.n_recent[rows]
+        length = self.seq_len
+        # right-aligned buffer -> left-aligned, zero-padded internal ids
+        pos = torch.arange(length)[None, :] + (length - lengths)[:, None]
+        valid = pos < length
+        seq = self.recent[rows].gather(1, pos.clamp_max(length - 1))
+        ids = torch.where(valid, self.item_map[seq.clamp_min(0)], torch.zeros_like(seq))
+        return tm.score_sequences(ids, lengths)
+
+    def _top_k(self, score: Any, rows: torch.Tensor, k: int) -> torch.Tensor:
+        out = torch.empty(rows.numel(), k, dtype=torch.long)
+        assert self.trained is not None
+        block = max(1, SCORE_BLOCK // max(1, len(self.trained.item_tokens)))
+        for start in range(0, rows.numel(), block):
+            part = rows[start : start + block]
+            scores = score(part)[:, self.item_map]  # internal ids -> catalog order
+            out[start : start + block] = scores.topk(k, dim=1).indices
+        return out
+
+
+# ====================================================================== scenario data
+MOVIELENS_DIR = "movielens-100k-v1"
+
+
+def derive_movielens(
+    out_dir: str | Path,
+    *,
+    epochs: int = 40,
+    seed: int = 2020,
+    embedding_size: int = 16,
+    learning_rate: float = 0.005,
+) -> dict[str, Any]:
+    """Derive the ``movielens-100k-v1`` catalog and population from RecBole's bundled
+    MovieLens 100k.
+
+    BPR (``embedding_size``, ``seed``, ``epochs``, Adam at ``learning_rate``) is trained on
+    RecBole's default 80/10/10 random split. Items: the learned item embeddings scaled to
+    unit norm, in increasing movie id, with ``topic`` = index of the movie's first genre
+    in the sorted list of first genres, ``appeal`` = ``quality`` = 0, plus ``item_id`` and
+    ``genre``. Users: unit-norm user embeddings in increasing user id, plus ``user_id``.
+    Writes ``items.parquet`` and ``users.parquet`` into ``out_dir``; returns a summary
+    (counts, genres, RecBole's test metrics, training seconds).
+    """
+    log, genres = load_ml100k()
+    with tempfile.TemporaryDirectory(prefix="recaudit-ml100k-") as tmp:
+        write_atomic_files(log, tmp, "ml100k", item_genres=genres)
+        tm = train_model(
+            "BPR",
+            tmp,
+            "ml100k",
+            epochs=epochs,
+            seed=seed,
+            extra_config={
+                "embedding_size": embedding_size,
+                "learning_rate": learning_rate,
+                "stopping_step": epochs,  # no early stop: the epoch count is the recipe
+            },
+        )
+    model: Any = tm.model
+    item_w = model.item_embedding.weight.detach().double()
+    user_w = model.user_embedding.weight.detach().double()
+
+    def unit_table(weights: torch.Tensor, tokens: list[str], id_col: str) -> pd.DataFrame:
+        order = sorted(range(1, len(tokens)), key=lambda j: int(tokens[j]))
+        w = weights[order]
+        w = (w / w.norm(dim=1, keepdim=True)).float().numpy()
+        table = pd.DataFrame({f"f{d}": w[:, d] for d in range(w.shape[1])})
+        table[id_col] = [tokens[j] for j in order]
+        return table
+
+    items = unit_table(item_w, tm.item_tokens, "item_id")
+    first = genres.reindex(items["item_id"]).fillna("unknown").astype(str).str.split().str[0]
+    names = sorted(set(first))
+    items["genre"] = first.to_numpy()
+    items["topic"] = np.array([names.index(g) for g in first], dtype=np.int64)
+    items["appeal"] = np.zeros(len(items), dtype=np.float32)
+    items["quality"] = np.zeros(len(items), dtype=np.float32)
+    users = unit_table(user_w, tm.user_tokens, "user_id")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items.to_parquet(out / "items.parquet", index=False)
+    users.to_parquet(out / "users.parquet", index=False)
+    return {
+        "items": len(items),
+        "users": len(users),
+        "dim": embedding_size,
+        "genres": names,
+        "epochs": epochs,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "fit_seconds": round(tm.fit_seconds, 2),
+        "test": tm.test_result,
+        "recall@10_ours": round(full_sort_recall(tm, 10), 4),
+    }
