@@ -48,15 +48,20 @@ def sample_slate(logits: torch.Tensor, k: int, gen: torch.Generator) -> torch.Te
 
 
 def slate_log_prob(logits: torch.Tensor, slate: torch.Tensor) -> torch.Tensor:
-    """log P(slate) under Plackett-Luce: items drawn one by one without replacement."""
-    mask = torch.zeros_like(logits, dtype=torch.bool)
-    total = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
-    for j in range(slate.shape[1]):
-        masked = logits.masked_fill(mask, float("-inf"))
-        pick = slate[:, j : j + 1]
-        total = total + masked.gather(1, pick).squeeze(1) - torch.logsumexp(masked, dim=1)
-        mask = mask.scatter(1, pick, True)
-    return total
+    """log P(slate) under Plackett-Luce: items drawn one by one without replacement,
+
+        log P = sum_j [ l_{s_j} - log( sum of exp(l_i) over items not drawn before j ) ].
+
+    One pass over the catalog instead of one masked pass per slot. Each denominator is
+    the mass outside the slate plus the slate's items from slot j on: a sum of positive
+    terms, so no cancellation even when a few items hold almost all the mass.
+    """
+    top = logits.max(dim=1, keepdim=True).values.detach()
+    e = torch.exp(logits - top)
+    picked = e.gather(1, slate)
+    outside = e.scatter(1, slate, 0.0).sum(dim=1, keepdim=True)
+    from_j = picked.flip(1).cumsum(dim=1).flip(1)
+    return (logits.gather(1, slate) - top - (outside + from_j).log()).sum(dim=1)
 
 
 def first_slot_entropy(logits: torch.Tensor) -> torch.Tensor:
