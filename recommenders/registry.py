@@ -15,6 +15,7 @@ from simulator.policy import Policy
 
 from .baselines import OracleGreedy, Popularity, UniformRandom
 from .myopic import MyopicEstimate
+from .recbole_adapter import RecBolePolicy
 from .rl.policy import LearnedPolicy, PolicyBundle
 
 
@@ -54,6 +55,23 @@ _KINDS = (
         "ORACLE: top items by true click utility (reads true preferences; bounds next-step clicks; not deployable)",
         oracle=True,
         factory=OracleGreedy,
+    ),
+    PolicyKind(
+        "recbole-bpr",
+        "RecBole BPR retrained on its own click log every 5 steps (the feedback loop)",
+        factory=lambda: RecBolePolicy("BPR", retrain_every=5, epochs=10, name="recbole-bpr"),
+    ),
+    PolicyKind(
+        "recbole-gru4rec",
+        "RecBole GRU4Rec (sequential) retrained on its own click log every 10 steps",
+        factory=lambda: RecBolePolicy(
+            "GRU4Rec", retrain_every=10, epochs=2, name="recbole-gru4rec"
+        ),
+    ),
+    PolicyKind(
+        "recbole-sasrec",
+        "RecBole SASRec (sequential) retrained on its own click log every 10 steps",
+        factory=lambda: RecBolePolicy("SASRec", retrain_every=10, epochs=2, name="recbole-sasrec"),
     ),
     PolicyKind("ppo", "PPO long-horizon click optimizer (discount 0.99); trained", gamma=0.99),
     PolicyKind(

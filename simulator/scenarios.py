@@ -16,6 +16,8 @@ from .specs import (
     BiasedAssimilation,
     ClickProbChoice,
     EvansPolarization,
+    FileCatalog,
+    FilePopulation,
     MixturePopulation,
     MNLChoice,
     NaturalDrift,
@@ -163,6 +165,30 @@ _PRESETS: tuple[ScenarioSpec, ...] = (
         polarity_axis=(-1.0, 0.0, 1.0),
         default_users=1000,
         default_steps=30,
+    ),
+    ScenarioSpec(
+        id="movielens-100k-v1",
+        title="MovieLens 100k embeddings: 1682 movies, 943 users, T-RECS drift",
+        source=(
+            "MovieLens 100k (Harper and Konstan 2015) as bundled with RecBole 1.2.1; BPR "
+            "(16 dims, seed 2020, 40 epochs, Adam lr 0.005, RecBole's 80/10/10 split, test "
+            "recall@10 0.227) item and user embeddings scaled to unit norm; topic = each "
+            "movie's first genre (19 genres); derived by scripts/derive_movielens.py"
+        ),
+        shows=(
+            "Real taste structure instead of synthetic clusters: users start at their "
+            "learned MovieLens preferences and drift toward what they click, so a recommender "
+            "retrained on its own clicks (recbole-bpr) can be audited for the shift it "
+            "induces. Oracle greedy clicks about 55% at the start and 69% after 50 steps; "
+            "random slates about 7%."
+        ),
+        catalog=FileCatalog(path="data:movielens-100k-v1/items.parquet"),
+        population=FilePopulation(path="data:movielens-100k-v1/users.parquet"),
+        choice=MNLChoice(temperature=0.2, no_click_utility=1.2),
+        dynamics=TRecsDrift(delta=0.05),
+        slate_size=10,
+        default_users=943,
+        default_steps=50,
     ),
     ScenarioSpec(
         id="topics-tiny-v1",

@@ -85,5 +85,6 @@ def test_popularity_follows_clicks_and_breaks_ties_by_a_fixed_order():
 def test_registry_lists_policies_and_marks_oracles():
     assert POLICIES["oracle-greedy"].oracle and make_policy("oracle-greedy").oracle
     assert not any(p.oracle for name, p in POLICIES.items() if name != "oracle-greedy")
-    for name in POLICIES:
-        assert make_policy(name).name == name
+    for name, kind in POLICIES.items():
+        if not kind.trainable:
+            assert make_policy(name).name == name

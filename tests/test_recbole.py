@@ -1,0 +1,473 @@
+"""RecBole in the loop: atomic files, training checked against RecBole's own evaluator,
+safe save/load, and RecBole models as simulator policies (the Chaney et al. loop)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import random
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from recommenders import recbole_adapter as ra
+from recommenders.baselines import OracleGreedy, UniformRandom
+from simulator.catalog import build_catalog
+from simulator.checks import check_scenario
+from simulator.engine import build_environment, run_arms
+from simulator.errors import SpecError
+from simulator.io import resolve_path
+from simulator.scenarios import get_scenario
+from simulator.specs import (
+    FileCatalog,
+    FilePopulation,
+    MNLChoice,
+    ScenarioSpec,
+    TRecsDrift,
+)
+from simulator.types import Feedback
+from simulator.users import sample_population
+
+TINY = get_scenario("topics-tiny-v1")
+#: BPR on a tiny log learns within one batch per epoch only with a larger step
+TINY_BPR = {"embedding_size": 8, "learning_rate": 0.05}
+TINY_GRU = {"embedding_size": 8, "hidden_size": 8}
+TINY_SASREC = {"hidden_size": 8, "inner_size": 16, "n_layers": 1, "n_heads": 1}
+
+
+def tiny_log(n_users=30, n_items=20, per_user=6, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), per_user)
+    # each user prefers a band of items, so there is something to learn
+    items = (users % 4) * 5 + rng.integers(0, 5, users.size)
+    ts = np.tile(np.arange(per_user, dtype=float), n_users)
+    return pd.DataFrame({"user": users, "item": items, "timestamp": ts})
+
+
+# ------------------------------------------------------------------ (a) atomic files
+def test_atomic_files_round_trip(tmp_path):
+    log = pd.DataFrame(
+        {
+            "user": [3, 3, 10, 7],
+            "item": [1, 22, 1, 5],
+            "timestamp": [0.1, 1e10, -3.5, 2.0],
+        }
+    )
+    genres = pd.Series({1: "Action Comedy", 5: ["t0"], 22: "Drama", 99: "Film-Noir"})
+    out = ra.write_atomic_files(log, tmp_path, "rt", item_genres=genres)
+    header = (out / "rt.inter").read_text().splitlines()[0]
+    assert header == "user_id:token\titem_id:token\ttimestamp:float"
+    assert (out / "rt.item").read_text().splitlines()[0] == "item_id:token\tgenre:token_seq"
+    back, back_genres = ra.read_atomic_files(tmp_path, "rt")
+    assert back["user"].tolist() == ["3", "3", "10", "7"]
+    assert back["item"].tolist() == ["1", "22", "1", "5"]
+    assert back["timestamp"].tolist() == [0.1, 1e10, -3.5, 2.0]  # exact floats
+    assert back_genres is not None
+    assert back_genres.to_dict() == {
+        "1": "Action Comedy",
+        "5": "t0",
+        "22": "Drama",
+        "99": "Film-Noir",
+    }
+
+
+def test_atomic_files_refuse_bad_tokens(tmp_path):
+    bad = pd.DataFrame({"user": ["a\tb"], "item": [1], "timestamp": [0.0]})
+    with pytest.raises(SpecError, match="tab"):
+        ra.write_atomic_files(bad, tmp_path, "bad")
+    nan = pd.DataFrame({"user": [1], "item": [1], "timestamp": [float("nan")]})
+    with pytest.raises(SpecError, match="finite"):
+        ra.write_atomic_files(nan, tmp_path, "bad")
+    with pytest.raises(SpecError, match="dataset name"):
+        ra.write_atomic_files(nan, tmp_path, "../escape")
+
+
+def test_feedback_to_frame_keeps_clicks_only():
+    fb = Feedback(
+        t=4,
+        slate=torch.zeros(3, 2, dtype=torch.long),
+        slot=torch.tensor([0, -1, 1]),
+        item=torch.tensor([7, -1, 9]),
+    )
+    df = ra.feedback_to_frame(fb)
+    assert df["user"].tolist() == [0, 2]
+    assert df["item"].tolist() == [7, 9]
+    assert df["timestamp"].tolist() == [4.0, 4.0]
+
+
+def test_bundled_ml100k_is_read_not_downloaded():
+    log, genres = ra.load_ml100k()
+    assert len(log) == 100_000
+    assert log["user"].nunique() == 943 and log["item"].nunique() == 1682
+    assert len(genres) == 1682
+    assert genres["1"] == "Animation Children's Comedy"  # Toy Story
+
+
+# ----------------------------------------------- (b) training agrees with RecBole's eval
+@pytest.fixture(scope="module")
+def ml100k_bpr(tmp_path_factory):
+    log, genres = ra.load_ml100k()
+    data = tmp_path_factory.mktemp("ml")
+    ra.write_atomic_files(log, data, "ml100k", item_genres=genres)
+    return ra.train_model(
+        "BPR",
+        data,
+        "ml100k",
+        epochs=3,
+        seed=7,
+        extra_config={"embedding_size": 16, "learning_rate": 0.005},
+    )
+
+
+def test_bpr_recall_matches_recboles_evaluator(ml100k_bpr):
+    tm = ml100k_bpr
+    assert tm.test_result is not None
+    theirs = tm.test_result["recall@10"]
+    ours = ra.full_sort_recall(tm, 10, "test")
+    # RecBole rounds to 4 decimals; the rankings are the same
+    assert abs(ours - theirs) <= 6e-5
+    assert ours > 0.10  # far above chance (10 / 1682 items per user ~ 0.006 hit rate)
+    assert tm.valid_result is not None
+    assert abs(ra.full_sort_recall(tm, 10, "valid") - tm.valid_result["recall@10"]) <= 6e-5
+    assert tm.item_tokens[0] == "[PAD]" and len(tm.item_tokens) == 1683
+    assert len(tm.user_tokens) == 944
+    assert tm.fit_seconds < 60
+
+
+def test_training_is_fenced_from_the_process(tmp_path, monkeypatch):
+    """RecBole reads sys.argv, seeds the global RNGs and writes ./log_tensorboard and
+    ./saved: none of that may leak out of train_model."""
+    data = tmp_path / "data"
+    ra.write_atomic_files(tiny_log(), data, "tiny")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", ["pytest", "--epochs=999", "--embedding_size=3"])
+    random.seed(1)
+    np.random.seed(1)  # noqa: NPY002 - checking that the legacy global state survives
+    torch.manual_seed(1)
+    expect = (random.random(), np.random.random(), torch.rand(1))  # noqa: NPY002
+    random.seed(1)
+    np.random.seed(1)  # noqa: NPY002
+    torch.manual_seed(1)
+    threads = torch.get_num_threads()
+    tm = ra.train_model("BPR", data, "tiny", epochs=1, seed=0, extra_config=TINY_BPR)
+    after = (random.random(), np.random.random(), torch.rand(1))  # noqa: NPY002
+    assert after[:2] == expect[:2] and torch.equal(after[2], expect[2])
+    assert torch.get_num_threads() == threads
+    assert list(work.iterdir()) == []  # no log_tensorboard/, no saved/
+    assert tm.settings["embedding_size"] == 8  # not the command line's 3
+    assert tm.config["epochs"] == 1
+
+
+def test_training_is_deterministic(tmp_path):
+    ra.write_atomic_files(tiny_log(), tmp_path, "tiny")
+    a = ra.train_model("BPR", tmp_path, "tiny", epochs=2, seed=5, extra_config=TINY_BPR)
+    b = ra.train_model("BPR", tmp_path, "tiny", epochs=2, seed=5, extra_config=TINY_BPR)
+    c = ra.train_model("BPR", tmp_path, "tiny", epochs=2, seed=6, extra_config=TINY_BPR)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k])
+    assert not torch.equal(
+        a.model.state_dict()["user_embedding.weight"], c.model.state_dict()["user_embedding.weight"]
+    )
+
+
+def test_unsupported_models_and_settings_are_refused(tmp_path):
+    ra.write_atomic_files(tiny_log(), tmp_path, "tiny")
+    with pytest.raises(SpecError, match=r"LightGCN.*supported: BPR, GRU4Rec, SASRec"):
+        ra.train_model("LightGCN", tmp_path, "tiny", epochs=1, seed=0)
+    with pytest.raises(SpecError, match="checkpoint_dir"):
+        ra.train_model(
+            "BPR", tmp_path, "tiny", epochs=1, seed=0, extra_config={"checkpoint_dir": "x"}
+        )
+    with pytest.raises(SpecError, match="not found"):  # RecBole would try to download it
+        ra.train_model("BPR", tmp_path, "missing", epochs=1, seed=0)
+    with pytest.raises(SpecError, match="treats specially"):
+        ra.train_model("BPR", tmp_path, "ml-100k", epochs=1, seed=0)
+    with pytest.raises(SpecError, match=r"NeuMF.*not supported"):
+        ra.RecBolePolicy("NeuMF")
+
+
+def test_string_settings_are_never_evaluated(tmp_path):
+    marker = tmp_path / "pwned"
+    ra.write_atomic_files(tiny_log(), tmp_path, "tiny")
+    code = f"open({str(marker)!r}, 'w')"
+    with pytest.raises(SpecError, match="cannot build BPR"):
+        ra.train_model(
+            "BPR", tmp_path, "tiny", epochs=1, seed=0, extra_config={"embedding_size": code}
+        )
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------- (c) save / load
+def test_save_load_gives_bitwise_equal_scores(ml100k_bpr, tmp_path):
+    tm = ml100k_bpr
+    ra.save_model(tm, tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["model"] == "BPR" and meta["settings"]["embedding_size"] == 16
+    loaded = ra.load_model(tmp_path)
+    assert loaded.item_tokens == tm.item_tokens and loaded.user_tokens == tm.user_tokens
+    users = torch.arange(1, len(tm.user_tokens))
+    assert torch.equal(tm.score_users(users), loaded.score_users(users))
+    assert loaded.splits is None
+
+
+@pytest.fixture
+def saved_tiny(tmp_path):
+    ra.write_atomic_files(tiny_log(), tmp_path / "data", "tiny")
+    tm = ra.train_model("BPR", tmp_path / "data", "tiny", epochs=1, seed=0, extra_config=TINY_BPR)
+    out = ra.save_model(tm, tmp_path / "model")
+    return tm, out
+
+
+def _rehash(out):
+    meta = json.loads((out / "model.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    (out / "model.json").write_text(json.dumps(meta))
+
+
+def _edit_json(out, **changes):
+    meta = json.loads((out / "model.json").read_text())
+    meta.update(changes)
+    (out / "model.json").write_text(json.dumps(meta))
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    monkeypatch.setattr(pickle, "load", boom)
+    monkeypatch.setattr(pickle, "loads", boom)
+    monkeypatch.setattr(pickle, "Unpickler", boom)
+    monkeypatch.setattr(torch, "load", boom)
+
+
+def test_load_refuses_a_pickle(saved_tiny, tmp_path, no_unpickling):
+    _, out = saved_tiny
+    marker = tmp_path / "unpickled"
+    (out / "model.safetensors").write_bytes(pickle.dumps(_Evil(marker)))
+    with pytest.raises(SpecError, match="SHA-256"):
+        ra.load_model(out)
+    _rehash(out)  # an attacker can fix the hash too
+    with pytest.raises(SpecError, match="not a safetensors file"):
+        ra.load_model(out)
+    assert not marker.exists()
+
+
+def test_load_refuses_a_torch_checkpoint(saved_tiny, tmp_path, no_unpickling):
+    tm, out = saved_tiny
+    torch.save(tm.model.state_dict(), out / "model.safetensors")  # a pickle in a zip
+    assert (out / "model.safetensors").read_bytes()[:2] == b"PK"
+    _rehash(out)
+    with pytest.raises(SpecError, match="not a safetensors file"):
+        ra.load_model(out)
+
+
+def test_load_refuses_unknown_classes_and_settings(saved_tiny, tmp_path):
+    _, out = saved_tiny
+    _edit_json(out, model="LightGCN")
+    with pytest.raises(SpecError, match=r"LightGCN.*supported: BPR, GRU4Rec, SASRec"):
+        ra.load_model(out)
+    _edit_json(out, model="BPR", settings={"embedding_size": 8, "data_path": "/etc"})
+    with pytest.raises(SpecError, match="data_path"):
+        ra.load_model(out)
+    marker = tmp_path / "pwned"
+    _edit_json(out, settings={"embedding_size": f"open({str(marker)!r}, 'w')"})
+    with pytest.raises(SpecError):
+        ra.load_model(out)
+    assert not marker.exists()
+    _edit_json(out, settings={"embedding_size": 8}, extra_key=1)
+    with pytest.raises(SpecError, match="exactly the keys"):
+        ra.load_model(out)
+
+
+def test_load_refuses_wrong_missing_or_extra_tensors(saved_tiny):
+    _, out = saved_tiny
+    path = out / "model.safetensors"
+    good = load_file(str(path))
+    cases = {
+        "wrong tensor shapes": {
+            **good,
+            "item_embedding.weight": good["item_embedding.weight"][:-1],
+        },
+        "missing tensors": {k: v for k, v in good.items() if k != "user_embedding.weight"},
+        "unexpected tensors": {**good, "extra": torch.zeros(2)},
+        "dtypes": {**good, "item_embedding.weight": good["item_embedding.weight"].double()},
+    }
+    for message, tensors in cases.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+        _rehash(out)
+        with pytest.raises(SpecError, match=message):
+            ra.load_model(out)
+    save_file(good, str(path))
+    _rehash(out)
+    assert ra.load_model(out).model_name == "BPR"
+
+
+# --------------------------------------------------------------------- (d) in the loop
+def _loop(seed, steps=12, users=50, retrain_every=3):
+    env = build_environment(TINY)
+    pol = ra.RecBolePolicy("BPR", retrain_every=retrain_every, epochs=20, extra_config=TINY_BPR)
+    res = run_arms(
+        env,
+        {"bpr": pol, "random": UniformRandom()},
+        users=users,
+        steps=steps,
+        seed=seed,
+        reference="random",
+        record_full=True,
+    )
+    return pol, res
+
+
+def test_bpr_in_the_loop_changes_slates_only_when_retrained():
+    pol, res = _loop(seed=3)
+    assert len(pol.train_seconds) == 4  # after steps 2, 5, 8, 11
+    rec = res.arms["bpr"]
+    assert rec.slates is not None and rec.choices is not None
+    slates, choices = rec.slates, rec.choices
+    for t in (3, 6, 9):  # first acts after a retraining: many slates change (0.56, 0.42, 0.84)
+        changed = (slates[t] != slates[t - 1]).any(dim=1).float().mean()
+        assert changed >= 0.25, (t, changed)
+    for last_retrain, t in ((2, 4), (2, 5), (5, 7), (5, 8), (8, 10), (8, 11)):
+        # users in the last training log keep their slate until the next retraining
+        warm = torch.stack(choices[: last_retrain + 1]).ge(0).any(dim=0)
+        assert warm.float().mean() >= 0.5
+        assert torch.equal(slates[t][warm], slates[t - 1][warm])
+    # the retrained model learned the users' tastes: more engaging than random slates
+    bpr = np.mean(rec.summaries["expected_clicks"][3:])
+    rnd = np.mean(res.arms["random"].summaries["expected_clicks"][3:])
+    assert bpr > rnd + 0.05, (bpr, rnd)
+    assert rec.summaries["induced_shift"][-1] > 0.01
+
+
+def test_bpr_in_the_loop_is_reproducible():
+    _, a = _loop(seed=3, steps=7)
+    _, b = _loop(seed=3, steps=7)
+    _, c = _loop(seed=4, steps=7)
+    ra_, rb_ = a.arms["bpr"], b.arms["bpr"]
+    assert ra_.slates is not None and rb_.slates is not None
+    assert all(torch.equal(x, y) for x, y in zip(ra_.slates, rb_.slates, strict=True))
+    assert ra_.final is not None and rb_.final is not None
+    assert torch.equal(ra_.final, rb_.final)
+    assert c.arms["bpr"].final is not None
+    assert not torch.equal(ra_.final, c.arms["bpr"].final)
+
+
+def test_recbole_policy_passes_the_conformance_check():
+    check_scenario(
+        TINY,
+        lambda: ra.RecBolePolicy("BPR", retrain_every=2, epochs=2, extra_config=TINY_BPR),
+        users=24,
+        steps=4,
+    )
+
+
+def test_initial_log_warm_starts_the_policy():
+    env = build_environment(TINY)
+    log = tiny_log(n_users=50, n_items=30).assign(timestamp=lambda d: d["timestamp"] - 10)
+    pol = ra.RecBolePolicy(
+        "BPR", retrain_every=100, epochs=20, extra_config=TINY_BPR, initial_log=log
+    )
+    res = run_arms(env, {"bpr": pol}, users=50, steps=2, seed=0, record_full=True)
+    assert len(pol.train_seconds) == 1  # trained at reset, before the first slate
+    slates = res.arms["bpr"].slates
+    assert slates is not None
+    # users of the same taste band get the same model slate; different bands differ
+    assert not torch.equal(slates[0][0], slates[0][1])
+    assert torch.equal(slates[0], slates[1])  # no retraining: the same slates
+
+
+# ---------------------------------------------------------- (e) sequential models
+@pytest.mark.parametrize(("model", "extra"), [("GRU4Rec", TINY_GRU), ("SASRec", TINY_SASREC)])
+def test_sequential_models_train_save_load_and_act(model, extra, tmp_path):
+    data = tmp_path / "data"
+    ra.write_atomic_files(tiny_log(), data, "tiny")
+    tm = ra.train_model(model, data, "tiny", epochs=1, seed=0, extra_config=extra)
+    assert tm.kind == "sequential" and tm.fit_seconds < 10
+    assert tm.test_result is not None and 0.0 <= tm.test_result["recall@10"] <= 1.0
+    seq = torch.tensor([[1, 2, 3, 0], [4, 0, 0, 0]])
+    scores = tm.score_sequences(seq, torch.tensor([3, 1]))
+    assert scores.shape == (2, len(tm.item_tokens))
+    loaded = ra.load_model(ra.save_model(tm, tmp_path / "model"))
+    assert torch.equal(scores, loaded.score_sequences(seq, torch.tensor([3, 1])))
+
+    env = build_environment(TINY)
+    pol = ra.RecBolePolicy(model, retrain_every=2, epochs=1, extra_config=extra)
+    res = run_arms(env, {"seq": pol}, users=40, steps=6, seed=1, record_full=True)
+    assert len(pol.train_seconds) == 3
+    slates = res.arms["seq"].slates
+    assert slates is not None
+    # a sequential model sees new clicks without retraining: slates move between retrains
+    moved = (slates[4] != slates[3]).any(dim=1).float().mean()
+    assert moved > 0.1, moved
+
+
+# ------------------------------------------------------------ movielens-100k-v1 data
+def _movielens_spec() -> ScenarioSpec:
+    return ScenarioSpec(
+        id="movielens-100k-v1",
+        catalog=FileCatalog(path="data:movielens-100k-v1/items.parquet"),
+        population=FilePopulation(path="data:movielens-100k-v1/users.parquet"),
+        choice=MNLChoice(temperature=0.2, no_click_utility=1.2),
+        dynamics=TRecsDrift(delta=0.05),
+        slate_size=10,
+        default_users=943,
+        default_steps=50,
+    )
+
+
+def test_movielens_data_files_load_through_data_paths():
+    cat = build_catalog(FileCatalog(path="data:movielens-100k-v1/items.parquet"), env_seed=0)
+    assert cat.features.shape == (1682, 16)
+    assert torch.allclose(cat.features.norm(dim=1), torch.ones(1682), atol=1e-5)
+    assert int(cat.topic.min()) == 0 and int(cat.topic.max()) == 18
+    assert float(cat.appeal.abs().sum()) == 0.0 and float(cat.quality.abs().sum()) == 0.0
+    table = pd.read_parquet(resolve_path("data:movielens-100k-v1/items.parquet"))
+    assert table["item_id"].tolist()[:3] == ["1", "2", "3"]
+    assert table["genre"].tolist()[:3] == ["Animation", "Action", "Thriller"]
+    users = sample_population(
+        FilePopulation(path="data:movielens-100k-v1/users.parquet"),
+        943,
+        16,
+        env_seed=0,
+        gen=torch.Generator().manual_seed(0),
+    )
+    assert users.shape == (943, 16)
+    with pytest.raises(SpecError, match="bad package data path"):
+        resolve_path("data:../io.py")
+
+
+def test_movielens_click_rates_under_oracle_and_random():
+    env = build_environment(_movielens_spec())
+    res = run_arms(
+        env, {"oracle": OracleGreedy(), "random": UniformRandom()}, users=943, steps=5, seed=0
+    )
+    oracle = res.arms["oracle"].summaries["expected_clicks"]
+    rnd = res.arms["random"].summaries["expected_clicks"]
+    assert 0.3 <= oracle[0] <= 0.7, oracle
+    assert max(rnd) < 0.15, rnd
+
+
+@pytest.mark.slow
+def test_derive_movielens_reproduces_the_shipped_files(tmp_path):
+    summary = ra.derive_movielens(tmp_path)
+    assert summary["test"]["recall@10"] > 0.2
+    assert abs(summary["recall@10_ours"] - summary["test"]["recall@10"]) <= 6e-5
+    for name in ("items.parquet", "users.parquet"):
+        shipped = pd.read_parquet(resolve_path(f"data:movielens-100k-v1/{name}"))
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / name), shipped)
