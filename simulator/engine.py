@@ -285,6 +285,8 @@ def run_arms(
                 rec.preferences.append(new_u.cpu())
                 rec.slates.append(slate.cpu())
                 rec.choices.append(item.cpu())
+            # free this arm's step tensors ([B, k, d] items above all) before the next arm
+            del out, p0, value, z
         for arm in policies:
             ref_u = state[reference] if reference is not None else state[arm]
             records[arm].summaries["induced_shift"].append(

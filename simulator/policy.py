@@ -16,8 +16,9 @@ import torch
 from .errors import SpecError
 from .types import Catalog, Feedback, Observation
 
-#: scoring works on blocks of at most this many user x item scores (64 MiB of float32)
-SCORE_BLOCK = 1 << 24
+#: scoring works on blocks of at most this many user x item scores (4 MiB of float32:
+#: small enough to be reused by the allocator instead of mapped afresh every block)
+SCORE_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
