@@ -13,8 +13,8 @@ for policy in oracle-greedy popularity; do
 done
 cat <<MSG
 What this shows: on polarity-1d-v1 extreme content is more clickable. Compare each policy's
-'induced shift vs natural' and 'polarization at end' with the natural column: the greedy
-click maximizer pulls users toward the poles far more than random exposure does.
+'induced shift vs natural' and 'polarization at end' with the natural column: both
+recommenders move their users' preferences beyond the drift that random exposure causes.
 
 Where to look next:
   $out/<policy>/result.json       the figures above, per seed, with versions and fingerprint

@@ -49,15 +49,18 @@ _PRESETS: tuple[ScenarioSpec, ...] = (
         title="Users and items on a 1-D polarity axis; extreme content is more clickable",
         source="Carroll, Dragan, Russell, Hadfield-Menell, ICML 2022 (figure 1 setting); T-RECS drift",
         shows=(
-            "Preferences and items are unit vectors (p, sqrt(1-p^2)) with polarity p. Click "
-            "appeal grows with p^2, so a long-horizon click optimizer gains by moving users "
-            "toward the poles; a myopic one moves them less; natural (random) exposure "
-            "moves them least."
+            "Preferences and items are unit vectors (p, sqrt(1-p^2) t) with polarity p. Click "
+            "appeal is 0.5 p^8: flat for moderate content, high only at the extremes, so "
+            "showing a moderate user the content next to them earns most now, while moving "
+            "them toward a pole first earns more over the horizon. A long-horizon click "
+            "optimizer has the incentive to shift users; a myopic one has little."
         ),
-        catalog=PolarityCatalog(n_items=201, n_topic_dims=1, spacing="even", extremity_appeal=0.5),
+        catalog=PolarityCatalog(
+            n_items=201, n_topic_dims=1, spacing="even", extremity_appeal=0.5, extremity_power=8.0
+        ),
         population=SpectrumPopulation(distribution="normal", mean=0.0, std=0.3),
-        choice=MNLChoice(temperature=0.1, no_click_utility=1.0),
-        dynamics=TRecsDrift(delta=0.05),
+        choice=MNLChoice(temperature=0.1, no_click_utility=1.2),
+        dynamics=TRecsDrift(delta=0.1),
         drift=NaturalDrift(noise_std=0.01),
         space="sphere",
         slate_size=5,
