@@ -6,11 +6,10 @@ Kinds that need training (the PPO learners) are built from a trained
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from simulator.errors import SpecError
+from simulator.errors import SpecError, unknown
 from simulator.policy import Policy
 
 from .baselines import OracleGreedy, Popularity, UniformRandom
@@ -105,11 +104,7 @@ def get_kind(name: str) -> PolicyKind:
     try:
         return POLICIES[name]
     except KeyError:
-        close = difflib.get_close_matches(name, POLICIES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpecError(
-            f"unknown policy {name!r}{hint}; known: {', '.join(sorted(POLICIES))}"
-        ) from None
+        raise unknown("policy", name, POLICIES) from None
 
 
 def make_policy(name: str, bundle: PolicyBundle | None = None) -> Policy:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from .errors import SpecError
+from .geometry import unit
 from .io import read_matrix
 from .rng import Streams
 from .specs import (
@@ -19,13 +20,9 @@ from .specs import (
 from .types import Catalog
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 def random_unit(n: int, dim: int, gen: torch.Generator) -> torch.Tensor:
     """n vectors uniform on the unit sphere of R^dim (normalized Gaussians)."""
-    return _unit(torch.randn(n, dim, generator=gen))
+    return unit(torch.randn(n, dim, generator=gen))
 
 
 def build_catalog(spec: CatalogSpec, env_seed: int) -> Catalog:
@@ -34,7 +31,7 @@ def build_catalog(spec: CatalogSpec, env_seed: int) -> Catalog:
         centres = random_unit(spec.n_topics, spec.dim, gen)
         topic = torch.arange(spec.n_topics).repeat_interleave(spec.items_per_topic)
         noise = torch.randn(topic.numel(), spec.dim, generator=gen)
-        features = _unit(centres[topic] + spec.spread * noise)
+        features = unit(centres[topic] + spec.spread * noise)
         appeal = spec.appeal_std * torch.randn(topic.numel(), generator=gen)
         quality = spec.quality_std * torch.randn(topic.numel(), generator=gen)
     elif isinstance(spec, PolarityCatalog):
@@ -93,4 +90,4 @@ def catalog_dim(spec: CatalogSpec, env_seed: int) -> int:
     return build_catalog(spec, env_seed).dim
 
 
-__all__ = ["build_catalog", "catalog_dim", "random_unit"]
+__all__ = ["build_catalog", "catalog_dim"]

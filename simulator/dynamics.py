@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 
+from .geometry import unit
 from .specs import (
     AnchoredDynamics,
     BiasedAssimilation,
@@ -27,13 +28,9 @@ from .specs import (
 _EPS = 1e-7
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Angle in radians between rows of a and b."""
-    cos = (_unit(a) * _unit(b)).sum(dim=-1).clamp(-1.0, 1.0)
+    cos = (unit(a) * unit(b)).sum(dim=-1).clamp(-1.0, 1.0)
     return torch.arccos(cos)
 
 
@@ -44,7 +41,7 @@ def slerp_toward(u: torch.Tensor, x: torch.Tensor, frac: torch.Tensor) -> torch.
     ``frac`` is [B]. Rows at angle 0 (nothing to do) or pi (no unique direction) are kept.
     """
     norm = u.norm(dim=-1, keepdim=True)
-    uh, xh = u / norm.clamp_min(1e-12), _unit(x)
+    uh, xh = u / norm.clamp_min(1e-12), unit(x)
     cos = (uh * xh).sum(dim=-1).clamp(-1.0, 1.0)
     theta = torch.arccos(cos)
     sin = torch.sin(theta)
@@ -92,8 +89,17 @@ class ItemTriggered:
     """Shared weighting of shown items; subclasses define one item's update."""
 
     needs_uniform = False
-    click_weight: float
-    exposure_weight: float
+
+    def __init__(
+        self,
+        spec: TRecsDrift
+        | BiasedAssimilation
+        | BoundedConfidence
+        | RecSimInterest
+        | EvansPolarization,
+    ) -> None:
+        self.spec = spec
+        self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
 
     def apply(
         self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
@@ -136,9 +142,7 @@ class TRecs(ItemTriggered):
     delta = 0 leaves u unchanged; delta = 1 gives the item's direction.
     """
 
-    def __init__(self, spec: TRecsDrift) -> None:
-        self.spec = spec
-        self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
+    spec: TRecsDrift
 
     def apply(
         self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
@@ -158,15 +162,13 @@ class Assimilation(ItemTriggered):
     population into poles at +x and -x.
     """
 
-    def __init__(self, spec: BiasedAssimilation) -> None:
-        self.spec = spec
-        self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
+    spec: BiasedAssimilation
 
     def apply(
         self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
     ) -> torch.Tensor:
         dot = (u * x).sum(dim=-1, keepdim=True)
-        moved = _unit(u + (self.spec.eta * w)[:, None] * dot * x)
+        moved = unit(u + (self.spec.eta * w)[:, None] * dot * x)
         return torch.where((w > 0)[:, None], moved, u)
 
 
@@ -175,9 +177,7 @@ class Confidence(ItemTriggered):
     an item within angle ``epsilon`` of u pulls u toward it by fraction ``mu * w`` of the
     angle (slerp); items farther away have no effect."""
 
-    def __init__(self, spec: BoundedConfidence) -> None:
-        self.spec = spec
-        self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
+    spec: BoundedConfidence
 
     def apply(
         self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
@@ -210,7 +210,7 @@ class Anchored:
         uniform: torch.Tensor | None,
     ) -> torch.Tensor:
         f = self.inner.step(u, u0, items, slot, uniform)
-        return _unit(self.spec.lam * u0 + (1 - self.spec.lam) * f)
+        return unit(self.spec.lam * u0 + (1 - self.spec.lam) * f)
 
 
 class Interest(ItemTriggered):
@@ -227,9 +227,7 @@ class Interest(ItemTriggered):
 
     needs_uniform = True
 
-    def __init__(self, spec: RecSimInterest) -> None:
-        self.spec = spec
-        self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
+    spec: RecSimInterest
 
     def apply(
         self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None
@@ -262,9 +260,7 @@ class Evans(ItemTriggered):
 
     needs_uniform = True
 
-    def __init__(self, spec: EvansPolarization) -> None:
-        self.spec = spec
-        self.click_weight, self.exposure_weight = spec.click_weight, spec.exposure_weight
+    spec: EvansPolarization
 
     def apply(
         self, u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, uniform: torch.Tensor | None

@@ -7,9 +7,7 @@ with a new fingerprint; results record both id and fingerprint.
 
 from __future__ import annotations
 
-import difflib
-
-from .errors import SpecError
+from .errors import SpecError, unknown
 from .specs import (
     AnchoredDynamics,
     ArgmaxChoice,
@@ -216,11 +214,7 @@ def get_scenario(scenario_id: str) -> ScenarioSpec:
     try:
         return SCENARIOS[scenario_id]
     except KeyError:
-        close = difflib.get_close_matches(scenario_id, SCENARIOS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpecError(
-            f"unknown scenario {scenario_id!r}{hint}; known: {', '.join(sorted(SCENARIOS))}"
-        ) from None
+        raise unknown("scenario", scenario_id, SCENARIOS) from None
 
 
 def register(spec: ScenarioSpec) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .catalog import random_unit
 from .errors import SpecError
+from .geometry import random_unit, unit
 from .io import read_matrix
 from .rng import Streams
 from .specs import (
@@ -24,10 +24,6 @@ from .specs import (
     UniformBoxPopulation,
     UniformSpherePopulation,
 )
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def exact_counts(shares: list[float], n: int) -> list[int]:
@@ -51,7 +47,7 @@ def sample_population(
         centres = random_unit(spec.n_components, dim, Streams(env_seed).generator("mixture"))
         weights = torch.tensor(spec.weights or [1.0] * spec.n_components, dtype=torch.float64)
         comp = torch.multinomial(weights, n, replacement=True, generator=gen)
-        return _unit(centres[comp] + spec.spread * torch.randn(n, dim, generator=gen))
+        return unit(centres[comp] + spec.spread * torch.randn(n, dim, generator=gen))
     if isinstance(spec, SpectrumPopulation):
         z = (
             torch.randn(n, generator=gen)

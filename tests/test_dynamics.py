@@ -13,7 +13,6 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from simulator.catalog import random_unit
 from simulator.dynamics import (
     Anchored,
     Assimilation,
@@ -26,6 +25,7 @@ from simulator.dynamics import (
     build_dynamics,
     slerp_toward,
 )
+from simulator.geometry import random_unit
 from simulator.metrics import bimodality_coefficient
 from simulator.specs import (
     AnchoredDynamics,
