@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -27,6 +28,7 @@ import torch  # noqa: E402
 
 from recommenders.baselines import OracleGreedy  # noqa: E402
 from simulator.engine import build_environment, run_arms  # noqa: E402
+from simulator.errors import SpecError  # noqa: E402
 from simulator.specs import (  # noqa: E402
     MNLChoice,
     ScenarioSpec,
@@ -66,7 +68,9 @@ def peak_rss_mb() -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--users", type=int, required=True, help="users (batch size)")
     p.add_argument("--items", type=int, default=1000, help="catalog size K")
     p.add_argument("--dim", type=int, default=16, help="preference / item dimension d")
@@ -74,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="horizon T")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     return p.parse_args(argv)
 
 
@@ -84,8 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    spec = bench_spec(args.items, args.dim, args.slate)
-    env = build_environment(spec, args.device)
+    try:
+        n_topics, _ = topic_layout(args.items)
+        spec = bench_spec(args.items, args.dim, args.slate)
+        env = build_environment(spec, args.device)
+        if args.users < 1 or args.steps < 1:
+            raise SpecError("--users and --steps must be positive")
+    except (SpecError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"bench/simulator.py: {exc}", file=sys.stderr)
+        return 2
     policies = {"policy": OracleGreedy()}
     setup_seconds = time.perf_counter() - t0
 
@@ -93,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         if env.device.type == "cuda":
             torch.cuda.synchronize(env.device)
 
+    load_before = os.getloadavg()[0]
     sync()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t1 = time.perf_counter()
     result = run_arms(env, policies, users=args.users, steps=args.steps, seed=args.seed)
     sync()
     seconds = time.perf_counter() - t1
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
 
     summ = result.arms["policy"].summaries
     out = {
@@ -107,13 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         "dim": env.dim,
         "slate": args.slate,
         "steps": args.steps,
-        "n_topics": spec.catalog.n_topics,
+        "n_topics": n_topics,
         "device": str(env.device),
         "seed": args.seed,
         "seconds": round(seconds, 4),
         "setup_seconds": round(setup_seconds, 4),
         "user_steps_per_s": round(args.users * args.steps / seconds, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        # CPU time and page faults of run_arms: a high sys share is the allocator handing
+        # large tensors back to the OS and faulting them in again every step
+        "cpu_user_s": round(ru1.ru_utime - ru0.ru_utime, 2),
+        "cpu_sys_s": round(ru1.ru_stime - ru0.ru_stime, 2),
+        "minor_faults": ru1.ru_minflt - ru0.ru_minflt,
+        # 1-minute load average before and after: other processes on a small machine
+        # change the result a lot (two torch threads on two busy cores stall)
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
