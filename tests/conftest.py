@@ -17,9 +17,9 @@ def recaudit_bin() -> str:
     return str(exe)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def embedded_ray():
-    """One embedded Ray instance for the test session (2 CPUs, no dashboard)."""
+    """An embedded Ray instance for one test module (no dashboard), shut down after it."""
     import ray
 
     from auditor.executor import ensure_ray

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -65,26 +68,39 @@ def test_embedded_ray_equals_in_process(recaudit_bin, in_process):
 
 
 def test_cluster_started_with_ray_start_equals_in_process(recaudit_bin, in_process, tmp_path):
+    """A real cluster: `ray start --head --block` in its own process group, reached by
+    address; stopped by signalling that group only (`ray stop` would end every Ray
+    process on the machine, this test session's embedded Ray included)."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    start = subprocess.run(
+    head = subprocess.Popen(
         [
             ray_bin,
             "start",
             "--head",
+            "--block",
             f"--port={port}",
             "--node-ip-address=127.0.0.1",
             "--num-cpus=2",
             "--include-dashboard=false",
             "--disable-usage-stats",
+            f"--temp-dir={tempfile.mkdtemp(prefix='ray-')}",  # short: socket paths are limited
         ],
-        capture_output=True,
-        text=True,
-        timeout=180,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
-    assert start.returncode == 0, start.stderr
     try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, "ray start exited"
+                assert time.monotonic() < deadline, "the Ray head did not come up"
+                time.sleep(0.5)
         env = {**os.environ, "RAY_ADDRESS": address}
         via_env = _run(recaudit_bin, *ARGS, env=env)
         assert via_env["backend"] == "ray-cluster"
@@ -92,5 +108,11 @@ def test_cluster_started_with_ray_start_equals_in_process(recaudit_bin, in_proce
         env.pop("RAY_ADDRESS")
         via_flag = _run(recaudit_bin, *ARGS, "--ray-address", address, env=env)
         assert via_flag["arms"] == in_process["arms"]
-    finally:  # `ray stop` ends every Ray process on the machine: this test runs last here
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
