@@ -15,8 +15,12 @@ import platform
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+# bench/simulator.py would shadow the simulator package: put the repository root first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from auditor.train import EVAL_SEED_OFFSET, default_config, evaluate
 from recommenders.registry import make_policy
