@@ -179,6 +179,23 @@ def end_run(run_id: str, ok: bool = True) -> None:
     _client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
+def ui_command(host: str, port: int) -> list[str]:
+    """The `mlflow ui` command line for the configured store (SQLite default or server)."""
+    import shutil
+    import sys
+
+    exe = (
+        shutil.which("mlflow", path=os.path.dirname(sys.executable))
+        or shutil.which("mlflow")
+        or "mlflow"
+    )
+    uri = tracking_uri()
+    cmd = [exe, "ui", "--host", host, "--port", str(port), "--backend-store-uri", uri]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (home() / "mlartifacts").resolve().as_uri()]
+    return cmd
+
+
 def check_reachable() -> None:
     """Fail with a clear message if the tracking store cannot be used."""
     try:

@@ -59,6 +59,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 1..65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="recaudit",
@@ -133,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ray", action="store_true", help="run sweep members on embedded Ray")
     tr.add_argument("--ray-address", help="run sweep members on the Ray cluster at this address")
     tr.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ui = sub.add_parser(
+        "ui",
+        help="start the MLflow UI on this machine against recaudit's store",
+        description="Start the MLflow UI (loopback only by default) on the default SQLite store "
+        "in RECAUDIT_HOME, or on MLFLOW_TRACKING_URI. Stop it with Ctrl-C.",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    ui.add_argument("--port", type=_port, default=5000, help="port (default 5000)")
 
     scen = sub.add_parser("scenarios", help="list the scenario registry")
     scen.add_argument("--json", action="store_true", help="print JSON")
@@ -459,9 +478,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    import socket
+    import subprocess
+
+    from auditor import tracking
+
+    with socket.socket() as s:
+        try:
+            s.bind((args.host, args.port))
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+            ) from None
+    cmd = tracking.ui_command(args.host, args.port)
+    print(
+        f"MLflow UI for {tracking.tracking_uri()} at http://{args.host}:{args.port} (Ctrl-C stops it)",
+        flush=True,
+    )
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
 COMMANDS = {
     "simulate": cmd_simulate,
     "train": cmd_train,
+    "ui": cmd_ui,
     "scenarios": cmd_scenarios,
     "policies": cmd_policies,
 }
