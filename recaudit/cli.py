@@ -154,50 +154,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------ commands
+def _print_listing(rows: list[dict[str, Any]], key: str, text: str, as_json: bool) -> None:
+    """A registry listing: JSON, or one line per entry (its key, then a description)."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    width = max(len(r[key]) for r in rows)
+    for r in rows:
+        print(f"{r[key]:<{width}}  {r[text]}")
+
+
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from simulator.scenarios import SCENARIOS
 
-    if args.json:
-        rows = [
-            {
-                "id": s.id,
-                "title": s.title,
-                "source": s.source,
-                "shows": s.shows,
-                "fingerprint": s.fingerprint(),
-            }
-            for s in SCENARIOS.values()
-        ]
-        print(json.dumps(rows, indent=2))
-    else:
-        width = max(len(s) for s in SCENARIOS)
-        for s in SCENARIOS.values():
-            print(f"{s.id:<{width}}  {s.title}")
+    rows = [
+        {
+            "id": s.id,
+            "title": s.title,
+            "source": s.source,
+            "shows": s.shows,
+            "fingerprint": s.fingerprint(),
+        }
+        for s in SCENARIOS.values()
+    ]
+    _print_listing(rows, "id", "title", args.json)
     return 0
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
     from recommenders.registry import POLICIES
 
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "name": p.name,
-                        "summary": p.summary,
-                        "oracle": p.oracle,
-                        "trainable": p.trainable,
-                    }
-                    for p in POLICIES.values()
-                ],
-                indent=2,
-            )
-        )
-    else:
-        width = max(len(p) for p in POLICIES)
-        for p in POLICIES.values():
-            print(f"{p.name:<{width}}  {p.summary}")
+    rows = [
+        {"name": p.name, "summary": p.summary, "oracle": p.oracle, "trainable": p.trainable}
+        for p in POLICIES.values()
+    ]
+    _print_listing(rows, "name", "summary", args.json)
     return 0
 
 

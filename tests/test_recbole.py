@@ -26,9 +26,6 @@ from simulator.scenarios import get_scenario
 from simulator.specs import (
     FileCatalog,
     FilePopulation,
-    MNLChoice,
-    ScenarioSpec,
-    TRecsDrift,
 )
 from simulator.types import Feedback
 from simulator.users import sample_population
@@ -418,19 +415,6 @@ def test_sequential_models_train_save_load_and_act(model, extra, tmp_path):
 
 
 # ------------------------------------------------------------ movielens-100k-v1 data
-def _movielens_spec() -> ScenarioSpec:
-    return ScenarioSpec(
-        id="movielens-100k-v1",
-        catalog=FileCatalog(path="data:movielens-100k-v1/items.parquet"),
-        population=FilePopulation(path="data:movielens-100k-v1/users.parquet"),
-        choice=MNLChoice(temperature=0.2, no_click_utility=1.2),
-        dynamics=TRecsDrift(delta=0.05),
-        slate_size=10,
-        default_users=943,
-        default_steps=50,
-    )
-
-
 def test_movielens_data_files_load_through_data_paths():
     cat = build_catalog(FileCatalog(path="data:movielens-100k-v1/items.parquet"), env_seed=0)
     assert cat.features.shape == (1682, 16)
@@ -453,7 +437,7 @@ def test_movielens_data_files_load_through_data_paths():
 
 
 def test_movielens_click_rates_under_oracle_and_random():
-    env = build_environment(_movielens_spec())
+    env = build_environment(get_scenario("movielens-100k-v1"))
     res = run_arms(
         env, {"oracle": OracleGreedy(), "random": UniformRandom()}, users=943, steps=5, seed=0
     )
