@@ -17,6 +17,10 @@ J = TypeVar("J")
 R = TypeVar("R")
 
 
+class Cancelled(Exception):
+    """The caller asked the jobs to stop; unfinished ones were cancelled."""
+
+
 def resolve_ray_address(use_ray: bool, address: str | None) -> str | None:
     """'' or None with use_ray: embedded Ray ("local"); an address (or RAY_ADDRESS): a cluster.
     Returns None when jobs should run in process."""
@@ -92,13 +96,19 @@ def run_jobs(
     ray_address: str | None = None,
     num_cpus: float = 1,
     on_done: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[R]:
     """Run ``fn`` over ``jobs``: in process when ``ray_address`` is None, else as Ray
     tasks (``"local"`` starts embedded Ray). ``on_done(i)`` is called as job i finishes.
+    When ``should_stop()`` turns true, unfinished jobs are cancelled and
+    :class:`Cancelled` is raised (checked between jobs in process, twice a second on Ray).
     """
+    stop = should_stop or (lambda: False)
     if ray_address is None:
         results = []
         for i, job in enumerate(jobs):
+            if stop():
+                raise Cancelled("stopped before all jobs ran")
             results.append(fn(job))
             if on_done:
                 on_done(i)
@@ -115,19 +125,31 @@ def run_jobs(
     pending = list(refs)
     try:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            if stop():
+                raise Cancelled("stopped before all jobs ran")
+            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
             for ref in done:
                 out[index[ref]] = ray.get(ref)
                 if on_done:
                     on_done(index[ref])
     except RayTaskError as exc:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        _cancel(ray, pending)
         cause = getattr(exc, "cause", None)
         if isinstance(cause, SpecError):
             raise SpecError(str(cause)) from None
         raise
+    except BaseException:
+        _cancel(ray, pending)
+        raise
     return out
+
+
+def _cancel(ray: Any, refs: list[Any]) -> None:
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # already finished or gone
+            pass
 
 
 def shutdown() -> None:

@@ -202,3 +202,119 @@ def check_reachable() -> None:
         _client().search_experiments(max_results=1)
     except Exception as exc:
         raise SpecError(f"cannot use the MLflow tracking store {tracking_uri()}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- audits
+EXPERIMENT_AUDIT = "recaudit-audits"
+
+
+def _flat_params(prefix: str, data: Any, out: dict[str, Any]) -> None:
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _flat_params(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
+        for i, v in enumerate(data):
+            _flat_params(f"{prefix}.{i}", v, out)
+    else:
+        out[prefix] = data
+
+
+def run_link(experiment_id: str | None, run_id: str | None) -> str | None:
+    """The MLflow UI page of a run when the store is a server (http/https), else None."""
+    uri = tracking_uri()
+    if not (experiment_id and run_id and uri.startswith(("http://", "https://"))):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def start_audit(report: Any) -> tuple[str, str]:
+    """Create the audit's parent run and one child run per arm, with params, tags and
+    metrics (per-step curves batched with their step). Returns (run id, experiment id);
+    the run stays open until :func:`finish_audit` adds the artifacts."""
+    client = _client()
+    exp = experiment_id(client, EXPERIMENT_AUDIT)
+    spec = report.spec
+    prov = report.provenance
+    tags = {
+        "mlflow.runName": f"audit {spec.policy.name} on {prov.scenario_id} {prov.fingerprint[:8]}",
+        "recaudit.audit": "true",
+        "recaudit.audit_id": report.id,
+        "recaudit.policy": spec.policy.kind,
+        "recaudit.policy_label": spec.policy.name,
+        "recaudit.scenario": prov.scenario_id,
+        "recaudit.fingerprint": prov.fingerprint,
+        "recaudit.scenario_fingerprint": prov.scenario_fingerprint,
+        "recaudit.code_version": prov.code_version,
+        "recaudit.git_commit": prov.git_commit or "",
+        "recaudit.verdict": report.verdict,
+    }
+    for c in report.criteria:
+        tags[f"recaudit.criterion.{c.name}"] = c.status
+    run = client.create_run(exp, tags=tags)
+    run_id = str(run.info.run_id)
+    try:
+        params: dict[str, Any] = {}
+        _flat_params("", spec.model_dump(mode="json"), params)
+        if not isinstance(spec.scenario, str):
+            params = {k: v for k, v in params.items() if not k.startswith("scenario.")}
+            params["scenario"] = prov.scenario_id
+        params.update(steps=report.steps, seeds=",".join(map(str, prov.seeds)))
+        _params(client, run_id, params)
+        final: dict[str, float] = {}
+        for arm, metrics in report.metrics.items():
+            for name, s in metrics.items():
+                if s.mean is not None:
+                    final[f"{arm}/{name}"] = s.mean
+        for e in report.effects:
+            for suffix, value in (("", e.mean), ("/ci_low", e.ci_low), ("/ci_high", e.ci_high)):
+                if value is not None:
+                    final[f"effect/{e.metric}/{e.reference}{suffix}"] = value
+        for c in report.criteria:
+            if c.estimate is not None:
+                final[f"criterion/{c.name}/estimate"] = c.estimate
+        log_metric_rows(client, run_id, [final])
+        for arm in report.arms:
+            _log_arm(client, exp, run_id, report, arm)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id, exp
+
+
+def _log_arm(client: Any, exp: str, parent: str, report: Any, arm: Any) -> None:
+    from mlflow.entities import Metric
+
+    tags = {
+        "mlflow.runName": f"{arm.label} ({arm.kind})",
+        "mlflow.parentRunId": parent,
+        "recaudit.arm": arm.label,
+        "recaudit.kind": arm.kind,
+        "recaudit.role": arm.role,
+        "recaudit.audit_id": report.id,
+    }
+    if arm.trained_run_id:
+        tags["recaudit.trained_run_id"] = arm.trained_run_id
+    child = client.create_run(exp, tags=tags)
+    cid = child.info.run_id
+    params = {"kind": arm.kind, "role": arm.role, "oracle": arm.oracle}
+    params.update({f"params.{k}": v for k, v in arm.params.items()})
+    _params(client, cid, params)
+    now = int(time.time() * 1000)
+    points: list[Any] = []
+    for name, curve in report.curves.get(arm.label, {}).items():
+        for step, value in zip(curve.steps, curve.mean, strict=True):
+            if value is not None:
+                points.append(Metric(key=name, value=float(value), timestamp=now, step=step))
+    for name, s in report.metrics.get(arm.label, {}).items():
+        if s.mean is not None:
+            points.append(Metric(key=f"final/{name}", value=s.mean, timestamp=now, step=0))
+    for i in range(0, len(points), METRIC_BATCH):
+        client.log_batch(cid, metrics=points[i : i + METRIC_BATCH])
+    client.set_terminated(cid, "FINISHED")
+
+
+def finish_audit(run_id: str, report: Any, directory: Path) -> None:
+    """Attach the report (JSON, HTML, figures) to the audit's run and close it."""
+    client = _client()
+    client.log_artifacts(run_id, str(directory))
+    client.set_terminated(run_id, "FINISHED")

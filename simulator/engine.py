@@ -98,6 +98,19 @@ class ArmRecord:
     choices: list[torch.Tensor] | None = None  # full: T tensors [B] item or -1 (CPU)
 
 
+@dataclass(frozen=True)
+class StepView:
+    """One arm's step as an observer of :func:`run_arms` sees it."""
+
+    t: int  # step index (0-based)
+    arm: str
+    u0: torch.Tensor  # [B, d] initial preferences
+    u: torch.Tensor  # [B, d] preferences after the step
+    slate: torch.Tensor  # [B, k] items shown
+    item: torch.Tensor  # [B] item consumed or -1
+    axis: torch.Tensor  # [d] unit polarity axis of this run
+
+
 @dataclass
 class RunResult:
     scenario: ScenarioSpec
@@ -199,12 +212,14 @@ def run_arms(
     reference: str | None = None,
     record_full: bool = False,
     progress: Callable[[int], None] | None = None,
+    observe: Callable[[StepView], None] | None = None,
 ) -> RunResult:
     """Run every policy on the same users with common random numbers.
 
     ``policies`` maps arm names to distinct policy instances (they keep state). The
     ``reference`` arm (usually the natural counterfactual) is what induced shift is
-    measured against.
+    measured against. ``observe`` sees every arm's step (for measurements beyond the
+    streamed summaries) and must not modify the tensors it is given.
     """
     if users < 1 or steps < 1:
         raise SpecError("users and steps must be positive")
@@ -276,6 +291,8 @@ def run_arms(
             s["polarization"].append(metrics.variance_index(z))
             clicks[arm] += clicked.float()
             state[arm] = new_u
+            if observe is not None:
+                observe(StepView(t=t, arm=arm, u0=u0, u=new_u, slate=slate, item=item, axis=axis))
             if record_full:
                 assert (
                     rec.preferences is not None

@@ -1,0 +1,229 @@
+"""One arm of one replicate: run a policy on the replicate's users and measure it.
+
+An :class:`ArmJob` is plain data (picklable, so it can travel to a Ray worker) and
+:func:`run_arm` is plain Python; :mod:`auditor.executor` decides where it runs. Arms of
+the same replicate run in separate tasks yet stay paired: the engine draws every step's
+random numbers from the replicate's seed with shapes that depend on the scenario only
+(common random numbers), so the natural arm of a replicate sees exactly the users and
+noise the audited arm saw. Workers return data; the driver compares arms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from simulator import metrics
+from simulator.engine import StepView, build_environment, run_arms
+from simulator.policy import Policy
+from simulator.rng import Streams
+from simulator.specs import ScenarioSpec
+
+#: per-step measurements, in addition to the engine's streamed summaries
+STEP_METRICS = (
+    "engagement",
+    "expected_engagement",
+    "initial_pref_engagement",
+    "welfare",
+    "shift",
+    "polarity_mean",
+    "polarization",
+    "esteban_ray",
+    "bimodality",
+    "mean_pairwise_distance",
+    "extreme_share",
+    "dispersion",
+)
+_ENGINE_NAMES = {
+    "click_rate": "engagement",
+    "expected_clicks": "expected_engagement",
+    "initial_pref_engagement": "initial_pref_engagement",
+    "welfare": "welfare",
+    "shift": "shift",
+    "polarity_mean": "polarity_mean",
+    "polarization": "polarization",
+}
+HIST_BINS = 40
+JACCARD_USERS = 4096  # consumed-set similarity is measured on (at most) this many users
+SNAPSHOT_FLOATS = 2_000_000  # budget for kept preference snapshots per task (8 MB)
+
+
+def axis_range(space: str) -> tuple[float, float]:
+    """Range of positions on the polarity axis used for binned indices and histograms."""
+    return (0.0, 1.0) if space == "unit_interval" else (-1.0, 1.0)
+
+
+def checkpoints(steps: int, users: int, dim: int) -> list[int]:
+    """Steps (0 = initial) at which preferences are kept: every step when they fit the
+    snapshot budget, otherwise evenly spaced (always with 0 and the last step)."""
+    k = max(11, SNAPSHOT_FLOATS // max(1, users * dim))
+    if k >= steps + 1:
+        return list(range(steps + 1))
+    return sorted({round(i * steps / (k - 1)) for i in range(k)})
+
+
+@dataclass(frozen=True)
+class ArmJob:
+    """One (arm, replicate) of an audit."""
+
+    scenario: ScenarioSpec
+    label: str
+    factory: Callable[[], Policy]
+    users: int
+    steps: int
+    seed: int
+    replicate: int
+    checkpoints: tuple[int, ...]
+    extreme_threshold: float = 0.8
+    device: str = "cpu"
+
+
+@dataclass
+class ArmOutcome:
+    label: str
+    replicate: int
+    seed: int
+    per_step: dict[str, list[float]]  # STEP_METRICS -> T values (after steps 1..T)
+    final: dict[str, float]  # end-of-run figures measured inside the task
+    snapshots: np.ndarray  # [K, B, d] float32 preferences at ``checkpoints``
+    histograms: np.ndarray  # [K, HIST_BINS] counts of positions on the polarity axis
+    seconds: float = 0.0
+    meta: dict[str, float] = field(default_factory=dict)
+
+
+def gini(x: torch.Tensor) -> float:
+    """Gini coefficient of non-negative values (0: all equal; 0 for an all-zero vector)."""
+    v = x.double().flatten().sort().values
+    n, total = v.numel(), float(v.sum())
+    if n == 0 or total == 0.0:
+        return 0.0
+    i = torch.arange(1, n + 1, dtype=torch.float64, device=v.device)
+    return float((2 * (i * v).sum()) / (n * total) - (n + 1) / n)
+
+
+def mean_jaccard(consumed: torch.Tensor, pairs: torch.Tensor) -> float:
+    """Mean Jaccard similarity |A & B| / |A | B| of consumed-item sets over user pairs
+    (T-RECS' interaction similarity); pairs where both sets are empty are left out."""
+    a, b = consumed[pairs[:, 0]], consumed[pairs[:, 1]]
+    inter = (a & b).sum(dim=1).double()
+    union = (a | b).sum(dim=1).double()
+    ok = union > 0
+    if not bool(ok.any()):
+        return math.nan
+    return float((inter[ok] / union[ok]).mean())
+
+
+def mean_topic_entropy(topic_counts: torch.Tensor) -> float:
+    """Mean over users with at least one click of the entropy (bits) of their consumed
+    topics."""
+    n = topic_counts.sum(dim=1, keepdim=True)
+    ok = n.squeeze(1) > 0
+    if not bool(ok.any()):
+        return math.nan
+    p = topic_counts[ok] / n[ok]
+    h = -torch.special.xlogy(p.double(), p.double()).sum(dim=1) / math.log(2.0)
+    return float(h.mean())
+
+
+class _Meter:
+    """Measurements streamed from the engine's observer hook."""
+
+    def __init__(self, job: ArmJob, n_items: int, topics: torch.Tensor, dev: torch.device):
+        self.job = job
+        self.lo, self.hi = axis_range(job.scenario.space)
+        self.per_step: dict[str, list[float]] = {
+            m: [] for m in STEP_METRICS if m not in _ENGINE_NAMES.values()
+        }
+        self.snap_at = set(job.checkpoints)
+        self.snapshots: list[torch.Tensor] = []
+        self.exposure = torch.zeros(n_items, dtype=torch.float64, device=dev)
+        self.topics = topics
+        n_topics = int(topics.max()) + 1 if topics.numel() else 1
+        self.jac_users = min(job.users, JACCARD_USERS)
+        self.consumed = torch.zeros(self.jac_users, n_items, dtype=torch.bool, device=dev)
+        self.topic_counts = torch.zeros(job.users, n_topics, dtype=torch.float64, device=dev)
+        self.axis: torch.Tensor | None = None
+
+    def __call__(self, v: StepView) -> None:
+        if v.t == 0:
+            self.axis = v.axis
+            if 0 in self.snap_at:
+                self.snapshots.append(v.u0.float().cpu())
+        z = metrics.polarity(v.u, v.axis)
+        s = self.per_step
+        s["esteban_ray"].append(metrics.esteban_ray(z, lo=self.lo, hi=self.hi))
+        s["bimodality"].append(metrics.bimodality_coefficient(z) if z.numel() >= 4 else math.nan)
+        s["mean_pairwise_distance"].append(metrics.mean_pairwise_distance(z))
+        s["extreme_share"].append(metrics.extreme_share(z, self.job.extreme_threshold))
+        s["dispersion"].append(float(v.u.double().var(dim=0, unbiased=False).sum()))
+        if v.t + 1 in self.snap_at:
+            self.snapshots.append(v.u.float().cpu())
+        self.exposure += torch.bincount(v.slate.flatten(), minlength=self.exposure.numel())
+        clicked = v.item >= 0
+        rows = torch.nonzero(clicked).squeeze(1)
+        items = v.item[rows]
+        self.topic_counts[rows, self.topics[items]] += 1.0
+        keep = rows < self.jac_users
+        self.consumed[rows[keep], items[keep]] = True
+
+
+def run_arm(job: ArmJob) -> ArmOutcome:
+    """Run one arm of one replicate. Plain Python: the executor adds ``.remote``."""
+    start = time.perf_counter()
+    env = build_environment(job.scenario, job.device)
+    meter = _Meter(job, env.catalog.size, env.catalog.topic, env.device)
+    result = run_arms(
+        env,
+        {job.label: job.factory()},
+        users=job.users,
+        steps=job.steps,
+        seed=job.seed,
+        observe=meter,
+    )
+    rec = result.arms[job.label]
+    assert rec.final is not None and rec.clicks is not None
+    per_step = {_ENGINE_NAMES[k]: list(v) for k, v in rec.summaries.items() if k in _ENGINE_NAMES}
+    per_step.update(meter.per_step)
+    per_step = {m: per_step[m] for m in STEP_METRICS}
+
+    u0, uT = result.initial.double(), rec.final.double()
+    z0 = metrics.polarity(result.initial, result.axis)
+    cos = (u0 * uT).sum(dim=1) / (u0.norm(dim=1) * uT.norm(dim=1)).clamp_min(1e-12)
+    gen = Streams(job.seed).generator("audit-pairs")
+    perm = torch.randperm(meter.jac_users, generator=gen).to(env.device)
+    half = meter.jac_users // 2
+    pairs = torch.stack([perm[:half], perm[half : 2 * half]], dim=1)
+    final = {m: per_step[m][-1] for m in STEP_METRICS}
+    final.update(
+        engagement=float(np.mean(per_step["engagement"])),
+        expected_engagement=float(np.mean(per_step["expected_engagement"])),
+        initial_pref_engagement=float(np.mean(per_step["initial_pref_engagement"])),
+        welfare=float(np.mean(per_step["welfare"])),
+        cumulative_clicks=float(rec.clicks.double().mean()),
+        shift_angle=float(torch.arccos(cos.clamp(-1.0, 1.0)).mean()),
+        polarization_change=per_step["polarization"][-1] - metrics.variance_index(z0),
+        jaccard=mean_jaccard(meter.consumed, pairs),
+        topic_entropy=mean_topic_entropy(meter.topic_counts),
+        coverage=float((meter.exposure > 0).double().mean()),
+        exposure_gini=gini(meter.exposure),
+    )
+    snaps = torch.stack(meter.snapshots)  # [K, B, d]
+    lo, hi = axis_range(job.scenario.space)
+    z = (snaps @ (result.axis / result.axis.norm()).float().cpu()).double().clamp(lo, hi)
+    idx = ((z - lo) / (hi - lo) * HIST_BINS).long().clamp(0, HIST_BINS - 1)
+    hist = torch.stack([torch.bincount(row, minlength=HIST_BINS) for row in idx])
+    return ArmOutcome(
+        label=job.label,
+        replicate=job.replicate,
+        seed=job.seed,
+        per_step=per_step,
+        final=final,
+        snapshots=snaps.numpy(),
+        histograms=hist.numpy(),
+        seconds=time.perf_counter() - start,
+    )

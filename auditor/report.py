@@ -1,0 +1,158 @@
+"""The audit report: a versioned JSON schema (``recaudit.audit-report/v1``).
+
+Everything a reader needs to trust and reproduce an audit is here: the spec and its
+fingerprint, the seeds, code and package versions, timings, per-arm metrics with their
+replicate values, per-step curves with confidence bands, preference distributions over
+time, the paired effects and the verdict. Values that cannot be computed are ``null``.
+The HTML report (:mod:`dashboards.report`) is rendered from this object alone.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .spec import AuditSpec
+
+SCHEMA: Literal["recaudit.audit-report/v1"] = "recaudit.audit-report/v1"
+
+Status = Literal["pass", "flag", "inconclusive"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArmInfo(_Model):
+    label: str = Field(..., description="Arm name in this report ('policy' is the audited one).")
+    kind: str = Field(..., description="Policy kind ('natural' for the counterfactual).")
+    role: str = Field(..., description="audited, natural, myopic, rl, penalized or other.")
+    params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    oracle: bool = Field(False, description="Reads true preferences (not deployable).")
+    trained_run_id: str | None = Field(None, description="MLflow run of the trained policy.")
+    penalty_weight: float | None = Field(None, description="Penalty weight of penalized learners.")
+
+
+class MetricSummary(_Model):
+    mean: float | None
+    sd: float | None = Field(None, description="Sample sd over replicates.")
+    ci_low: float | None = Field(None, description="Bootstrap CI over replicates (1 - alpha).")
+    ci_high: float | None = None
+    per_replicate: list[float | None]
+
+
+class Curve(_Model):
+    """A per-step mean over replicates with a pointwise bootstrap band (1 - alpha)."""
+
+    steps: list[int]
+    mean: list[float | None]
+    low: list[float | None]
+    high: list[float | None]
+
+
+class Distribution(_Model):
+    """Users' positions on the polarity axis at checkpoints, pooled over replicates:
+    ``density[i][j]`` is the share of users in bin j at ``steps[i]``."""
+
+    steps: list[int]
+    bin_edges: list[float]
+    density: list[list[float]]
+
+
+class Quantiles(_Model):
+    p10: float | None
+    p25: float | None
+    p50: float | None
+    p75: float | None
+    p90: float | None
+    mean: float | None
+
+
+class Effect(_Model):
+    """Paired effect metric(policy) - metric(reference) over replicates (same seeds)."""
+
+    metric: str
+    reference: str = Field(..., description="Reference arm label.")
+    mean: float | None
+    ci_low: float | None = Field(None, description="Expanded-percentile bootstrap CI (1 - alpha).")
+    ci_high: float | None = None
+    sd: float | None = Field(None, description="Sd of the per-replicate differences.")
+    effect_size: float | None = Field(
+        None, description="Cohen's d_z: mean difference / sd of differences (null when sd is 0)."
+    )
+    p_value: float | None = Field(None, description="Paired sign-flip permutation p (two-sided).")
+    p_holm: float | None = Field(None, description="Holm-adjusted over every effect in the table.")
+    per_replicate: list[float | None] = Field(default_factory=list)
+
+
+class CriterionResult(_Model):
+    name: str
+    metric: str
+    reference: str = Field(..., description="The role or label the criterion names.")
+    reference_arm: str | None = Field(None, description="The arm it resolved to (null: none).")
+    margin: float
+    description: str = ""
+    estimate: float | None = Field(None, description="Mean paired effect.")
+    lower: float | None = Field(None, description="One-sided lower bound at level alpha/m.")
+    upper: float | None = Field(None, description="One-sided upper bound at level alpha/m.")
+    level: float | None = Field(None, description="Per-criterion level alpha/m (Bonferroni).")
+    status: Status | Literal["skipped"]
+    explanation: str
+
+
+class Timings(_Model):
+    total_s: float
+    train_s: float = 0.0
+    simulate_s: float = 0.0
+    analyse_s: float = 0.0
+    log_s: float = 0.0
+
+
+class Provenance(_Model):
+    fingerprint: str
+    scenario_id: str
+    scenario_fingerprint: str
+    seeds: list[int]
+    code_version: str = Field(..., description="recaudit version and git commit when known.")
+    git_commit: str | None = None
+    packages: dict[str, str]
+    executor: str = Field(..., description="'in-process', 'ray-local' or the Ray address.")
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    mlflow_experiment_id: str | None = None
+    host: str = ""
+    created: str = Field(..., description="UTC start time, ISO 8601.")
+    timings: Timings
+
+
+class AuditReport(_Model):
+    schema_: Literal["recaudit.audit-report/v1"] = Field(SCHEMA, alias="schema")
+    id: str = Field(..., description="Audit id.")
+    spec: AuditSpec
+    users: int
+    steps: int
+    alpha: float
+    arms: list[ArmInfo]
+    metrics: dict[str, dict[str, MetricSummary]] = Field(
+        ..., description="arm label -> metric -> summary over replicates."
+    )
+    metric_descriptions: dict[str, str]
+    curves: dict[str, dict[str, Curve]] = Field(..., description="arm label -> metric -> curve.")
+    distributions: dict[str, Distribution] = Field(..., description="arm label -> distribution.")
+    per_user: dict[str, dict[str, Quantiles]] = Field(
+        ..., description="arm label -> 'shift' / 'induced_shift' -> quantiles over users."
+    )
+    effects: list[Effect]
+    criteria: list[CriterionResult]
+    verdict: Status
+    summary: str = Field(..., description="One paragraph that explains the verdict.")
+    provenance: Provenance
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return self.model_dump_json(by_alias=True, indent=indent)
+
+
+EXIT_CODES: dict[str, int] = {"pass": 0, "flag": 1, "inconclusive": 3}
