@@ -515,7 +515,12 @@ _GIT: tuple[str | None, bool] | None = None
 def code_version() -> tuple[str, str | None]:
     """('recaudit <version>[+g<commit>[.dirty]]', commit or None)."""
     global _GIT
-    from recaudit import __version__
+    from importlib import metadata
+
+    try:
+        package_version = metadata.version("recaudit")
+    except metadata.PackageNotFoundError:
+        package_version = "unknown"
 
     if _GIT is None:
         root = Path(__file__).resolve().parents[1]
@@ -544,7 +549,7 @@ def code_version() -> tuple[str, str | None]:
                 commit = None
         _GIT = (commit, dirty)
     commit, dirty = _GIT
-    version = f"recaudit {__version__}"
+    version = f"recaudit {package_version}"
     if commit:
         version += f"+g{commit[:12]}" + (".dirty" if dirty else "")
     return version, commit

@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ui.add_argument("--port", type=_port, default=5000, help="port (default 5000)")
 
+    from .audit_cli import add_parsers
+
+    add_parsers(sub, _positive_int, _non_negative_int)
+
     scen = sub.add_parser("scenarios", help="list the scenario registry")
     scen.add_argument("--json", action="store_true", help="print JSON")
     pol = sub.add_parser("policies", help="list the policy kinds")
@@ -486,7 +490,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit_cli import cmd_audit as run
+
+    return run(args)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from .audit_cli import cmd_history as run
+
+    return run(args)
+
+
 COMMANDS = {
+    "audit": cmd_audit,
+    "history": cmd_history,
     "simulate": cmd_simulate,
     "train": cmd_train,
     "ui": cmd_ui,

@@ -1,0 +1,139 @@
+"""Benchmark a full audit end to end; prints one JSON line.
+
+    python bench/audit.py --scenario polarity-1d-v1 --users 5000 --steps 50 --replicates 8
+
+The audited policy and the default references (natural, ppo-myopic, ppo, ppo-distance)
+are trained first, outside the timing (an audit takes learners from the trained-policy
+cache). The timed part is what a user waits for: embedded Ray start-up, every
+(policy, replicate) as a Ray task, the statistics, MLflow logging (a parent run and a run
+per arm) and the HTML report with its figures. Peak RSS is sampled over this process and
+its children (the Ray workers) every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+# bench/simulator.py would shadow the simulator package: put the repository root first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from auditor.audit import run_audit
+from auditor.spec import AuditSpec, PolicySpec
+from dashboards.report import write_report
+
+
+class TreeRss:
+    """Peak summed RSS of this process and all its descendants."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> TreeRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--scenario", default="polarity-1d-v1")
+    p.add_argument("--policy", default="ppo-safe-shift", help="the policy under audit")
+    p.add_argument("--users", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--replicates", type=int, default=8)
+    p.add_argument("--train-users", type=int, default=1024, help="learners' training users")
+    p.add_argument("--train-iterations", type=int, default=40)
+    p.add_argument("--home", help="RECAUDIT_HOME to use (default: a temporary directory)")
+    args = p.parse_args(argv)
+    os.environ["RECAUDIT_HOME"] = args.home or tempfile.mkdtemp(prefix="recaudit-bench-")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+    train = {"users": args.train_users, "iterations": args.train_iterations}
+    refs = [PolicySpec(kind="natural")] + [
+        PolicySpec(kind=k, params=train) for k in ("ppo-myopic", "ppo", "ppo-distance")
+    ]
+    spec = AuditSpec(
+        scenario=args.scenario,
+        policy=PolicySpec(kind=args.policy, params=train),
+        references=refs,
+        users=args.users,
+        steps=args.steps,
+        replicates=args.replicates,
+    )
+    # 1. train (or find) the learners, untimed: a tiny in-process audit resolves them
+    t0 = time.perf_counter()
+    warm = spec.model_copy(update={"users": 4, "steps": 1, "replicates": 2})
+    run_audit(warm, track=True)
+    train_s = time.perf_counter() - t0
+
+    # 2. the timed audit, on embedded Ray started here
+    with tempfile.TemporaryDirectory() as out, TreeRss() as rss:
+        start = time.perf_counter()
+        result = run_audit(spec, ray_address="local", render=write_report, out_dir=Path(out))
+        seconds = time.perf_counter() - start
+    t = result.report.provenance.timings
+    arms = len(result.report.arms)
+    print(
+        json.dumps(
+            {
+                "bench": "audit",
+                "scenario": args.scenario,
+                "policy": args.policy,
+                "users": args.users,
+                "steps": args.steps,
+                "replicates": args.replicates,
+                "arms": arms,
+                "user_steps": args.users * args.steps * arms * args.replicates,
+                "seconds": round(seconds, 2),
+                "simulate_s": round(t.simulate_s, 2),
+                "analyse_s": round(t.analyse_s, 2),
+                "log_s": round(t.log_s, 2),
+                "verdict": result.report.verdict,
+                "peak_rss_mb_tree": round(rss.peak / 2**20, 1),
+                "peak_rss_mb_driver": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+                ),
+                "untimed_training_s": round(train_s, 1),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            }
+        )
+    )
+    from auditor.executor import shutdown
+
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
