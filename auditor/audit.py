@@ -501,7 +501,7 @@ def _summary(
             parts.append(f"Criterion {c.name} was skipped ({c.explanation}).")
             continue
         parts.append(
-            f"It {words[c.status]} {c.name}: {c.metric} exceeds {c.reference_arm}'s by "
+            f"It {words[c.status]} {c.name}: its {c.metric} minus {c.reference_arm}'s is "
             f"{_fmt(c.estimate)} (bounds {_fmt(c.lower)} to {_fmt(c.upper)}) against a margin "
             f"of {_fmt(c.margin)}."
         )

@@ -168,17 +168,17 @@ def render_table(report: Any) -> str:
     ]
     keys = ["engagement", "welfare", "shift", "induced_shift", "polarization", "extreme_share"]
     keys = [k for k in keys if k in next(iter(report.metrics.values()))]
-    header = f"{'arm':<22}" + "".join(f"{k:>15}" for k in keys)
+    header = f"{'arm':<30}" + "".join(f"{k:>15}" for k in keys)
     lines += [header, "-" * len(header)]
     for arm in report.arms:
         row = report.metrics[arm.label]
         name = f"{arm.label}" + (f" ({arm.kind})" if arm.kind != arm.label else "")
-        lines.append(f"{name[:21]:<22}" + "".join(f"{f(row[k].mean):>15}" for k in keys))
-    lines += ["", f"{'criterion':<28}{'effect':>10}{'bounds':>24}{'margin':>9}  status"]
+        lines.append(f"{name[:29]:<30}" + "".join(f"{f(row[k].mean):>15}" for k in keys))
+    lines += ["", f"{'criterion':<30}{'effect':>10}{'bounds':>24}{'margin':>9}  status"]
     for c in report.criteria:
         bounds = f"[{f(c.lower)}, {f(c.upper)}]" if c.lower is not None else "-"
         lines.append(
-            f"{c.name[:27]:<28}{f(c.estimate):>10}{bounds:>24}{f(c.margin):>9}  {c.status.upper()}"
+            f"{c.name[:29]:<30}{f(c.estimate):>10}{bounds:>24}{f(c.margin):>9}  {c.status.upper()}"
             + (f" vs {c.reference_arm}" if c.reference_arm else "")
         )
     lines += ["", f"verdict: {report.verdict.upper()}", "", report.summary]

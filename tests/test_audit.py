@@ -246,6 +246,42 @@ def test_mlflow_holds_a_parent_run_a_child_per_arm_and_the_report(home, tmp_path
     assert json.loads(open(local).read())["provenance"]["mlflow_run_id"] == result.run_id
     assert (tmp_path / "out" / "report.html").is_file()
 
+    # the cross-audit view finds it
+    from dashboards.history import audit_history
+
+    hist = audit_history(policy="oracle-greedy")
+    assert list(hist["run_id"]) == [result.run_id]
+    assert hist["verdict"].iloc[0] == result.report.verdict
+
+
+def test_cli_history_lists_audits_oldest_first(recaudit_bin, home):
+    for seed in ("0", "1"):
+        proc = run_cli(
+            recaudit_bin,
+            home,
+            "audit",
+            "--scenario",
+            "topics-tiny-v1",
+            "--policy",
+            "popularity",
+            "--references",
+            "natural",
+            "--replicates",
+            "2",
+            "--seed",
+            seed,
+            "--in-process",
+            "--no-progress",
+        )
+        assert proc.returncode == 3, proc.stderr
+    proc = run_cli(recaudit_bin, home, "history", "--policy", "popularity", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 2 and rows[0]["started"] <= rows[1]["started"]
+    assert {r["verdict"] for r in rows} == {"inconclusive"}
+    empty = run_cli(recaudit_bin, home, "history", "--policy", "ppo")
+    assert empty.returncode == 0 and "no audits recorded" in empty.stdout
+
 
 # ------------------------------------------------------------------ measurements
 def test_gini_of_exposure():
