@@ -92,28 +92,39 @@ def registered_name(scenario_id: str, kind: str) -> str:
 
 
 def find_trained(fingerprint: str) -> tuple[str, Path] | None:
-    """The newest finished training run with this config fingerprint: (run id, local
-    directory holding policy.json and policy.safetensors), or None."""
+    """The newest trained policy with this config fingerprint: (run id, local directory
+    holding policy.json and policy.safetensors), or None. Looked up in the model registry
+    (versions carry the fingerprint as a tag), then among finished training runs."""
     client = _client()
-    exp = client.get_experiment_by_name(EXPERIMENT_TRAIN)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`recaudit.fingerprint` = '{fingerprint}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        return None
-    run_id = runs[0].info.run_id
     import mlflow
 
+    run_id, source = None, None
+    versions = client.search_model_versions(f"tags.`recaudit.fingerprint` = '{fingerprint}'")
+    for mv in sorted(versions, key=lambda v: int(v.creation_timestamp or 0), reverse=True):
+        if mv.run_id and client.get_run(mv.run_id).info.status == "FINISHED":
+            run_id, source = mv.run_id, mv.source
+            break
+    if run_id is None:
+        exp = client.get_experiment_by_name(EXPERIMENT_TRAIN)
+        if exp is None:
+            return None
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`recaudit.fingerprint` = '{fingerprint}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            return None
+        run_id = runs[0].info.run_id
     dst = Path(tempfile.mkdtemp(prefix="recaudit-policy-"))
-    local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="policy", dst_path=str(dst)
-    )
-    return run_id, Path(local)
+    if source is not None:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst))
+    else:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="policy", dst_path=str(dst)
+        )
+    return str(run_id), Path(local)
 
 
 def log_training(
