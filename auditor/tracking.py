@@ -37,6 +37,11 @@ def tracking_uri() -> str:
 def _client() -> Any:
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import logging
+
+    # the store's one-time table creation is not news to a CLI user
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     import mlflow
     from mlflow.tracking import MlflowClient
 
