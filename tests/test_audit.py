@@ -423,3 +423,13 @@ def test_reference_learners_come_from_the_trained_policy_cache(home):
     b = next(x for x in second.report.arms if x.kind == "ppo")
     assert a.trained_run_id == b.trained_run_id is not None
     assert first.report.metrics["ppo"] == second.report.metrics["ppo"]
+
+
+def test_progress_rises_to_one_through_named_phases():
+    seen = []
+    run_audit(spec(), track=False, progress=lambda f, phase: seen.append((f, phase)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    # one report per finished arm-replicate: 4 arms x 3 replicates
+    assert sum(1 for _, p in seen if p.startswith("simulated ")) == 12
+    assert seen[-1][1] == "done"
