@@ -24,7 +24,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy simulator recommenders auditor recaudit
+	$(BIN)/mypy simulator recommenders auditor dashboards service recaudit
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -62,6 +62,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: the service's commands (serve, keys), filled in by build_parser
+SERVICE_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="recaudit",
@@ -149,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit_cli import add_parsers
 
     add_parsers(sub, _positive_int, _non_negative_int)
+    from service.cli import register
+
+    SERVICE_COMMANDS.update(register(sub))
 
     scen = sub.add_parser("scenarios", help="list the scenario registry")
     scen.add_argument("--json", action="store_true", help="print JSON")
@@ -529,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from simulator.errors import SpecError
 
     try:
-        return COMMANDS[args.command](args)
+        return {**COMMANDS, **SERVICE_COMMANDS}[args.command](args)
     except (CliError, SpecError) as exc:
         print(f"recaudit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

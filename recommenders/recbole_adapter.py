@@ -1119,3 +1119,129 @@ def derive_movielens(
         "test": tm.test_result,
         "recall@10_ours": round(full_sort_recall(tm, 10), 4),
     }
+
+
+# ====================================================================== uploaded models
+class UnsupportedUpload(SpecError):
+    """An upload that is not the expected file type at all (a pickle, a torch checkpoint,
+    not JSON): the service answers 415."""
+
+
+_PICKLE_PROTOCOLS = tuple(bytes([0x80, p]) for p in range(2, 6))
+
+
+def sniff_weights(data: bytes) -> None:
+    """Refuse, by content, anything but a safetensors file: pickles (``\\x80`` protocol
+    header), torch zip checkpoints (``PK\\x03\\x04``) and any other bytes whose first 8
+    bytes are not a plausible header length followed by a JSON object. Nothing is
+    parsed beyond that."""
+    if data[:2] in _PICKLE_PROTOCOLS or (data[:1] in (b"(", b"]", b"}") and b"." in data[-2:]):
+        raise UnsupportedUpload("the weights are a Python pickle; upload safetensors weights")
+    if data[:4] == b"PK\x03\x04":
+        raise UnsupportedUpload(
+            "the weights are a zip archive (a torch checkpoint?); upload safetensors weights"
+        )
+    if len(data) < 10:
+        raise UnsupportedUpload("the weights are not a safetensors file (too short)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n < 2 or n > len(data) - 8 or not data[8:9] == b"{":
+        raise UnsupportedUpload("the weights are not a safetensors file (no safetensors header)")
+
+
+def sniff_config(data: bytes) -> dict[str, Any]:
+    """The config as a JSON object; UnsupportedUpload when it is not UTF-8 JSON at all."""
+    if data[:2] in _PICKLE_PROTOCOLS or data[:4] == b"PK\x03\x04":
+        raise UnsupportedUpload("the config is a pickle or zip file; upload the JSON model config")
+    if len(data) > _MAX_JSON_BYTES:
+        raise SpecError("the config is too large")
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UnsupportedUpload(f"the config is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise SpecError("the config must be a JSON object (model.json written by save_model)")
+    return meta
+
+
+def validate_upload(config: bytes, weights: bytes, directory: str | Path) -> dict[str, Any]:
+    """Check an uploaded model and write it into ``directory`` (created; the caller
+    removes it on failure): the bytes are sniffed first (UnsupportedUpload for pickles,
+    torch checkpoints, non-JSON configs), then :func:`load_model` rebuilds it with every
+    check (allowed class, settings, SHA-256, tensor names/shapes/dtypes against the item
+    and user id maps). Returns a summary (model, type, items, users, SHA-256)."""
+    sniff_weights(weights)
+    meta = sniff_config(config)
+    if meta.get("model") not in SUPPORTED_MODELS:
+        raise SpecError(
+            f"model class {meta.get('model')!r} is not allowed; allowed: {', '.join(SUPPORTED_MODELS)}"
+        )
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_bytes(config)
+    (out / WEIGHTS_FILE).write_bytes(weights)
+    tm = load_model(out)
+    return {
+        "model": tm.model_name,
+        "model_type": tm.kind,
+        "num_items": len(tm.item_tokens) - 1,
+        "num_users": len(tm.user_tokens) - 1,
+        "sha256": hashlib.sha256(weights).hexdigest(),
+        "size_bytes": len(weights) + len(config),
+    }
+
+
+def load_model_bytes(config: bytes, weights: bytes) -> TrainedModel:
+    """:func:`load_model` from the two files' contents (through a temporary directory)."""
+    with tempfile.TemporaryDirectory(prefix="recaudit-upload-") as tmp:
+        (Path(tmp) / CONFIG_FILE).write_bytes(config)
+        (Path(tmp) / WEIGHTS_FILE).write_bytes(weights)
+        return load_model(tmp)
+
+
+def check_covers_catalog(item_tokens: Sequence[str], num_items: int) -> None:
+    """Simulator item ``i`` is token ``str(i)``: the model must know every catalog item."""
+    known = set(item_tokens)
+    missing = [i for i in range(num_items) if str(i) not in known]
+    if missing:
+        raise SpecError(
+            f"the uploaded model does not know {len(missing)} of the scenario's {num_items} "
+            f"catalog items (item tokens '0'..'{num_items - 1}'; first missing: {missing[0]})"
+        )
+
+
+class FrozenRecBolePolicy(RecBolePolicy):
+    """A trained RecBole model as a policy, never retrained: general models score the
+    simulated users they know (user token ``str(b)``), sequential ones score each user's
+    recent clicks; users the model cannot score get the most-clicked items so far."""
+
+    def __init__(self, trained: TrainedModel, *, threads: int | None = 1, name: str = "uploaded"):
+        super().__init__(trained.model_name, threads=threads, name=name)
+        self.frozen = trained
+
+    def reset(self, ctx: PolicyContext) -> None:
+        super().reset(ctx)
+        tm = self.frozen
+        check_covers_catalog(tm.item_tokens, ctx.catalog.size)
+        self.item_map = tm.item_ids([str(i) for i in range(ctx.catalog.size)])
+        self.user_map = tm.user_ids([str(b) for b in range(ctx.num_users)])
+        if tm.kind == "sequential":
+            self.seq_len = tm.max_seq_length
+            self.recent = torch.full((ctx.num_users, self.seq_len), -1, dtype=torch.long)
+            self.n_recent = torch.zeros(ctx.num_users, dtype=torch.long)
+        self.trained = tm
+
+    def _retrain(self) -> None:  # frozen: the uploaded weights are used as they are
+        return
+
+
+@dataclass(frozen=True)
+class UploadedModelFactory:
+    """A picklable zero-argument factory of :class:`FrozenRecBolePolicy` from the
+    uploaded files' bytes (it travels to Ray workers; nothing there reads the disk)."""
+
+    config: bytes
+    weights: bytes
+    name: str = "uploaded"
+
+    def __call__(self) -> FrozenRecBolePolicy:
+        return FrozenRecBolePolicy(load_model_bytes(self.config, self.weights), name=self.name)

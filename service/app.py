@@ -1,0 +1,166 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app; its lifespan opens
+the job store, Ray and the MLflow client once per process and starts the job runner.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from . import problems
+from .config import Settings
+from .deps import Services
+from .jobs import Execute, JobRunner, JobStore, Outcome
+from .keys import KeyStore
+from .store import open_engine
+from .uploads import PolicyStore
+
+log = logging.getLogger("recaudit.service")
+
+DESCRIPTION = """\
+Audit recommender policies for the preference shifts and polarization they induce, over
+HTTP. Submit an audit spec (the same fields as `recaudit audit --spec FILE`) to
+`POST /v1/audits`, poll `GET /v1/audits/{id}`, then fetch `/report`, `/report.html` and
+the figures. Every `/v1` request needs `Authorization: Bearer KEY` (keys come from
+`recaudit keys create --tenant NAME`); a tenant sees only its own audits and policies.
+Errors are RFC 9457 problem details (`application/problem+json`).
+"""
+
+
+def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
+    """Run an audit job with the auditor (Ray and MLflow as configured)."""
+
+    def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
+        from auditor.audit import run_audit
+        from auditor.spec import AuditSpec
+        from dashboards.report import write_report
+
+        from .intake import EXTRA_KINDS, resolver
+
+        spec = AuditSpec.model_validate_json(row["spec"])
+        out = settings.reports_dir / row["tenant"] / row["id"]
+
+        def render(report: Any, directory: Any) -> None:
+            write_report(report, directory)
+
+        result = run_audit(
+            spec,
+            ray_address=settings.ray_address,
+            progress=progress,
+            cancel=cancel,
+            track=settings.track,
+            render=render,
+            out_dir=out,
+            resolve_policy=resolver(settings, row["tenant"], uploads),
+            audit_id=row["id"],
+            extra_kinds=EXTRA_KINDS,
+        )
+        prov = result.report.provenance
+        return Outcome(
+            verdict=result.report.verdict,
+            exit_code=result.exit_code,
+            run_id=result.run_id,
+            experiment_id=prov.mlflow_experiment_id,
+        )
+
+    return execute
+
+
+def create_app(settings: Settings | None = None, *, execute: Execute | None = None) -> FastAPI:
+    """The service. ``execute`` replaces the auditor (tests); with the real one, Ray is
+    started (or connected) and MLflow checked in the lifespan."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import os
+
+        os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+        engine = open_engine(settings.db_url)
+        jobs = JobStore(engine)
+        uploads = PolicyStore(engine, settings.policies_dir)
+        real = execute is None
+        run = real_execute(settings, uploads) if real else execute
+        assert run is not None
+        runner = JobRunner(
+            jobs,
+            run,
+            concurrency=settings.concurrency,
+            max_attempts=settings.max_attempts,
+            stale_after_s=settings.stale_after_s,
+        )
+        svc = Services(settings, engine, KeyStore(engine), jobs, uploads, runner)
+        started_ray = False
+        if real and settings.ray_address is not None:
+            from auditor.executor import ensure_ray
+
+            try:
+                ensure_ray(settings.ray_address)
+                started_ray = True
+            except Exception as exc:
+                svc.ray_error = str(exc)
+                log.error("Ray is not usable: %s", exc)
+        if settings.track:
+            from auditor import tracking
+
+            uri = tracking.tracking_uri()
+            svc.mlflow_ui = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+        if real and settings.track:
+            try:
+                tracking.check_reachable()
+            except Exception as exc:
+                svc.mlflow_error = str(exc)
+                log.error("MLflow is not usable: %s", exc)
+        app.state.services = svc
+        runner.start()
+        try:
+            yield
+        finally:
+            runner.stop()
+            if started_ray:
+                from auditor.executor import shutdown
+
+                shutdown()
+            engine.dispose()
+
+    app = FastAPI(
+        title="recaudit",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "audits", "description": "Audit jobs and their reports."},
+            {"name": "scenarios", "description": "The scenario registry."},
+            {"name": "policies", "description": "Policy kinds and uploaded policies."},
+            {"name": "health", "description": "Liveness and readiness (no key needed)."},
+        ],
+    )
+    app.state.settings = settings
+    problems.install(app)
+    app.add_middleware(
+        problems.BodyLimit,
+        limit=settings.max_body_bytes,
+        upload_limit=settings.max_upload_bytes,
+        upload_paths=("/v1/policies",),
+    )
+    from .routes import audits, catalog, health
+
+    app.include_router(audits.router)
+    app.include_router(catalog.scenarios)
+    app.include_router(catalog.policies)
+    app.include_router(health.router)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recaudit")
+    except PackageNotFoundError:  # pragma: no cover - not installed
+        return "0+unknown"

@@ -1,0 +1,108 @@
+"""Uploaded RecBole models: validated, then kept per tenant under
+``<policies_dir>/<tenant>/<id>/`` (``model.json`` + ``model.safetensors``).
+
+Refused uploads leave nothing behind: files are checked in a staging directory next to
+the store and moved into place only after every check passed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from simulator.errors import SpecError
+
+from .store import policies
+
+ID_RE = re.compile(r"^p[0-9a-f]{16}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class PolicyStore:
+    def __init__(self, engine: Engine, root: Path) -> None:
+        self.engine = engine
+        self.root = root
+
+    def directory(self, tenant: str, policy_id: str) -> Path:
+        if not ID_RE.match(policy_id):
+            raise SpecError(f"bad policy id {policy_id!r}")
+        return self.root / tenant / policy_id
+
+    def add(self, tenant: str, name: str | None, config: bytes, weights: bytes) -> dict[str, Any]:
+        """Validate and keep an upload; SpecError (UnsupportedUpload for 415) otherwise."""
+        from recommenders.recbole_adapter import validate_upload
+
+        if name is not None and not NAME_RE.match(name):
+            raise SpecError("name must be 1-64 letters, digits, '_', '.', '-'")
+        policy_id = "p" + secrets.token_hex(8)
+        tenant_dir = self.root / tenant
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.root))
+        try:
+            summary = validate_upload(config, weights, staging)
+            tenant_dir.mkdir(parents=True, exist_ok=True)
+            final = tenant_dir / policy_id
+            os.replace(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        row = {
+            "id": policy_id,
+            "tenant": tenant,
+            "name": name or f"{summary['model'].lower()}-{policy_id[1:7]}",
+            "model": summary["model"],
+            "model_type": summary["model_type"],
+            "num_items": summary["num_items"],
+            "num_users": summary["num_users"],
+            "sha256": summary["sha256"],
+            "size_bytes": summary["size_bytes"],
+            "created_at": time.time(),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(policies).values(**row))
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+        return row
+
+    def get(self, tenant: str, policy_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    sa.select(policies).where(
+                        policies.c.id == policy_id, policies.c.tenant == tenant
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else None
+
+    def list_policies(self, tenant: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(policies)
+                .where(policies.c.tenant == tenant)
+                .order_by(policies.c.created_at)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def files(self, tenant: str, policy_id: str) -> tuple[bytes, bytes]:
+        """(config, weights) bytes of a kept upload."""
+        from recommenders.recbole_adapter import CONFIG_FILE, WEIGHTS_FILE
+
+        d = self.directory(tenant, policy_id)
+        try:
+            return (d / CONFIG_FILE).read_bytes(), (d / WEIGHTS_FILE).read_bytes()
+        except FileNotFoundError:
+            raise SpecError(f"the files of uploaded policy {policy_id} are missing") from None
