@@ -33,7 +33,7 @@ from simulator.policy import Policy
 from simulator.specs import ScenarioSpec
 
 from . import stats, tracking
-from .executor import Cancelled, resolve_ray_address, run_jobs
+from .executor import Cancelled, run_jobs
 from .measure import STEP_METRICS, ArmJob, ArmOutcome, checkpoints, run_arm
 from .report import (
     EXIT_CODES,
@@ -151,8 +151,6 @@ def _arms(spec: AuditSpec, scenario: ScenarioSpec, extra_kinds: Collection[str])
             arm.oracle = k.oracle
             if k.trainable:
                 arm.penalty_weight = float(p.params.get("penalty_weight", k.penalty_weight))
-            if role == "penalized" and arm.penalty_weight is None:
-                arm.penalty_weight = k.penalty_weight
         out.append(arm)
     return out
 
@@ -741,7 +739,3 @@ def _copy_tree(src: Path, dst: Path) -> None:
             tmp = target.with_name(f".{target.name}.tmp")
             shutil.copyfile(path, tmp)
             os.replace(tmp, target)
-
-
-def resolve_address(use_ray: bool, address: str | None) -> str | None:
-    return resolve_ray_address(use_ray, address)

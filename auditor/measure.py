@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -93,7 +93,6 @@ class ArmOutcome:
     snapshots: np.ndarray  # [K, B, d] float32 preferences at ``checkpoints``
     histograms: np.ndarray  # [K, HIST_BINS] counts of positions on the polarity axis
     seconds: float = 0.0
-    meta: dict[str, float] = field(default_factory=dict)
 
 
 def gini(x: torch.Tensor) -> float:
