@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -34,12 +29,6 @@ def _run(bin_, *args, env=None):
     return json.loads(proc.stdout)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def in_process(recaudit_bin):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -54,8 +43,6 @@ def test_run_jobs_keeps_job_order_on_ray(embedded_ray):
 
 
 def _slow_square(x: int) -> int:
-    import time
-
     time.sleep(0.05 * x)  # later jobs finish first
     return x * x
 
@@ -67,52 +54,13 @@ def test_embedded_ray_equals_in_process(recaudit_bin, in_process):
     assert on_ray["arms"] == in_process["arms"]
 
 
-def test_cluster_started_with_ray_start_equals_in_process(recaudit_bin, in_process, tmp_path):
-    """A real cluster: `ray start --head --block` in its own process group, reached by
-    address; stopped by signalling that group only (`ray stop` would end every Ray
-    process on the machine, this test session's embedded Ray included)."""
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    head = subprocess.Popen(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={tempfile.mkdtemp(prefix='ray-')}",  # short: socket paths are limited
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert head.poll() is None, "ray start exited"
-                assert time.monotonic() < deadline, "the Ray head did not come up"
-                time.sleep(0.5)
-        env = {**os.environ, "RAY_ADDRESS": address}
-        via_env = _run(recaudit_bin, *ARGS, env=env)
-        assert via_env["backend"] == "ray-cluster"
-        assert via_env["arms"] == in_process["arms"]
-        env.pop("RAY_ADDRESS")
-        via_flag = _run(recaudit_bin, *ARGS, "--ray-address", address, env=env)
-        assert via_flag["arms"] == in_process["arms"]
-    finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
+def test_cluster_started_with_ray_start_equals_in_process(recaudit_bin, in_process, ray_head):
+    """A real cluster from `ray start --head`, reached by address (variable and flag)."""
+    address = ray_head
+    env = {**os.environ, "RAY_ADDRESS": address}
+    via_env = _run(recaudit_bin, *ARGS, env=env)
+    assert via_env["backend"] == "ray-cluster"
+    assert via_env["arms"] == in_process["arms"]
+    env.pop("RAY_ADDRESS")
+    via_flag = _run(recaudit_bin, *ARGS, "--ray-address", address, env=env)
+    assert via_flag["arms"] == in_process["arms"]

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -61,44 +60,6 @@ def finish(client: httpx.Client, aid: str, timeout: float = 90) -> dict:
         return b if b["status"] in ("succeeded", "failed", "cancelled") else None
 
     return wait_for(done, timeout=timeout, every=0.2)
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    port = free_port()
-    tmp = tempfile.mkdtemp(prefix="ray-")  # short: socket paths are limited
-    head = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={tmp}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        import socket
-
-        def up():
-            assert head.poll() is None, "ray start exited"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(up, timeout=120, every=0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_group(head, signal.SIGTERM, timeout=20)
 
 
 @pytest.fixture(scope="module")

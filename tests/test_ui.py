@@ -11,18 +11,14 @@ import urllib.request
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .service_helpers import free_port
 
 
 @pytest.mark.slow
 def test_ui_serves_the_store_and_stops(recaudit_bin, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["RECAUDIT_HOME"] = str(tmp_path / "home")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [recaudit_bin, "ui", "--port", str(port)],
         env=env,
