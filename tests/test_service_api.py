@@ -597,15 +597,17 @@ def test_jobs_interrupted_too_often_fail_and_cancelled_ones_stay_cancelled(tmp_p
 
 
 def test_a_graceful_stop_puts_the_running_audit_back_in_the_queue(tmp_path):
-    with service(tmp_path, hold=True) as c:
-        aid = submit(c).json()["id"]
-        poll(c, aid, until=("running",))
-        key = c.key
+    s = settings(tmp_path)
+    held = FakeAuditor(s, hold=True)  # its gate stays shut through the shutdown
+    with TestClient(create_app(s, execute=held)) as c:
+        key = make_key(s, "acme")
+        aid = c.post("/v1/audits", json=TINY_SPEC, headers=auth(key)).json()["id"]
+        poll(c, aid, key=key, until=("running",))
+    assert held.finished == []
     engine = open_engine(f"sqlite:///{tmp_path / 'service.db'}")
     row = JobStore(engine).get("acme", aid)
     engine.dispose()
     assert row["status"] == "queued" and row["phase"] == "re-queued: the service stopped"
-    s = settings(tmp_path)
     fake = FakeAuditor(s)
     with TestClient(create_app(s, execute=fake)) as c2:
         done = poll(c2, aid, key=key)
