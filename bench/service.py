@@ -1,8 +1,9 @@
 """Load benchmark of the REST service on loopback.
 
-Starts ``recaudit serve`` (``python -m service serve`` until the CLI has it) on a free
-127.0.0.1 port with a fresh RECAUDIT_HOME (embedded Ray, MLflow on SQLite), creates a key,
-starts a background audit, then:
+Starts ``recaudit serve`` on a free 127.0.0.1 port with a fresh RECAUDIT_HOME (embedded
+Ray, MLflow on SQLite), creates a key, starts a background audit (8000 users x 100 steps
+x 8 replicates x 3 arms by default, which outlasts the reads; ``--users 3000 --steps 50``
+makes it finish during them, so that its report is made while clients read), then:
 
 1. **status reads**: ``--clients`` concurrent clients (default 100) each GET
    ``/v1/audits/{id}`` of the running audit for ``--seconds`` (default 10): as fast as
@@ -46,10 +47,10 @@ BACKGROUND = {
     "scenario": "polarity-1d-v1",
     "policy": {"kind": "myopic"},
     "references": [{"kind": "natural"}, {"kind": "popularity"}],
-    "users": 2000,
-    "steps": 50,
+    "users": 8000,
+    "steps": 100,
     "replicates": 8,
-}
+}  # 19.2 M user-steps (the default budget is 20 M): it outlasts the reads
 TINY = {**BACKGROUND, "users": 50, "steps": 5, "replicates": 2}
 
 
@@ -136,6 +137,12 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--interval", type=float, default=0.0, help="seconds between a client's reads")
+    ap.add_argument(
+        "--users", type=int, default=BACKGROUND["users"], help="users of the background audit"
+    )
+    ap.add_argument(
+        "--steps", type=int, default=BACKGROUND["steps"], help="steps of the background audit"
+    )
     ap.add_argument("--posts", type=int, default=30)
     ap.add_argument("--ray-address", default="local", help="'local' (embedded) or 'none'")
     ap.add_argument(
@@ -172,7 +179,8 @@ def main() -> int:
             time.sleep(0.2)
         h = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=url, headers=h, timeout=30) as c:
-            aid = c.post("/v1/audits", json=TINY if args.idle else BACKGROUND).json()["id"]
+            background = {**BACKGROUND, "users": args.users, "steps": args.steps}
+            aid = c.post("/v1/audits", json=TINY if args.idle else background).json()["id"]
             want = "succeeded" if args.idle else "running"
             while c.get(f"/v1/audits/{aid}").json()["status"] != want:
                 time.sleep(0.1)
@@ -207,7 +215,9 @@ def main() -> int:
         "ray": args.ray_address,
         "status_reads": reads,
         "audit_running_during_reads": status["status"] == "running",
-        "background": "none" if args.idle else "audit",
+        "background": "none"
+        if args.idle
+        else f"audit of {args.users} users x {args.steps} steps x 8 replicates x 3 arms",
         "audit_progress_after_reads": round(status["progress"], 3),
         "post_accept": {
             "n": len(posts),

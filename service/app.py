@@ -37,7 +37,9 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
 
     def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
         from auditor.audit import run_audit
+        from auditor.executor import run_jobs
         from auditor.spec import AuditSpec
+        from dashboards.figures import make_figures
         from dashboards.report import write_report
 
         from .intake import EXTRA_KINDS, resolver
@@ -46,7 +48,10 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
         out = settings.reports_dir / row["tenant"] / row["id"]
 
         def render(report: Any, directory: Any) -> None:
-            write_report(report, directory)
+            # Drawn on the executor, like the simulations: matplotlib holds this
+            # process's GIL for seconds otherwise, and status reads would wait on it.
+            figures = run_jobs(make_figures, [report], ray_address=settings.ray_address)[0]
+            write_report(report, directory, figures)
 
         result = run_audit(
             spec,
@@ -96,6 +101,8 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         )
         svc = Services(settings, engine, KeyStore(engine), jobs, uploads, runner)
         started_ray = False
+        if real:
+            _warm_up()
         if real and settings.ray_address is not None:
             from auditor.executor import ensure_ray
 
@@ -155,6 +162,14 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
     app.include_router(catalog.policies)
     app.include_router(health.router)
     return app
+
+
+def _warm_up() -> None:
+    """Import the auditor now rather than in the first request, which would wait seconds
+    for torch and scipy."""
+    import auditor.audit  # noqa: F401
+    import dashboards.report  # noqa: F401
+    import recommenders.remote  # noqa: F401
 
 
 def _version() -> str:

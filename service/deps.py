@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -15,6 +16,34 @@ from .jobs import JobRunner, JobStore
 from .keys import KeyStore
 from .problems import ApiError
 from .uploads import PolicyStore
+
+
+class ReadCache:
+    """Serialized answers of ``GET /v1/audits/{id}``, the pollers' hot path.
+
+    An entry serves while this process has written no job since it was taken and for at
+    most ``ttl_s`` (which bounds how old a change made by another service process, and
+    the running time in it, can look). Read-your-writes holds within a process."""
+
+    def __init__(self, ttl_s: float = 0.25, size: int = 4096) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._entries: dict[tuple[str, str], tuple[float, int, bytes]] = {}
+
+    def get(self, key: tuple[str, str], writes: int) -> bytes | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        taken, at, body = hit
+        if at != writes or time.monotonic() - taken > self.ttl_s:
+            return None
+        return body
+
+    def put(self, key: tuple[str, str], writes: int, taken: float, body: bytes) -> None:
+        """Keep ``body``, read at write count ``writes`` and monotonic time ``taken``."""
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[key] = (taken, writes, body)
 
 
 @dataclass
@@ -31,6 +60,7 @@ class Services:
     ray_error: str | None = None
     mlflow_error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    reads: ReadCache = field(default_factory=ReadCache)
 
 
 async def services(request: Request) -> Services:

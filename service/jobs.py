@@ -22,6 +22,7 @@ Life of a job: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``cance
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -29,8 +30,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +82,19 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Counts this process's committed writes that change what a reader sees (all but
+        # heartbeats): a cached read taken at an older count is out of date.
+        self.writes = 0
+        self._count = itertools.count(1)  # next() on it is atomic
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """A transaction; the write count moves on once it has committed."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            self.writes = next(self._count)
 
     # ---------------------------------------------------------------- submission
     def create(
@@ -115,7 +130,7 @@ class JobStore:
             "cancel_requested": False,
         }
         try:
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 conn.execute(sa.insert(audits).values(**row))
         except sa.exc.IntegrityError:
             found = self._by_key(tenant, idempotency_key) if idempotency_key else None
@@ -176,7 +191,7 @@ class JobStore:
     def request_cancel(self, tenant: str, job_id: str) -> dict[str, Any] | None:
         """Cancel a queued job at once; flag a running one. Returns the row after."""
         now = time.time()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 sa.update(audits)
                 .where(
@@ -219,7 +234,7 @@ class JobStore:
             if len(out) >= n:
                 break
             now = time.time()
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 got = conn.execute(
                     sa.update(audits)
                     .where(audits.c.id == job_id, audits.c.status == "queued")
@@ -251,7 +266,7 @@ class JobStore:
         return out
 
     def set_progress(self, job_id: str, owner: str, fraction: float, phase: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 sa.update(audits)
                 .where(audits.c.id == job_id, audits.c.owner == owner, audits.c.status == "running")
@@ -283,7 +298,7 @@ class JobStore:
             )
 
     def finish(self, job_id: str, owner: str, status: str, **values: Any) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 sa.update(audits)
                 .where(audits.c.id == job_id, audits.c.owner == owner, audits.c.status == "running")
@@ -292,7 +307,7 @@ class JobStore:
 
     def release(self, job_id: str, owner: str, reason: str) -> None:
         """Put a running job back in the queue (this process is stopping)."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 sa.update(audits)
                 .where(audits.c.id == job_id, audits.c.owner == owner, audits.c.status == "running")
@@ -313,7 +328,7 @@ class JobStore:
         for job_id, owner, beat, cancel in rows:
             if not _is_dead(owner, beat, me, now, stale_after_s):
                 continue
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 cond = [audits.c.id == job_id, audits.c.status == "running"]
                 cond.append(
                     audits.c.owner == owner if owner is not None else audits.c.owner.is_(None)

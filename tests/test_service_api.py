@@ -210,6 +210,52 @@ def test_progress_is_written_to_the_store_while_running(tmp_path):
         assert poll(c, aid)["status"] == "succeeded"
 
 
+def test_status_reads_see_this_processs_writes_at_once(tmp_path):
+    with service(tmp_path, hold=True) as c:
+        aid = submit(c).json()["id"]
+        url, h = f"/v1/audits/{aid}", auth(c.key)
+        poll(c, aid, until=("running",))
+        wait_for(lambda: c.get(url, headers=h).json()["progress"] == 0.1)
+        before = c.get(url, headers=h).json()
+        assert c.get(url, headers=h).content == c.get(url, headers=h).content  # cached
+        c.delete(url, headers=h)  # a write: the next read must not be the cached one
+        after = c.get(url, headers=h).json()
+        assert before["cancel_requested"] is False and after["cancel_requested"] is True
+        assert after["phase"] == "cancelling"
+        assert poll(c, aid)["status"] == "cancelled"
+
+
+def test_another_processs_change_shows_within_the_cache_lifetime(tmp_path):
+    with service(tmp_path) as c:
+        aid = submit(c).json()["id"]
+        url, h = f"/v1/audits/{aid}", auth(c.key)
+        assert poll(c, aid)["status"] == "succeeded"
+        svc = c.app.state.services
+        svc.reads.ttl_s = 60.0
+        assert c.get(url, headers=h).json()["verdict"] == "pass"
+        with svc.engine.begin() as conn:  # as another service process sharing the store
+            conn.execute(sa.update(audits).where(audits.c.id == aid).values(verdict="flag"))
+        assert c.get(url, headers=h).json()["verdict"] == "pass"  # served from the cache
+        svc.reads.ttl_s = 0.0
+        time.sleep(0.01)
+        assert c.get(url, headers=h).json()["verdict"] == "flag"
+
+
+def test_read_cache_entries_expire_with_writes_and_time():
+    from service.deps import ReadCache
+
+    cache = ReadCache(ttl_s=0.25, size=2)
+    now = time.monotonic()
+    cache.put(("t", "a1"), 7, now, b"one")
+    assert cache.get(("t", "a1"), 7) == b"one"
+    assert cache.get(("t", "a1"), 8) is None  # a write since
+    assert cache.get(("u", "a1"), 7) is None  # keyed by tenant too
+    cache.put(("t", "a2"), 7, now - 1.0, b"old")
+    assert cache.get(("t", "a2"), 7) is None  # older than its lifetime
+    cache.put(("t", "a3"), 7, now, b"three")  # full: starts over rather than grow
+    assert cache.get(("t", "a1"), 7) is None and cache.get(("t", "a3"), 7) == b"three"
+
+
 def test_another_tenants_audit_is_not_found(tmp_path):
     with service(tmp_path) as c:
         aid = submit(c).json()["id"]
