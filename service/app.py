@@ -157,6 +157,8 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
     )
     from .routes import audits, catalog, health
 
+    app.add_middleware(audits.CachedStatusReads)  # outermost: before the body limit
+
     app.include_router(audits.router)
     app.include_router(catalog.scenarios)
     app.include_router(catalog.policies)
