@@ -226,13 +226,21 @@ def test_status_reads_see_this_processs_writes_at_once(tmp_path):
         assert poll(c, aid)["status"] == "cancelled"
 
 
-def test_another_processs_change_shows_within_the_cache_lifetime(tmp_path):
+@contextmanager
+def finished_audit(tmp_path):
+    """A service with one succeeded audit and read-cache entries that outlive the test:
+    (client, audit url, auth headers, services)."""
     with service(tmp_path) as c:
         aid = submit(c).json()["id"]
-        url, h = f"/v1/audits/{aid}", auth(c.key)
         assert poll(c, aid)["status"] == "succeeded"
         svc = c.app.state.services
         svc.reads.ttl_s = 60.0
+        yield c, f"/v1/audits/{aid}", auth(c.key), svc
+
+
+def test_another_processs_change_shows_within_the_cache_lifetime(tmp_path):
+    with finished_audit(tmp_path) as (c, url, h, svc):
+        aid = url.rsplit("/", 1)[1]
         assert c.get(url, headers=h).json()["verdict"] == "pass"
         with svc.engine.begin() as conn:  # as another service process sharing the store
             conn.execute(sa.update(audits).where(audits.c.id == aid).values(verdict="flag"))
@@ -243,12 +251,7 @@ def test_another_processs_change_shows_within_the_cache_lifetime(tmp_path):
 
 
 def test_repeated_reads_are_answered_from_the_cache_as_the_route_answers(tmp_path):
-    with service(tmp_path) as c:
-        aid = submit(c).json()["id"]
-        url, h = f"/v1/audits/{aid}", auth(c.key)
-        assert poll(c, aid)["status"] == "succeeded"
-        svc = c.app.state.services
-        svc.reads.ttl_s = 60.0
+    with finished_audit(tmp_path) as (c, url, h, svc):
         first = c.get(url, headers=h)  # the route: reads the store, fills the cache
 
         def broken(*_a, **_k):
