@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 from auditor.executor import Cancelled
 from simulator.errors import SpecError
 
-from .store import audits
+from .store import audits, first_row
 
 log = logging.getLogger("recaudit.service.jobs")
 
@@ -89,7 +89,8 @@ class JobStore:
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        """A transaction; the write count moves on once it has committed."""
+        """A transaction; the write count moves on once it has ended (after the commit;
+        a failed one costs readers no more than a cache miss)."""
         try:
             with self.engine.begin() as conn:
                 yield conn
@@ -147,26 +148,17 @@ class JobStore:
         return found
 
     def _by_key(self, tenant: str, key: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    sa.select(audits).where(
-                        audits.c.tenant == tenant, audits.c.idempotency_key == key
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        return dict(row) if row else None
+        return first_row(
+            self.engine,
+            sa.select(audits).where(audits.c.tenant == tenant, audits.c.idempotency_key == key),
+        )
 
     # ------------------------------------------------------------------- reading
     def get(self, tenant: str | None, job_id: str) -> dict[str, Any] | None:
         q = sa.select(audits).where(audits.c.id == job_id)
         if tenant is not None:
             q = q.where(audits.c.tenant == tenant)
-        with self.engine.connect() as conn:
-            row = conn.execute(q).mappings().first()
-        return dict(row) if row else None
+        return first_row(self.engine, q)
 
     def list_jobs(
         self, tenant: str, status: str | None, limit: int, offset: int

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from simulator.errors import SpecError
 
-from .store import api_keys
+from .store import api_keys, first_row
 
 PREFIX = "ra_"
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -98,16 +98,12 @@ class KeyStore:
             hit = self._cache.get(digest)
         if hit is not None and now - hit[1] < _CACHE_S:
             return hit[0]
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    sa.select(api_keys.c.tenant, api_keys.c.key_hash).where(
-                        api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
-                    )
-                )
-                .mappings()
-                .first()
-            )
+        row = first_row(
+            self.engine,
+            sa.select(api_keys.c.tenant, api_keys.c.key_hash).where(
+                api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+            ),
+        )
         if row is None or not hmac.compare_digest(row["key_hash"], digest):
             return None
         with self._lock:

@@ -106,6 +106,13 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
+def first_row(engine: Engine, query: Any) -> dict[str, Any] | None:
+    """The first row of ``query`` as a dict, or None."""
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+    return dict(row) if row else None
+
+
 def touch(engine: Engine) -> None:
     """Write one row: proves the store is writable (for /readyz)."""
     now = repr(time.time())

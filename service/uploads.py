@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from simulator.errors import SpecError
 
-from .store import policies
+from .store import first_row, policies
 
 ID_RE = re.compile(r"^p[0-9a-f]{16}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -76,17 +76,10 @@ class PolicyStore:
         return row
 
     def get(self, tenant: str, policy_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    sa.select(policies).where(
-                        policies.c.id == policy_id, policies.c.tenant == tenant
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        return dict(row) if row else None
+        return first_row(
+            self.engine,
+            sa.select(policies).where(policies.c.id == policy_id, policies.c.tenant == tenant),
+        )
 
     def list_policies(self, tenant: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -25,7 +25,8 @@ from ..schemas import Audit, AuditLinks, AuditPage, AuditSummary, AuditTimings, 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
 FIGURE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.png$")
-_ID_RE = re.compile(r"^a[0-9a-f]{16}$")
+_ID = r"a[0-9a-f]{16}"  # service.jobs.new_id
+_ID_RE = re.compile(rf"^{_ID}$")
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -224,7 +225,7 @@ class CachedStatusReads:
         await self.app(scope, receive, send)
 
 
-_STATUS_PATH = re.compile(r"^/v1/audits/(a[0-9a-f]{16})$")
+_STATUS_PATH = re.compile(rf"^{router.prefix}/({_ID})$")
 
 
 def _cached(scope: dict[str, Any], audit_id: str) -> bytes | None:
