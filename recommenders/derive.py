@@ -217,10 +217,13 @@ def _timestamps(values: pd.Series, name: str, col: str) -> np.ndarray:
         out = values.to_numpy(np.float64)
     else:
         out = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
-        if np.isnan(out).any():
-            dt = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
-            _bad(name, f"unparsable timestamp ({col})", dt.isna().to_numpy(), values)
-            out = (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
+        text = np.isnan(out)
+        if text.any():  # the rest must be date-times
+            dt = pd.to_datetime(values[text], errors="coerce", utc=True, format="mixed")
+            bad = np.zeros(len(values), dtype=bool)
+            bad[np.flatnonzero(text)] = dt.isna().to_numpy()
+            _bad(name, f"unparsable timestamp ({col})", bad, values)
+            out[text] = (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
     _bad(name, f"timestamp ({col}) is NaN or infinite", ~np.isfinite(out), values)
     return out
 

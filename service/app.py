@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from . import problems
 from .config import Settings
+from .datasets import DatasetStore, derive_execute, with_tenant_scenario
 from .deps import Services
 from .jobs import Execute, JobRunner, JobStore, Outcome
 from .keys import KeyStore
@@ -32,7 +33,9 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 """
 
 
-def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
+def real_execute(
+    settings: Settings, uploads: PolicyStore, datasets: DatasetStore | None = None
+) -> Execute:
     """Run an audit job with the auditor (Ray and MLflow as configured)."""
 
     def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
@@ -45,6 +48,9 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
         from .intake import EXTRA_KINDS, resolver
 
         spec = AuditSpec.model_validate_json(row["spec"])
+        _, own = with_tenant_scenario(spec, row["tenant"], datasets)
+        if own is not None:  # the tenant's derived scenario, named by id
+            spec = spec.model_copy(update={"scenario": own})
         out = settings.reports_dir / row["tenant"] / row["id"]
 
         def render(report: Any, directory: Any) -> None:
@@ -89,8 +95,9 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         engine = open_engine(settings.db_url)
         jobs = JobStore(engine)
         uploads = PolicyStore(engine, settings.policies_dir)
+        datasets = DatasetStore.open(engine, settings)
         real = execute is None
-        run = real_execute(settings, uploads) if real else execute
+        run = real_execute(settings, uploads, datasets) if real else execute
         assert run is not None
         runner = JobRunner(
             jobs,
@@ -99,7 +106,15 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
             max_attempts=settings.max_attempts,
             stale_after_s=settings.stale_after_s,
         )
+        dataset_runner = JobRunner(
+            datasets.jobs,
+            derive_execute(datasets),
+            concurrency=1,
+            max_attempts=settings.max_attempts,
+            stale_after_s=settings.stale_after_s,
+        )
         svc = Services(settings, engine, KeyStore(engine), jobs, uploads, runner)
+        svc.datasets, svc.dataset_runner = datasets, dataset_runner
         started_ray = False
         if real:
             _warm_up()
@@ -125,9 +140,11 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
                 log.error("MLflow is not usable: %s", exc)
         app.state.services = svc
         runner.start()
+        dataset_runner.start()
         try:
             yield
         finally:
+            dataset_runner.stop()
             runner.stop()
             if started_ray:
                 from auditor.executor import shutdown
@@ -144,6 +161,7 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
             {"name": "audits", "description": "Audit jobs and their reports."},
             {"name": "scenarios", "description": "The scenario registry."},
             {"name": "policies", "description": "Policy kinds and uploaded policies."},
+            {"name": "datasets", "description": "Interaction logs and derived scenarios."},
             {"name": "health", "description": "Liveness and readiness (no key needed)."},
         ],
     )
@@ -153,15 +171,17 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         problems.BodyLimit,
         limit=settings.max_body_bytes,
         upload_limit=settings.max_upload_bytes,
-        upload_paths=("/v1/policies",),
+        upload_paths=("/v1/policies", "/v1/datasets"),
     )
     from .routes import audits, catalog, health
+    from .routes import datasets as dataset_routes
 
     app.add_middleware(audits.CachedStatusReads)  # outermost: before the body limit
 
     app.include_router(audits.router)
     app.include_router(catalog.scenarios)
     app.include_router(catalog.policies)
+    app.include_router(dataset_routes.router)
     app.include_router(health.router)
     return app
 

@@ -54,9 +54,16 @@ def _file_paths(obj: Any, where: str = "scenario") -> list[str]:
     return out
 
 
-def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: PolicyStore) -> int:
+def check_audit(
+    spec: AuditSpec,
+    tenant: str,
+    settings: Settings,
+    uploads: PolicyStore,
+    own: Any = None,
+) -> int:
     """Refuse (SpecError) an audit the service cannot or may not run; returns its cost
-    in user-steps (users x steps x replicates x arms)."""
+    in user-steps (users x steps x replicates x arms). ``own``: the tenant's derived
+    scenario that ``spec`` names by id."""
     from auditor.audit import check_spec
     from recommenders.remote import check_allowed
 
@@ -72,6 +79,8 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
 
         if not torch.cuda.is_available():
             raise SpecError("device 'cuda' was asked for but this service has no CUDA device")
+    if own is not None:
+        spec = spec.model_copy(update={"scenario": own})
     check_spec(spec, extra_kinds=EXTRA_KINDS)
     scenario = spec.scenario_spec()
     for _label, p in spec.arms():

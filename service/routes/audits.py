@@ -16,6 +16,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 
 from auditor.spec import AuditSpec
 
+from ..datasets import with_tenant_scenario
 from ..deps import Svc, Tenant
 from ..intake import BudgetExceeded, check_audit
 from ..jobs import STATUSES, IdempotencyConflict, spec_body
@@ -127,8 +128,9 @@ def submit(
 ) -> Audit:
     """Queue an audit of ``spec`` (the CLI's ``--spec`` file format) and answer 202 with
     its id, status and links. Poll ``GET /v1/audits/{id}`` until it is done."""
+    spec, own = with_tenant_scenario(spec, tenant, svc.datasets)
     try:
-        check_audit(spec, tenant, svc.settings, svc.uploads)
+        check_audit(spec, tenant, svc.settings, svc.uploads, own)
     except BudgetExceeded as exc:
         raise ApiError(422, str(exc), slug="budget") from None
     body = spec_body(spec)
