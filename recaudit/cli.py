@@ -488,7 +488,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
             ) from None
     cmd = tracking.ui_command(args.host, args.port)
     print(
-        f"MLflow UI for {tracking.tracking_uri()} at http://{args.host}:{args.port} (Ctrl-C stops it)",
+        f"MLflow UI for {tracking.redact(tracking.tracking_uri())} at http://{args.host}:{args.port} (Ctrl-C stops it)",
         flush=True,
     )
     try:

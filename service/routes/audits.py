@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.security.utils import get_authorization_scheme_param
 
 from auditor.spec import AuditSpec
+from auditor.tracking import run_link
 
 from ..deps import Svc, Tenant
 from ..intake import BudgetExceeded, check_audit
@@ -47,7 +48,7 @@ def _links(row: dict[str, Any], mlflow_ui: str | None) -> AuditLinks:
         report=f"{base}/report",
         report_html=f"{base}/report.html",
         figures=f"{base}/figures",
-        mlflow=f"{mlflow_ui}/#/experiments/{exp}/runs/{run}" if mlflow_ui and exp and run else None,
+        mlflow=run_link(exp, run, mlflow_ui or ""),  # public URL only
     )
 
 
