@@ -15,6 +15,10 @@ from auditor.spec import AuditSpec
 from .service_helpers import auth, settings
 
 SECRET_URI = "http://alice:s3cret@127.0.0.1:9/internal-mlflow?token=abc123&x=1"
+TINY_ARGS = (
+    *("--scenario", "topics-tiny-v1", "--policy", "myopic", "--references", "natural"),
+    *("--users", "5", "--steps", "2", "--replicates", "2"),
+)
 LEAKS = ("alice", "s3cret", "abc123", "127.0.0.1:9", "internal-mlflow")
 
 
@@ -137,9 +141,7 @@ def test_cli_messages_do_not_show_the_store_credentials(recaudit_bin, tmp_path):
     }
     env.pop(tracking.PUBLIC_URL_ENV, None)
     proc = subprocess.run(
-        [recaudit_bin, "audit", "--scenario", "topics-tiny-v1", "--policy", "myopic"]
-        + ["--references", "natural", "--users", "5", "--steps", "2", "--replicates", "2"]
-        + ["--in-process", "--no-progress"],
+        [recaudit_bin, "audit", *TINY_ARGS, "--in-process", "--no-progress"],
         capture_output=True,
         text=True,
         env=env,
