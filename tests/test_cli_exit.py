@@ -55,8 +55,10 @@ def test_an_out_directory_that_cannot_be_created_is_bad_input_before_any_work(
     args = (
         TINY
         if command == "audit"
-        else ("simulate", "--scenario", "topics-tiny-v1", "--policy", "myopic")
-        + ("--users", "5", "--steps", "2", "--seeds", "1", "--no-progress")
+        else (
+            *("simulate", "--scenario", "topics-tiny-v1", "--policy", "myopic"),
+            *("--users", "5", "--steps", "2", "--seeds", "1", "--no-progress"),
+        )
     )
     env = {**os.environ, "RECAUDIT_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
