@@ -115,8 +115,11 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         if settings.track:
             from auditor import tracking
 
-            uri = tracking.tracking_uri()
-            svc.mlflow_ui = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+            try:  # links go to the public address only, never the internal URI
+                svc.mlflow_ui = tracking.public_url()
+            except Exception as exc:
+                svc.mlflow_error = str(exc)
+                log.error("%s", exc)
         if real and settings.track:
             try:
                 tracking.check_reachable()
