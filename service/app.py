@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         engine = open_engine(settings.db_url)
         jobs = JobStore(engine)
         uploads = PolicyStore(engine, settings.policies_dir)
+        if uploads.clean_staging():
+            log.warning("removed the staging files of uploads a stopped process left")
         real = execute is None
         run = real_execute(settings, uploads) if real else execute
         assert run is not None

@@ -525,7 +525,9 @@ class JobRunner:
             else:
                 self.store.release(job_id, self.owner, "re-queued: the service stopped")
         except SpecError as exc:
-            self.store.finish(job_id, self.owner, "failed", phase="failed", error=str(exc))
+            self.store.finish(
+                job_id, self.owner, "failed", phase="failed", error=without_paths(str(exc))
+            )
         except Exception as exc:
             log.exception("audit %s failed", job_id)
             self.store.finish(
@@ -533,7 +535,7 @@ class JobRunner:
                 self.owner,
                 "failed",
                 phase="failed",
-                error=f"internal error: {type(exc).__name__}: {exc}",
+                error=without_paths(f"internal error: {type(exc).__name__}: {exc}"),
             )
         finally:
             with self._lock:
@@ -545,3 +547,14 @@ class JobRunner:
 def spec_body(spec: Any) -> str:
     """The canonical JSON of a spec (what is stored and hashed for idempotency)."""
     return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def without_paths(message: str) -> str:
+    """A message for a tenant: where this service is installed never shows (package
+    data reads ``data:<dir>/<file>``, the rest of the installation ``<recaudit>``)."""
+    from pathlib import Path
+
+    from simulator.io import DATA_DIR, DATA_PREFIX
+
+    message = message.replace(f"{DATA_DIR}{os.sep}", DATA_PREFIX)
+    return message.replace(str(Path(__file__).resolve().parents[1]), "<recaudit>")
