@@ -281,3 +281,32 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+# ------------------------------------------------------------------------ restarts
+def test_serve_starts_at_once_on_a_port_left_in_time_wait(tmp_path, monkeypatch):
+    import argparse
+
+    import uvicorn
+
+    from service import cli
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    conn.close()  # the server side closes first: its port goes to TIME_WAIT
+    client.recv(1)
+    client.close()
+    listener.close()
+    ran = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.append(kw["port"]))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: ran.append(self.config.port))
+    monkeypatch.setenv("RECAUDIT_HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_ADDRESS", "none")
+    args = argparse.Namespace(host="127.0.0.1", port=port, log_level="warning")
+    assert cli.cmd_serve(args) == 0
+    assert ran == [port]
