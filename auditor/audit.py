@@ -228,7 +228,6 @@ class _Analysis:
     ) -> None:
         self.spec, self.arms, self.steps = spec, arms, steps
         self.labels = [a.label for a in arms]
-        self.rng = np.random.default_rng([spec.seed, 0xA0D17])
         by = {(o.label, o.replicate): o for o in outcomes}
         reps = range(spec.replicates)
         self.checkpoints = ckpts
@@ -271,7 +270,8 @@ class _Analysis:
             for m in metrics:
                 v = self.final[label][m]
                 f = v[np.isfinite(v)]
-                lo, hi = stats.bounds(v, self.spec.alpha / 2, self.spec.bootstrap, self.rng)
+                rng = stats.stream(self.spec.seed, "summary", label, m)
+                lo, hi = stats.bounds(v, self.spec.alpha / 2, self.spec.bootstrap, rng)
                 out[label][m] = MetricSummary(
                     mean=_clean(float(f.mean())) if f.size else None,
                     sd=_clean(float(f.std(ddof=1))) if f.size > 1 else None,
@@ -288,17 +288,18 @@ class _Analysis:
             out[label] = {}
             series = dict(self.per_step[label])
             series["cumulative_clicks"] = np.cumsum(series["engagement"], axis=0)
-            for m, x in series.items():
-                out[label][m] = self._curve(steps, x)
-            out[label]["induced_shift"] = self._curve(self.checkpoints, self.induced_curve[label])
+            series_at = {m: (steps, x) for m, x in series.items()}
+            series_at["induced_shift"] = (self.checkpoints, self.induced_curve[label])
+            for m, (at, x) in series_at.items():
+                out[label][m] = self._curve(at, x, stats.stream(self.spec.seed, "curve", label, m))
         return out
 
-    def _curve(self, steps: list[int], x: np.ndarray) -> Curve:
+    def _curve(self, steps: list[int], x: np.ndarray, rng: np.random.Generator) -> Curve:
         x = np.where(np.isfinite(x), x, np.nan)
         with np.errstate(all="ignore"):
             mean = np.nanmean(x, axis=1) if x.size else x
         if np.all(np.isfinite(x)):
-            lo, hi = stats.band(x, self.spec.alpha, min(self.spec.bootstrap, 1000), self.rng)
+            lo, hi = stats.band(x, self.spec.alpha, min(self.spec.bootstrap, 1000), rng)
         else:
             lo = hi = np.full(x.shape[0], np.nan)
         return Curve(steps=steps, mean=_clean_list(mean), low=_clean_list(lo), high=_clean_list(hi))
@@ -345,7 +346,8 @@ class _Analysis:
         for ref in self.labels[1:]:
             for m in metrics:
                 d = self.diffs(m, ref)
-                e = stats.paired_effect(d, self.spec.alpha, self.spec.bootstrap, self.rng)
+                rng = stats.stream(self.spec.seed, "effect", m, ref)
+                e = stats.paired_effect(d, self.spec.alpha, self.spec.bootstrap, rng)
                 rows.append(
                     Effect(
                         metric=m,
@@ -390,7 +392,8 @@ class _Analysis:
                 continue
             d = self.diffs(c.metric, arm)
             f = d[np.isfinite(d)]
-            lower, upper = stats.bounds(d, level, spec.bootstrap, self.rng)
+            rng = stats.stream(spec.seed, "criterion", c.metric, arm)
+            lower, upper = stats.bounds(d, level, spec.bootstrap, rng)
             status = stats.decide(lower, upper, c.margin)
             degenerate = f.size > 0 and bool(np.all(f == f[0]))
             few = f.size < MIN_REPLICATES_FOR_VERDICT and not degenerate

@@ -15,6 +15,7 @@ make a null difference flag more often than alpha.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -25,6 +26,27 @@ from scipy import stats as sps
 #: exact sign-flip enumeration up to this many replicates, Monte Carlo beyond
 EXACT_FLIPS = 16
 MC_FLIPS = 20_000
+
+
+#: domain separator of the analysis streams (the simulations use other streams)
+_ANALYSIS = 0xA0D17
+
+
+def _words(name: str) -> list[int]:
+    """Four 32-bit words of a SHA-256 of ``name``: stable across runs, platforms and
+    Python's hash randomization."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()[:16]
+    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
+
+
+def stream(seed: int, *names: str) -> np.random.Generator:
+    """The random stream of one statistic, e.g. ``stream(seed, "criterion", metric, ref)``:
+    derived from the audit seed and the statistic's names alone, so a statistic's
+    resamples never depend on which other statistics were computed, or in which order."""
+    entropy = [int(seed), _ANALYSIS, len(names)]
+    for name in names:
+        entropy += _words(name)
+    return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
