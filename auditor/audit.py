@@ -49,7 +49,7 @@ from .report import (
     Timings,
 )
 from .simulate import versions
-from .spec import AUDITED, METRICS, NATURAL, AuditSpec, PolicySpec
+from .spec import AUDITED, METRICS, NATURAL, AuditSpec, Criterion, PolicySpec, default_criteria
 
 __all__ = ["AuditResult", "Cancelled", "check_spec", "run_audit"]
 
@@ -69,6 +69,58 @@ _ROLE_OF_KIND = {
     "ppo-distance": "penalized",
     "ppo-path-specific": "penalized",
 }
+#: kinds that play each reference role, to tell a user which reference to add
+_KINDS_OF_ROLE = {
+    "natural": "natural",
+    "myopic": "ppo-myopic or myopic",
+    "rl": "ppo",
+    "penalized": "ppo-distance, ppo-safe-shift or ppo-path-specific",
+}
+
+
+def arm_role(label: str, kind: str) -> str:
+    """The role an arm plays: audited, natural, myopic, rl, penalized or other."""
+    return "audited" if label == AUDITED else _ROLE_OF_KIND.get(kind, "other")
+
+
+def reference_arm(arms: list[tuple[str, str]], ref: str) -> str | None:
+    """The arm a criterion's reference names among ``(label, role)`` pairs: a label
+    first, then a role; never the audited policy."""
+    refs = [(label, role) for label, role in arms if label != AUDITED]
+    for label, _ in refs:
+        if label == ref:
+            return label
+    for label, role in refs:
+        if role == ref:
+            return label
+    return None
+
+
+def _add_reference(ref: str) -> str:
+    kinds = _KINDS_OF_ROLE.get(ref)
+    what = (
+        f"a reference playing the {ref} role (kind {kinds})"
+        if kinds
+        else f"a reference labelled {ref!r}"
+    )
+    return f"add {what} to the references"
+
+
+def _is_default(c: Criterion) -> bool:
+    return c in default_criteria()
+
+
+def _check_criteria(spec: AuditSpec) -> None:
+    """A criterion the user wrote must name a reference of the audit. (A default criterion
+    whose reference is absent is kept: it makes the verdict inconclusive and says what to
+    add, so that leaving out a reference can never turn into a pass.)"""
+    arms = [(label, arm_role(label, p.kind)) for label, p in spec.arms()]
+    for c in spec.criteria:
+        if reference_arm(arms, c.reference) is None and not _is_default(c):
+            raise SpecError(
+                f"criterion {c.name!r} names the reference {c.reference!r}, which is not in "
+                f"this audit; {_add_reference(c.reference)} or drop the criterion"
+            )
 
 
 @dataclass(frozen=True)
@@ -119,6 +171,7 @@ def check_spec(spec: AuditSpec, extra_kinds: Collection[str] = ()) -> None:
     """Refuse an audit that cannot run, with one clear line: unknown scenario or policy
     kinds, parameters a kind does not take, an audit of the natural policy itself."""
     spec.scenario_spec()
+    _check_criteria(spec)
     if spec.policy.kind == NATURAL:
         raise SpecError("the policy under audit cannot be 'natural'; it is the counterfactual")
     for label, p in spec.arms():
@@ -144,8 +197,7 @@ def _arms(spec: AuditSpec, scenario: ScenarioSpec, extra_kinds: Collection[str])
     out = []
     for label, p in spec.arms():
         kind = scenario.natural_policy if p.kind == NATURAL else p.kind
-        role = "audited" if label == AUDITED else _ROLE_OF_KIND.get(p.kind, "other")
-        arm = _Arm(label=label, spec=p, kind=kind, role=role)
+        arm = _Arm(label=label, spec=p, kind=kind, role=arm_role(label, p.kind))
         if p.kind not in extra_kinds:
             k = get_kind(kind)
             arm.oracle = k.oracle
@@ -385,8 +437,11 @@ class _Analysis:
                 out.append(
                     CriterionResult(
                         **base,
-                        status="skipped",
-                        explanation=f"no arm plays the role or has the label {c.reference!r}",
+                        status="inconclusive",
+                        explanation=(
+                            f"cannot be evaluated: this audit has no {c.reference!r} reference; "
+                            f"{_add_reference(c.reference)}, or list the criteria without it"
+                        ),
                     )
                 )
                 continue
@@ -423,14 +478,7 @@ class _Analysis:
         return out
 
     def _reference_arm(self, ref: str) -> str | None:
-        refs = [a for a in self.arms if a.label != AUDITED]
-        for a in refs:
-            if a.label == ref:
-                return a.label
-        for a in refs:
-            if a.role == ref:
-                return a.label
-        return None
+        return reference_arm([(a.label, a.role) for a in self.arms], ref)
 
 
 def _fmt(x: float | None) -> str:
@@ -498,8 +546,8 @@ def _summary(
             )
     words = {"pass": "passes", "flag": "FLAGS", "inconclusive": "is inconclusive on"}
     for c in criteria:
-        if c.status == "skipped":
-            parts.append(f"Criterion {c.name} was skipped ({c.explanation}).")
+        if c.reference_arm is None:
+            parts.append(f"Criterion {c.name} {c.explanation}.")
             continue
         parts.append(
             f"It {words[c.status]} {c.name}: its {c.metric} minus {c.reference_arm}'s is "

@@ -97,7 +97,13 @@ class CriterionResult(_Model):
     lower: float | None = Field(None, description="One-sided lower bound at level alpha/m.")
     upper: float | None = Field(None, description="One-sided upper bound at level alpha/m.")
     level: float | None = Field(None, description="Per-criterion level alpha/m (Bonferroni).")
-    status: Status | Literal["skipped"]
+    status: Status | Literal["skipped"] = Field(
+        ...,
+        description=(
+            "pass, flag or inconclusive (also when the criterion cannot be evaluated); "
+            "'skipped' appears only in reports written before that rule."
+        ),
+    )
     explanation: str
 
 
