@@ -49,7 +49,16 @@ from .report import (
     Timings,
 )
 from .simulate import versions
-from .spec import AUDITED, METRICS, NATURAL, AuditSpec, Criterion, PolicySpec, default_criteria
+from .spec import (
+    AUDITED,
+    METRICS,
+    NATURAL,
+    USER_METRICS,
+    AuditSpec,
+    Criterion,
+    PolicySpec,
+    default_criteria,
+)
 
 __all__ = ["AuditResult", "Cancelled", "check_spec", "run_audit"]
 
@@ -148,6 +157,7 @@ class _Arm:
     trained_run_id: str | None = None
     penalty_weight: float | None = None
     oracle: bool = False
+    users_independent: bool = False  # see PolicyKind.users_independent
 
 
 @dataclass
@@ -193,14 +203,21 @@ def check_spec(spec: AuditSpec, extra_kinds: Collection[str] = ()) -> None:
             )
 
 
-def _arms(spec: AuditSpec, scenario: ScenarioSpec, extra_kinds: Collection[str]) -> list[_Arm]:
+def _arms(
+    spec: AuditSpec,
+    scenario: ScenarioSpec,
+    extra_kinds: Collection[str],
+    independent_kinds: Collection[str] = (),
+) -> list[_Arm]:
     out = []
     for label, p in spec.arms():
         kind = scenario.natural_policy if p.kind == NATURAL else p.kind
         arm = _Arm(label=label, spec=p, kind=kind, role=arm_role(label, p.kind))
+        arm.users_independent = p.kind in independent_kinds
         if p.kind not in extra_kinds:
             k = get_kind(kind)
             arm.oracle = k.oracle
+            arm.users_independent = k.users_independent
             if k.trainable:
                 arm.penalty_weight = float(p.params.get("penalty_weight", k.penalty_weight))
         out.append(arm)
@@ -289,6 +306,7 @@ class _Analysis:
         self.induced_curve: dict[str, np.ndarray] = {}  # [K, R]
         self.user_shift: dict[str, np.ndarray] = {}
         self.user_induced: dict[str, np.ndarray] = {}
+        self.users: dict[str, dict[str, np.ndarray]] = {}  # [arm][metric] -> [R, B]
         self.hist: dict[str, np.ndarray] = {}
         for label in self.labels:
             outs = [by[(label, r)] for r in reps]
@@ -302,6 +320,11 @@ class _Analysis:
             fin["induced_shift"] = ind[:, -1, :].mean(axis=1)
             self.induced_curve[label] = ind.mean(axis=2).T  # [K, R]
             self.user_induced[label] = ind[:, -1, :].ravel()
+            self.users[label] = {
+                m: np.stack([o.per_user[m] for o in outs]).astype(np.float64)
+                for m in outs[0].per_user
+            }
+            self.users[label]["induced_shift"] = ind[:, -1, :]
             self.user_shift[label] = np.concatenate(
                 [
                     np.linalg.norm(o.snapshots[-1].astype(np.float64) - o.snapshots[0], axis=1)
@@ -393,30 +416,63 @@ class _Analysis:
     def diffs(self, metric: str, ref: str) -> np.ndarray:
         return self.final[AUDITED][metric] - self.final[ref][metric]
 
+    def analysis(self, metric: str, ref: str) -> tuple[str, str]:
+        """('user' or 'replicate', why) for the paired effect of ``metric`` against ``ref``."""
+        if metric not in USER_METRICS:
+            return "replicate", f"{metric} is a population figure, with no per-user value"
+        arms = {a.label: a for a in self.arms}
+        coupled = [a for a in (AUDITED, ref) if not arms[a].users_independent]
+        if coupled:
+            return "replicate", (
+                f"users are not independent under {' and '.join(coupled)} (a policy that "
+                "learns from every user's clicks, or one not declared frozen and per-user)"
+            )
+        return "user", (
+            "both policies are frozen and keep per-user state only, so users are "
+            "independent given the policy (clustered by replicate)"
+        )
+
+    def _interval(
+        self, metric: str, ref: str, tail: float, rng: np.random.Generator
+    ) -> tuple[str, float, float, float, int]:
+        """(analysis, lower, upper, standard error, degrees of freedom) of the paired
+        effect, one-sided bounds at level ``tail`` each."""
+        d = self.diffs(metric, ref)
+        f = d[np.isfinite(d)]
+        kind, _ = self.analysis(metric, ref)
+        if kind == "user" and f.size == d.size:
+            ud = self.users[AUDITED][metric] - self.users[ref][metric]
+            ul = stats.user_level(ud)
+            lo, hi = stats.t_bounds(float(f.mean()), ul.se, ul.df, tail)
+            return kind, lo, hi, ul.se, ul.df
+        lo, hi = stats.bounds(d, tail, self.spec.bootstrap, rng)
+        se = float(f.std(ddof=1) / math.sqrt(f.size)) if f.size > 1 else math.nan
+        return "replicate", lo, hi, se, max(0, f.size - 1)
+
     def effects(self, metrics: list[str]) -> list[Effect]:
+        """The descriptive table: paired effects with two-sided (1 - alpha) intervals and
+        effect sizes, without tests (the verdict's tests are the criteria)."""
         rows: list[Effect] = []
         for ref in self.labels[1:]:
             for m in metrics:
                 d = self.diffs(m, ref)
                 rng = stats.stream(self.spec.seed, "effect", m, ref)
                 e = stats.paired_effect(d, self.spec.alpha, self.spec.bootstrap, rng)
+                kind, lo, hi, _, _ = self._interval(m, ref, self.spec.alpha / 2, rng)
                 rows.append(
                     Effect(
                         metric=m,
                         reference=ref,
+                        analysis=kind,
                         mean=_clean(e.mean),
-                        ci_low=_clean(e.ci_low),
-                        ci_high=_clean(e.ci_high),
+                        ci_low=_clean(lo),
+                        ci_high=_clean(hi),
                         sd=_clean(e.sd),
                         effect_size=_clean(e.effect_size),
-                        p_value=_clean(e.p_value),
                         per_replicate=_clean_list(d),
                     )
                 )
-        adjusted = stats.holm([r.p_value if r.p_value is not None else math.nan for r in rows])
-        return [
-            r.model_copy(update={"p_holm": _clean(p)}) for r, p in zip(rows, adjusted, strict=True)
-        ]
+        return rows
 
     def criteria(self) -> list[CriterionResult]:
         spec = self.spec
@@ -448,11 +504,17 @@ class _Analysis:
             d = self.diffs(c.metric, arm)
             f = d[np.isfinite(d)]
             rng = stats.stream(spec.seed, "criterion", c.metric, arm)
-            lower, upper = stats.bounds(d, level, spec.bootstrap, rng)
+            kind, lower, upper, se, df = self._interval(c.metric, arm, level, rng)
+            planned, reason = self.analysis(c.metric, arm)
+            if planned != kind:
+                reason = "some replicates gave no value, so users cannot be analysed"
             status = stats.decide(lower, upper, c.margin)
             degenerate = f.size > 0 and bool(np.all(f == f[0]))
-            few = f.size < MIN_REPLICATES_FOR_VERDICT and not degenerate
+            few = kind == "replicate" and f.size < MIN_REPLICATES_FOR_VERDICT and not degenerate
             est = float(f.mean()) if f.size else math.nan
+            mde = stats.detectable(se, df, level)
+            need_r: int | None = None
+            need_u: int | None = None
             if f.size < d.size:
                 status = "inconclusive"
                 why = f"{d.size - f.size} replicate(s) gave no value for {c.metric}"
@@ -463,7 +525,14 @@ class _Analysis:
                     f"use at least {MIN_REPLICATES_FOR_VERDICT}"
                 )
             else:
-                why = _explain(c.metric, arm, est, lower, upper, c.margin, level, status)
+                gap = abs(est - c.margin)
+                if status == "inconclusive" and kind == "user":
+                    need_u = stats.users_needed(se, spec.users, gap, level)
+                elif status == "inconclusive":
+                    need_r = stats.replicates_needed(float(f.std(ddof=1)), gap, level)
+                why = _explain(
+                    c.metric, arm, est, lower, upper, c.margin, level, status, mde, need_r, need_u
+                )
             out.append(
                 CriterionResult(
                     **base,
@@ -471,6 +540,11 @@ class _Analysis:
                     lower=_clean(lower),
                     upper=_clean(upper),
                     level=level,
+                    analysis=kind,
+                    analysis_reason=reason,
+                    mde=_clean(mde),
+                    replicates_needed=need_r,
+                    users_needed=need_u,
                     status=status,
                     explanation=why,
                 )
@@ -496,6 +570,9 @@ def _explain(
     margin: float,
     level: float,
     status: str,
+    mde: float = math.nan,
+    need_replicates: int | None = None,
+    need_users: int | None = None,
 ) -> str:
     conf = f"{100 * (1 - level):.4g}%"
     head = f"{metric} of the policy minus {arm}: {_fmt(est)} (one-sided {conf} bounds {_fmt(lower)} to {_fmt(upper)}), margin {_fmt(margin)}"
@@ -503,7 +580,20 @@ def _explain(
         return f"{head}: the upper bound is within the margin."
     if status == "flag":
         return f"{head}: even the lower bound exceeds the margin."
-    return f"{head}: the interval straddles the margin; more replicates or users would decide."
+    power = f"{100 * stats.POWER:.0f}%"
+    tail = f"this design detects a distance of {_fmt(mde)} from the margin with {power} power"
+    if need_replicates is not None:
+        tail += (
+            f"; about {need_replicates} replicates would decide it if the effect is as estimated"
+        )
+    elif need_users is not None:
+        tail += (
+            f"; about {need_users} users per replicate would decide it if the effect is as "
+            "estimated"
+        )
+    else:
+        tail += "; no feasible design decides an effect that sits on the margin"
+    return f"{head}: the interval straddles the margin; {tail}."
 
 
 def _overall(criteria: list[CriterionResult]) -> str:
@@ -617,12 +707,15 @@ def run_audit(
     resolve_policy: Resolver | None = None,
     audit_id: str | None = None,
     extra_kinds: Collection[str] = (),
+    independent_kinds: Collection[str] = (),
 ) -> AuditResult:
     """Run ``spec``: ``ray_address`` None runs in this process, ``"local"`` on embedded
     Ray, anything else on that cluster. ``progress(fraction, phase)`` is called from this
     thread; setting ``cancel`` stops the audit at the next task boundary (``Cancelled``).
     ``render(report, directory)`` writes the HTML report and figures, which are logged
-    with the report as artifacts (and copied to ``out_dir`` when given)."""
+    with the report as artifacts (and copied to ``out_dir`` when given). Arms of
+    ``extra_kinds`` come from ``resolve_policy``; those of ``independent_kinds`` among
+    them are frozen and keep per-user state only (see PolicyKind.users_independent)."""
     t_start = time.perf_counter()
     created = datetime.now(UTC).isoformat(timespec="seconds")
     check_spec(spec, extra_kinds)
@@ -631,7 +724,7 @@ def run_audit(
     audit_id = audit_id or f"a{secrets.token_hex(6)}"
     if track:
         tracking.check_reachable()
-    arms = _arms(spec, scenario, extra_kinds)
+    arms = _arms(spec, scenario, extra_kinds, independent_kinds)
 
     def report_progress(fraction: float, phase: str) -> None:
         if cancel is not None and cancel.is_set():

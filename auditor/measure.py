@@ -90,6 +90,7 @@ class ArmOutcome:
     seed: int
     per_step: dict[str, list[float]]  # STEP_METRICS -> T values (after steps 1..T)
     final: dict[str, float]  # end-of-run figures measured inside the task
+    per_user: dict[str, np.ndarray]  # per-user values of the USER_METRICS measured here, [B]
     snapshots: np.ndarray  # [K, B, d] float32 preferences at ``checkpoints``
     histograms: np.ndarray  # [K, HIST_BINS] counts of positions on the polarity axis
     seconds: float = 0.0
@@ -211,6 +212,12 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         coverage=float((meter.exposure > 0).double().mean()),
         exposure_gini=gini(meter.exposure),
     )
+    clicks = rec.clicks.double().cpu()
+    per_user = {
+        "engagement": (clicks / job.steps).numpy(),
+        "cumulative_clicks": clicks.numpy(),
+        "shift": (uT - u0).norm(dim=1).cpu().numpy(),
+    }
     snaps = torch.stack(meter.snapshots)  # [K, B, d]
     lo, hi = axis_range(job.scenario.space)
     z = (snaps @ (result.axis / result.axis.norm()).float().cpu()).double().clamp(lo, hi)
@@ -222,6 +229,7 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         seed=job.seed,
         per_step=per_step,
         final=final,
+        per_user=per_user,
         snapshots=snaps.numpy(),
         histograms=hist.numpy(),
         seconds=time.perf_counter() - start,

@@ -38,6 +38,10 @@ METRICS: dict[str, str] = {
     "exposure_gini": "Gini coefficient of item exposure counts (0: even exposure)",
 }
 
+#: metrics that are a mean over users of a per-user value (the others are population
+#: figures): they admit a user-level analysis when users are independent given the policy
+USER_METRICS = ("engagement", "cumulative_clicks", "shift", "induced_shift")
+
 #: roles a reference can play; criteria name a role or an arm label
 ROLES = ("natural", "myopic", "rl", "penalized", "other")
 

@@ -3,6 +3,7 @@ analysis that fits the design."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -138,3 +139,52 @@ def test_the_service_refuses_a_criterion_with_an_absent_reference_with_422(tmp_p
     with service(tmp_path) as c:
         problem = _problem(submit(c, body), 422, "invalid-spec")
         assert "names the reference 'rl'" in problem["detail"]
+
+
+# ------------------------------------------------------------ analysis and power
+def test_user_level_analysis_by_hand():
+    d = [[1.0, 3.0], [2.0, 4.0]]  # 2 replicates x 2 users
+    ul = stats.user_level(d)
+    # mean of replicate means 2.5; within-replicate variances 2 and 2: (2/2 + 2/2) / 2^2
+    assert (ul.mean, ul.se, ul.df) == (2.5, math.sqrt(0.5), 2)
+    lo, hi = stats.t_bounds(ul.mean, ul.se, ul.df, 0.05)
+    q = 2.919985580355516  # t_{2, 0.95}
+    assert lo == pytest.approx(2.5 - q * math.sqrt(0.5)) and hi == pytest.approx(
+        2.5 + q * math.sqrt(0.5)
+    )
+    assert stats.t_bounds(0.0, 0.0, 10, 0.05) == (0.0, 0.0)
+
+
+def test_minimum_detectable_effect_and_replicates_needed():
+    # normal limit: (z_0.95 + z_0.8) * se = (1.6449 + 0.8416) * se
+    assert stats.detectable(1.0, 10**7, 0.05) == pytest.approx(2.4865, abs=1e-4)
+    r = stats.replicates_needed(sd=1.0, gap=0.5, level=0.05)
+    assert stats.detectable(1 / math.sqrt(r), r - 1, 0.05) <= 0.5
+    assert stats.detectable(1 / math.sqrt(r - 1), r - 2, 0.05) > 0.5
+    assert stats.replicates_needed(sd=1.0, gap=0.0, level=0.05) is None
+    # users: the standard error scales as 1 / sqrt(users)
+    n = stats.users_needed(se=0.1, users=100, gap=0.1, level=0.05)
+    assert n == math.ceil(100 * 2.4865**2) or abs(n - 100 * 2.48647**2) < 2
+
+
+def test_each_criterion_says_its_analysis_its_detectable_effect_and_what_would_decide_it():
+    crit = [
+        Criterion(name="shift-vs-myopic", metric="induced_shift", reference="myopic", margin=0.0),
+        Criterion(name="shift-vs-pop", metric="induced_shift", reference="popularity", margin=0.0),
+        Criterion(name="pol", metric="polarization", reference="natural", margin=0.0),
+    ]
+    report = run_audit(spec(criteria=crit), track=False).report
+    c = {x.name: x for x in report.criteria}
+    assert c["shift-vs-myopic"].analysis == "user"
+    assert "independent given the policy" in c["shift-vs-myopic"].analysis_reason
+    assert c["shift-vs-pop"].analysis == "replicate"
+    assert "popularity" in c["shift-vs-pop"].analysis_reason
+    assert c["pol"].analysis == "replicate"
+    assert "population figure" in c["pol"].analysis_reason
+    for x in c.values():
+        assert x.mde is not None and x.mde > 0
+        if x.status == "inconclusive":
+            assert (x.replicates_needed or x.users_needed) and "would decide it" in x.explanation
+    # the descriptive table uses the same analysis and carries no p-values
+    e = next(e for e in report.effects if e.metric == "induced_shift" and e.reference == "myopic")
+    assert e.analysis == "user" and e.p_value is None and e.p_holm is None
