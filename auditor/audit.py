@@ -739,6 +739,7 @@ def run_audit(
 
     dim = build_catalog(scenario.catalog, scenario.env_seed).dim
     ckpts = tuple(checkpoints(steps, spec.users, dim))
+    natural = next(a.factory for a in arms if a.label == NATURAL)
     jobs = []
     for r in range(spec.replicates):
         for arm in arms:
@@ -755,6 +756,7 @@ def run_audit(
                     checkpoints=ckpts,
                     extreme_threshold=spec.extreme_threshold,
                     device=spec.device,
+                    counterfactual=None if arm.label == NATURAL else natural,
                 )
             )
     done = [0]
