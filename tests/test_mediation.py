@@ -55,7 +55,9 @@ def test_mediation_scores_the_arms_slates_under_the_counterfactuals_preferences_
     assert out.mediation is not None
     np.testing.assert_allclose(out.mediation[0], actual.numpy(), rtol=1e-9)
     np.testing.assert_allclose(out.mediation[1], natural.numpy(), rtol=1e-9)
-    assert out.final["mediated_share"] == pytest.approx(float(1 - natural.sum() / actual.sum()), rel=1e-12)
+    assert out.final["mediated_share"] == pytest.approx(
+        float(1 - natural.sum() / actual.sum()), rel=1e-12
+    )
     # expected clicks under the actual preferences are the engine's expected engagement
     assert float(actual.mean()) / 8 == pytest.approx(out.final["expected_engagement"], rel=1e-6)
     np.testing.assert_allclose(
