@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         jobs = JobStore(engine)
         uploads = PolicyStore(engine, settings.policies_dir)
         datasets = DatasetStore.open(engine, settings)
-        if uploads.clean_staging():
+        if uploads.clean_staging() + datasets.clean_staging():
             log.warning("removed the staging files of uploads a stopped process left")
         real = execute is None
         run = real_execute(settings, uploads, datasets) if real else execute

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -31,6 +32,7 @@ from simulator.specs import ScenarioSpec
 from .config import Settings
 from .jobs import Execute, JobStore, Outcome
 from .store import datasets
+from .uploads import STAGING, PolicyStore
 
 KIND = "derive"
 PREFIX = "d"
@@ -141,6 +143,11 @@ class DatasetStore:
     def open(cls, engine: Any, settings: Settings) -> DatasetStore:
         return cls(JobStore(engine, datasets, PREFIX), settings)
 
+    def clean_staging(self) -> list[str]:
+        """Remove staging directories of uploads that never finished, by the rule of
+        policy uploads (:meth:`service.uploads.PolicyStore.clean_staging`)."""
+        return PolicyStore(self.jobs.engine, self.root).clean_staging()
+
     def directory(self, tenant: str, name: str) -> Path:
         if not _DIR_RE.match(name):
             raise SpecError(f"bad dataset directory {name!r}")
@@ -173,7 +180,8 @@ class DatasetStore:
         items_suffix = sniff(items[0], items[1], "item table") if items is not None else None
         args = request.derive_args()
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.root))
+        owner = f"{STAGING}{socket.gethostname()}.{os.getpid()}."
+        staging = Path(tempfile.mkdtemp(prefix=owner, dir=self.root))
         try:
             log_name = f"log{log_suffix}"
             (staging / log_name).write_bytes(log[0])

@@ -187,3 +187,22 @@ def test_over_budget_and_oversized_uploads_are_refused(tmp_path, tiny):
         bad = upload(c, csv_bytes(log), options={"dynamics": {"kind": "warp"}})
         assert "dynamics" in problem(bad, 422)
         assert leftovers(c) == []
+
+
+def test_staging_of_killed_dataset_uploads_is_removed_on_start(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    root = tmp_path / "datasets"
+    dead = root / f".upload-{socket.gethostname()}.{proc.pid}.abc"
+    live = root / f".upload-{socket.gethostname()}.{os.getpid()}.def"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+        (d / "log.csv").write_text("user,item,timestamp\n")
+    with service(tmp_path):
+        pass
+    assert sorted(p.name for p in root.iterdir()) == [live.name]
