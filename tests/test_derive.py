@@ -341,3 +341,15 @@ def test_other_bad_input_is_one_line(tmp_path, capsys):
     assert code == 2 and "delta" in err
     code, err = run_cli(capsys, tmp_path / "l.csv", "--out", tmp_path / "o", "--model", "MF")
     assert code == 2 and "supported: BPR" in err
+
+
+@pytest.mark.slow
+def test_simulate_names_a_derived_scenario_by_path(derived, tmp_path, capsys):
+    out, prov = derived
+    argv = ["simulate", "--scenario", str(out), "--policy", "myopic", "--users", "20"]
+    code = main([*argv, "--steps", "2", "--seeds", "1", "--json", "--no-progress"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["scenario"] == "shop-v1"
+    assert result["fingerprint"] == prov["fingerprint"]
+    code = main(["simulate", "--scenario", str(tmp_path / "nope"), "--policy", "myopic"])
+    assert code == 2 and "not a scenario directory" in capsys.readouterr().err
