@@ -317,14 +317,12 @@ class _Analysis:
                 d = np.linalg.norm(o.snapshots.astype(np.float64) - n.snapshots, axis=2)  # [K, B]
                 induced.append(d)
             ind = np.stack(induced)  # [R, K, B]
-            fin["induced_shift"] = ind[:, -1, :].mean(axis=1)
             self.induced_curve[label] = ind.mean(axis=2).T  # [K, R]
-            self.user_induced[label] = ind[:, -1, :].ravel()
             self.users[label] = {
                 m: np.stack([o.per_user[m] for o in outs]).astype(np.float64)
                 for m in outs[0].per_user
             }
-            self.users[label]["induced_shift"] = ind[:, -1, :]
+            self.user_induced[label] = self.users[label]["induced_shift"].ravel()
             self.user_shift[label] = np.concatenate(
                 [
                     np.linalg.norm(o.snapshots[-1].astype(np.float64) - o.snapshots[0], axis=1)
