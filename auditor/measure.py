@@ -30,6 +30,8 @@ from simulator.policy import Policy
 from simulator.rng import Streams
 from simulator.specs import ScenarioSpec
 
+from .executor import check_stop
+
 #: per-step series of an arm (the curves), from the metric registry
 STEP_METRICS = STEP_SERIES
 _COUNTERFACTUAL = "\x00natural-counterfactual"  # an arm name no audit label can take
@@ -189,7 +191,13 @@ def run_arm(job: ArmJob) -> ArmOutcome:
             mediation.counterfactual(v)
 
     result = run_arms(
-        env, policies, users=job.users, steps=job.steps, seed=job.seed, observe=observe
+        env,
+        policies,
+        users=job.users,
+        steps=job.steps,
+        seed=job.seed,
+        observe=observe,
+        progress=lambda _t: check_stop(),  # a cancel stops it within a step
     )
     rec = result.arms[job.label]
     assert rec.final is not None and rec.clicks is not None
