@@ -19,6 +19,9 @@ from typing import Any
 from simulator.errors import SpecError
 
 EXPERIMENT_TRAIN = "recaudit-training"
+EXPERIMENT_AUDIT = "recaudit-audits"
+#: MLflow 3 opens an experiment on its GenAI (traces) view unless this tag says otherwise
+KIND_TAG, KIND_RUNS = "mlflow.experimentKind", "custom_model_development"
 METRIC_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
@@ -107,7 +110,11 @@ def experiment_id(client: Any, name: str) -> str:
     if tracking_uri().startswith("sqlite:"):
         artifact_location = (home() / "mlartifacts").resolve().as_uri()
     try:
-        return str(client.create_experiment(name, artifact_location=artifact_location))
+        return str(
+            client.create_experiment(
+                name, artifact_location=artifact_location, tags={KIND_TAG: KIND_RUNS}
+            )
+        )
     except Exception:  # created concurrently
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -277,8 +284,32 @@ def check_reachable() -> None:
         ) from None
 
 
+def mark_experiments() -> None:
+    """Tag recaudit's existing experiments so that MLflow's UI opens them on the runs
+    view (experiments made before the tag was set on creation)."""
+    client = _client()
+    for name in (EXPERIMENT_AUDIT, EXPERIMENT_TRAIN):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None and exp.tags.get(KIND_TAG) != KIND_RUNS:
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND_RUNS)
+
+
+def latest_audit() -> tuple[str, str] | None:
+    """(experiment id, run id) of the newest audit's parent run, or None."""
+    client = _client()
+    exp = client.get_experiment_by_name(EXPERIMENT_AUDIT)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`recaudit.audit` = 'true'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return (str(exp.experiment_id), str(runs[0].info.run_id)) if runs else None
+
+
 # ----------------------------------------------------------------------------- audits
-EXPERIMENT_AUDIT = "recaudit-audits"
 
 
 def _flat_params(prefix: str, data: Any, out: dict[str, Any]) -> None:
