@@ -331,7 +331,12 @@ def run_link(experiment_id: str | None, run_id: str | None, base: str | None = N
     base = base if base is not None else public_url()
     if not (experiment_id and run_id and base):
         return None
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    # the query opens MLflow 3 on its runs view (the experiment tag alone does not,
+    # for a browser that has not chosen a view yet)
+    return (
+        f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        "?workflowType=machine_learning"
+    )
 
 
 def _audit_tags(spec: Any, audit_id: str, scenario_id: str, fingerprint: str) -> dict[str, str]:

@@ -50,7 +50,9 @@ def test_the_report_names_only_the_public_url_or_the_store_kind(credentialed, mo
     assert tracking.run_link("7", "r1") is None  # no public URL: no link at all
     monkeypatch.setenv(tracking.PUBLIC_URL_ENV, "https://mlflow.example.org/")
     assert tracking.shown_store() == "https://mlflow.example.org"
-    assert tracking.run_link("7", "r1") == "https://mlflow.example.org/#/experiments/7/runs/r1"
+    assert tracking.run_link("7", "r1") == (
+        "https://mlflow.example.org/#/experiments/7/runs/r1?workflowType=machine_learning"
+    )
     monkeypatch.setenv(tracking.PUBLIC_URL_ENV, "ftp://x")
     with pytest.raises(Exception, match="must be an http"):
         tracking.public_url()
@@ -127,7 +129,9 @@ def test_service_links_use_the_public_url_never_the_tracking_uri(
 
     assert audit_body(None)["mlflow_url"] is None
     body = audit_body("https://mlflow.example.org")
-    assert body["mlflow_url"] == "https://mlflow.example.org/#/experiments/7/runs/" + "r" * 32
+    assert body["mlflow_url"] == (
+        f"https://mlflow.example.org/#/experiments/7/runs/{'r' * 32}?workflowType=machine_learning"
+    )
     assert body["links"]["mlflow"] == body["mlflow_url"]
 
 

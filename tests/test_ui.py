@@ -68,7 +68,10 @@ def test_ui_serves_the_store_links_the_latest_audit_and_stops_on_sigterm(recaudi
         first = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}" in first and "mlflow.db" in first
         link = proc.stdout.readline().strip()
-        assert link == f"latest audit: http://127.0.0.1:{port}/#/experiments/{exp}/runs/{newest}"
+        assert link == (
+            f"latest audit: http://127.0.0.1:{port}/#/experiments/{exp}/runs/{newest}"
+            "?workflowType=machine_learning"
+        )
         tags = _mlflow(home).get_experiment(exp).tags
         assert tags["mlflow.experimentKind"] == "custom_model_development"
         deadline = time.monotonic() + 120
