@@ -14,11 +14,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.security.utils import get_authorization_scheme_param
 
+from auditor.budget import BudgetExceeded
 from auditor.spec import AuditSpec
 from auditor.tracking import run_link
 
 from ..deps import Svc, Tenant
-from ..intake import BudgetExceeded, check_audit
+from ..intake import check_audit
 from ..jobs import STATUSES, IdempotencyConflict, spec_body
 from ..problems import MEDIA_TYPE, ApiError, Problem
 from ..schemas import (
