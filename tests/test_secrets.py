@@ -65,6 +65,7 @@ def test_an_unreachable_credentialed_store_is_reported_without_its_address(crede
     assert "cannot use the MLflow tracking store (http" in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_tracked_audit_writes_no_store_path_into_its_report(tmp_path, monkeypatch):
     """The default SQLite store lives in a server path: the report (JSON and HTML) shows
     the public URL instead."""
@@ -135,6 +136,7 @@ def test_service_links_use_the_public_url_never_the_tracking_uri(
     assert body["links"]["mlflow"] == body["mlflow_url"]
 
 
+@pytest.mark.slow
 def test_cli_messages_do_not_show_the_store_credentials(recaudit_bin, tmp_path):
     env = {
         **os.environ,

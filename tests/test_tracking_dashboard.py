@@ -14,6 +14,8 @@ from auditor import tracking
 from auditor.audit import Cancelled, run_audit
 from auditor.spec import AuditSpec
 
+pytestmark = pytest.mark.slow  # three small audits tracked in MLflow
+
 SPEC = {
     "scenario": "topics-tiny-v1",
     "users": 12,
