@@ -122,6 +122,12 @@ def ensure_ray(address: str) -> None:
         "logging_level": "ERROR",
         "log_to_driver": False,
     }
+    # ray.init puts in a SIGTERM handler that exits at once; the caller's (a server's
+    # graceful stop) is put back after it
+    import signal
+
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if address == "local":
             ray.init(
@@ -136,6 +142,9 @@ def ensure_ray(address: str) -> None:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SpecError(f"cannot connect to Ray at {address}: {exc}") from None
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def run_jobs(
