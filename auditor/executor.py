@@ -226,11 +226,14 @@ def embedded_ray_processes() -> list[Any]:
     return list(psutil.Process().children(recursive=True))
 
 
-def record_embedded_ray(path: Path) -> None:
+def record_embedded_ray(path: Path) -> bool:
     """Write the pids (with start times) and the session of this process's embedded Ray
-    to ``path``, so that the next start can end them if this process is killed."""
+    to ``path``, so that the next start can end them if this process is killed. False
+    (nothing written) when Ray is not running here."""
     import ray
 
+    if not ray.is_initialized():
+        return False
     node = getattr(ray._private.worker, "_global_node", None)
     procs = []
     for p in embedded_ray_processes():
@@ -242,6 +245,7 @@ def record_embedded_ray(path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
+    return True
 
 
 def kill_recorded_ray(path: Path) -> int:
