@@ -43,7 +43,7 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
         from dashboards.figures import make_figures
         from dashboards.report import write_report
 
-        from .intake import EXTRA_KINDS, resolver
+        from .intake import EXTRA_KINDS, INDEPENDENT_KINDS, resolver
 
         spec = AuditSpec.model_validate_json(row["spec"])
         out = settings.reports_dir / row["tenant"] / row["id"]
@@ -68,6 +68,7 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
                 resolve_policy=resolver(settings, row["tenant"], uploads),
                 audit_id=row["id"],
                 extra_kinds=EXTRA_KINDS,
+                independent_kinds=INDEPENDENT_KINDS,
             )
         prov = result.report.provenance
         return Outcome(
@@ -127,8 +128,11 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         if settings.track:
             from auditor import tracking
 
-            uri = tracking.tracking_uri()
-            svc.mlflow_ui = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+            try:  # links go to the public address only, never the internal URI
+                svc.mlflow_ui = tracking.public_url()
+            except Exception as exc:
+                svc.mlflow_error = str(exc)
+                log.error("%s", exc)
         if real and settings.track:
             try:
                 tracking.check_reachable()

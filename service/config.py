@@ -32,6 +32,8 @@ RECAUDIT_REMOTE_RETRIES            retries of a failed remote call              
 RECAUDIT_REMOTE_MAX_BYTES          largest remote response                        8 MiB
 RECAUDIT_REMOTE_BATCH              users per remote call                          1024
 RECAUDIT_TRACK                     log audits to MLflow (0/1)                     1
+RECAUDIT_PUBLIC_MLFLOW_URL         the MLflow UI as tenants reach it (links;      (unset: no links)
+                                   read by auditor.tracking.public_url)
 RAY_ADDRESS                        Ray cluster address; ``local``: embedded Ray;  ``local``
                                    ``none``: run audits in the service process
 =================================  =============================================  ==========================

@@ -56,7 +56,7 @@ class Services:
     jobs: JobStore
     uploads: PolicyStore
     runner: JobRunner
-    mlflow_ui: str | None = None  # the tracking server's URL when it is one
+    mlflow_ui: str | None = None  # the MLflow UI's public URL (RECAUDIT_PUBLIC_MLFLOW_URL)
     ray_error: str | None = None
     mlflow_error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -17,6 +17,9 @@ from .uploads import PolicyStore
 UPLOADED = "uploaded"
 REMOTE = "remote"
 EXTRA_KINDS = (UPLOADED, REMOTE)
+#: service kinds whose users are independent given the policy: an uploaded model is frozen
+#: and keeps per-user state only; a remote endpoint may learn from every user's clicks
+INDEPENDENT_KINDS = (UPLOADED,)
 
 #: how to ask for the two service kinds (shown by GET /v1/policies)
 EXTRA_KIND_HELP = {
@@ -92,18 +95,21 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
                     f"no uploaded policy {params['id']!r} (see GET /v1/policies; upload with "
                     "POST /v1/policies)"
                 )
-            _check_catalog(uploads, tenant, str(params["id"]), cost.n_items)
+            _check_catalog(uploads, tenant, str(params["id"]), spec.scenario_spec())
     return cost.user_steps
 
 
-def _check_catalog(uploads: PolicyStore, tenant: str, policy_id: str, n_items: int) -> None:
+def _check_catalog(uploads: PolicyStore, tenant: str, policy_id: str, scenario: Any) -> None:
+    """After the budget check: the catalog is within the limits, so building it to read its
+    item ids is bounded."""
     import json
 
     from recommenders.recbole_adapter import check_covers_catalog
+    from simulator.catalog import build_catalog
 
     config, _ = uploads.files(tenant, policy_id)
     tokens = json.loads(config)["item_tokens"]
-    check_covers_catalog(tokens, n_items)
+    check_covers_catalog(tokens, build_catalog(scenario.catalog, scenario.env_seed).item_ids)
 
 
 def resolver(
