@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from recommenders.registry import POLICIES
 from recommenders.rl.policy import PolicyBundle
