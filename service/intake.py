@@ -58,10 +58,17 @@ def _file_paths(obj: Any, where: str = "scenario") -> list[str]:
     return out
 
 
-def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: PolicyStore) -> int:
+def check_audit(
+    spec: AuditSpec,
+    tenant: str,
+    settings: Settings,
+    uploads: PolicyStore,
+    own: Any = None,
+) -> int:
     """Refuse (SpecError) an audit the service cannot or may not run, and one over the
     budget (BudgetExceeded, from auditor.budget's estimate of its whole cost: catalog,
-    simulations, trainings, remote calls); returns its cost in user-steps."""
+    simulations, trainings, remote calls); returns its cost in user-steps. ``own``: the
+    tenant's derived scenario that ``spec`` names by id."""
     from auditor.plan import plan_audit
     from recommenders.remote import check_allowed
 
@@ -77,6 +84,8 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
 
         if not torch.cuda.is_available():
             raise SpecError("device 'cuda' was asked for but this service has no CUDA device")
+    if own is not None:
+        spec = spec.model_copy(update={"scenario": own})
     plan = plan_audit(spec, extra_kinds=EXTRA_KINDS, independent_kinds=INDEPENDENT_KINDS)
     # the whole cost, from the spec's fields alone, before anything is read or built
     cost = plan.cost = estimate(
