@@ -653,30 +653,142 @@ def full_sort_recall(trained: TrainedModel, k: int = 10, split: str = "test") ->
 def save_model(trained: TrainedModel, directory: str | Path) -> Path:
     """Write ``model.safetensors`` (weights) and ``model.json`` (class, settings, token
     maps, the weights' SHA-256) into ``directory``; returns the directory."""
+    return _write_bundle(
+        directory,
+        model_name=trained.model_name,
+        dataset_name=trained.dataset_name,
+        settings=trained.settings,
+        state_dict=trained.model.state_dict(),
+        item_tokens=trained.item_tokens,
+        user_tokens=trained.user_tokens,
+    )
+
+
+def _write_bundle(
+    directory: str | Path,
+    *,
+    model_name: str,
+    dataset_name: str,
+    settings: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    item_tokens: Sequence[str],
+    user_tokens: Sequence[str],
+) -> Path:
     from safetensors.torch import save_file
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: v.detach().cpu().contiguous().clone() for k, v in trained.model.state_dict().items()
-    }
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
     import recbole
 
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "model": trained.model_name,
-        "model_type": trained.kind,
+        "model": model_name,
+        "model_type": SUPPORTED_MODELS[model_name],
         "recbole_version": recbole.__version__,
-        "dataset": trained.dataset_name,
-        "settings": trained.settings,
-        "item_tokens": trained.item_tokens,
-        "user_tokens": trained.user_tokens,
+        "dataset": dataset_name,
+        "settings": dict(settings),
+        "item_tokens": list(item_tokens),
+        "user_tokens": list(user_tokens),
         "weights_sha256": _sha256(out / WEIGHTS_FILE),
     }
     (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out
+
+
+def convert_checkpoint(
+    checkpoint: str | Path, directory: str | Path, *, data_path: str | Path | None = None
+) -> dict[str, Any]:
+    """Turn a RecBole checkpoint (the ``.pth`` file ``trainer.fit(saved=True)`` writes)
+    into the safetensors + JSON bundle that :func:`load_model` and the service accept.
+
+    **This unpickles the checkpoint** (``torch.load(weights_only=False)``: RecBole saves
+    its Config object in it), which can run arbitrary code: it is for a model's owner, on
+    their own machine, with their own file. The service never calls it.
+
+    A checkpoint holds no id maps, so the dataset is rebuilt as RecBole's own
+    ``load_data_and_model`` does (``create_dataset`` on the checkpoint's config, reading
+    the atomic files at the recorded ``data_path``, or at ``data_path`` when given: the
+    directory that holds ``<dataset>.inter``) and its user and item token maps are kept
+    in the bundle: the model keeps its own ids. No saved dataset is ever loaded. The
+    written bundle is then loaded back with every check of :func:`load_model`. Returns a
+    summary (model, dataset, item and user counts, the first tokens, the SHA-256).
+    """
+    src = Path(checkpoint)
+    if not src.is_file():
+        raise SpecError(f"checkpoint not found: {src}")
+    with tempfile.TemporaryDirectory(prefix="recaudit-convert-") as tmp, _recbole_env(None):
+        from recbole.data import create_dataset
+
+        try:
+            ckpt = torch.load(src, map_location="cpu", weights_only=False)
+        except Exception as exc:  # any unpickling failure: not a checkpoint we can read
+            raise SpecError(f"cannot read {src} as a RecBole checkpoint: {exc}") from None
+        if not isinstance(ckpt, dict) or not {"config", "state_dict"} <= set(ckpt):
+            raise SpecError(
+                f"{src} is not a RecBole checkpoint (expected a dict with 'config' and "
+                "'state_dict', as trainer.fit(saved=True) writes)"
+            )
+        config = ckpt["config"]
+        try:
+            name = str(config["model"])
+            dataset_name = str(config["dataset"])
+        except (KeyError, TypeError):
+            raise SpecError(f"{src}: the checkpoint's config names no model or dataset") from None
+        _model_kind(name)
+        _check_name(dataset_name)
+        if ckpt.get("other_parameter"):
+            raise SpecError(f"{src}: {name} with extra non-tensor parameters is not supported")
+        if data_path is not None:
+            config["data_path"] = str(Path(data_path).resolve())
+        inter = Path(str(config["data_path"])) / f"{dataset_name}.inter"
+        if not inter.is_file():
+            raise SpecError(
+                f"the training data {inter} is not there: give --data-path, the directory that "
+                f"holds {dataset_name}.inter"
+            )
+        # never load (unpickle) a saved dataset, never write one
+        config["checkpoint_dir"] = tmp
+        config["dataset_save_path"] = None
+        config["save_dataset"] = False
+        try:
+            dataset = create_dataset(config)
+        except (ValueError, KeyError, IndexError, OSError) as exc:
+            raise SpecError(f"RecBole could not rebuild the dataset from {inter}: {exc}") from None
+        items = [str(t) for t in dataset.field2id_token[config["ITEM_ID_FIELD"]]]
+        users = [str(t) for t in dataset.field2id_token[config["USER_ID_FIELD"]]]
+        settings = {k: config[k] for k in _model_keys(name) if k in config}
+        bad = sorted(k for k, v in settings.items() if not _json_value(v))
+        if bad:
+            raise SpecError(f"{src}: settings {bad} are not plain JSON values")
+        state = ckpt["state_dict"]
+        if not isinstance(state, Mapping) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise SpecError(f"{src}: 'state_dict' is not a mapping of tensors")
+    out = _write_bundle(
+        directory,
+        model_name=name,
+        dataset_name=dataset_name,
+        settings=settings,
+        state_dict=state,
+        item_tokens=items,
+        user_tokens=users,
+    )
+    tm = load_model(out)  # the same checks as an upload
+    return {
+        "model": tm.model_name,
+        "model_type": tm.kind,
+        "dataset": dataset_name,
+        "num_items": len(items) - 1,
+        "num_users": len(users) - 1,
+        "item_tokens_head": items[1:6],
+        "user_tokens_head": users[1:6],
+        "sha256": _sha256(out / WEIGHTS_FILE),
+        "out": str(out),
+    }
 
 
 class _TokenMapDataset:
