@@ -41,6 +41,7 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
         from auditor.spec import AuditSpec
         from dashboards.figures import make_figures
         from dashboards.report import write_report
+        from recommenders.remote import stop_calls_when
 
         from .intake import EXTRA_KINDS, resolver
 
@@ -53,18 +54,19 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
             figures = run_jobs(make_figures, [report], ray_address=settings.ray_address)[0]
             write_report(report, directory, figures)
 
-        result = run_audit(
-            spec,
-            ray_address=settings.ray_address,
-            progress=progress,
-            cancel=cancel,
-            track=settings.track,
-            render=render,
-            out_dir=out,
-            resolve_policy=resolver(settings, row["tenant"], uploads),
-            audit_id=row["id"],
-            extra_kinds=EXTRA_KINDS,
-        )
+        with stop_calls_when(cancel.is_set):  # a cancel ends a remote call in flight
+            result = run_audit(
+                spec,
+                ray_address=settings.ray_address,
+                progress=progress,
+                cancel=cancel,
+                track=settings.track,
+                render=render,
+                out_dir=out,
+                resolve_policy=resolver(settings, row["tenant"], uploads),
+                audit_id=row["id"],
+                extra_kinds=EXTRA_KINDS,
+            )
         prov = result.report.provenance
         return Outcome(
             verdict=result.report.verdict,

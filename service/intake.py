@@ -22,7 +22,8 @@ EXTRA_KIND_HELP = {
     UPLOADED: "an uploaded RecBole model (POST /v1/policies), never retrained: "
     'params {"id": "<policy id>"}',
     REMOTE: "a remote black-box policy at an operator-allowed http(s) URL (protocol "
-    'recaudit.remote-policy/v1, see docs/service.md): params {"url": "http://host:port/path"}',
+    "recaudit.remote-policy/v2 by item ids, or v1 by indices; see docs/service.md): params "
+    '{"url": "http://host:port/path", "protocol": "v2", "history": 20, "features": false}',
 }
 
 
@@ -58,7 +59,7 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
     """Refuse (SpecError) an audit the service cannot or may not run; returns its cost
     in user-steps (users x steps x replicates x arms)."""
     from auditor.audit import check_spec
-    from recommenders.remote import check_allowed
+    from recommenders.remote import check_params
 
     if not isinstance(spec.scenario, str):
         for path in _file_paths(spec.scenario):
@@ -76,8 +77,7 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
     scenario = spec.scenario_spec()
     for _label, p in spec.arms():
         if p.kind == REMOTE:
-            params = _params(p, {"url"}, {"url"})
-            check_allowed(str(params["url"]), settings.remote_allowlist)
+            check_params(dict(p.params), settings.remote_allowlist)
         elif p.kind == UPLOADED:
             params = _params(p, {"id"}, {"id"})
             row = uploads.get(tenant, str(params["id"]))
@@ -111,6 +111,20 @@ def _check_catalog(uploads: PolicyStore, tenant: str, policy_id: str, scenario: 
     check_covers_catalog(tokens, build_catalog(scenario.catalog, scenario.env_seed).size)
 
 
+def remote_settings(settings: Settings) -> Any:
+    """The operator's limits for remote calls (the service's and the CLI's)."""
+    from recommenders.remote import RemoteSettings
+
+    return RemoteSettings(
+        allowlist=settings.remote_allowlist,
+        timeout_s=settings.remote_timeout_s,
+        retries=settings.remote_retries,
+        max_bytes=settings.remote_max_bytes,
+        batch=settings.remote_batch,
+        audit_s=settings.remote_audit_s,
+    )
+
+
 class BudgetExceeded(SpecError):
     """An audit over the per-audit budget (422, type urn:recaudit:problem:budget)."""
 
@@ -119,19 +133,13 @@ def resolver(
     settings: Settings, tenant: str, uploads: PolicyStore
 ) -> Callable[[PolicySpec], Callable[[], Any] | None]:
     """``resolve_policy`` for run_audit: picklable factories for the service kinds."""
-    from recommenders.remote import RemotePolicyFactory, RemoteSettings
+    from recommenders.remote import RemotePolicyFactory
 
-    remote = RemoteSettings(
-        allowlist=settings.remote_allowlist,
-        timeout_s=settings.remote_timeout_s,
-        retries=settings.remote_retries,
-        max_bytes=settings.remote_max_bytes,
-        batch=settings.remote_batch,
-    )
+    remote = remote_settings(settings)
 
     def resolve(p: PolicySpec) -> Callable[[], Any] | None:
         if p.kind == REMOTE:
-            return RemotePolicyFactory(url=str(p.params["url"]), settings=remote, name=p.name)
+            return RemotePolicyFactory.for_audit(dict(p.params), remote, p.name)
         if p.kind == UPLOADED:
             from recommenders.recbole_adapter import UploadedModelFactory
 
