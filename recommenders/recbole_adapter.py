@@ -29,8 +29,9 @@ What is here, in the order of a workflow:
    writes item and user embeddings as the ``movielens-100k-v1`` scenario's catalog and
    population (see ``scripts/derive_movielens.py``).
 
-Simulator item index ``i`` is RecBole item token ``str(i)``; simulated user ``b`` is user
-token ``str(b)``. RecBole runs on the CPU here.
+A policy retrained in the loop logs simulator item ``i`` as token ``str(i)`` and user ``b``
+as ``str(b)`` (its own log); a frozen model trained elsewhere is matched by the catalog's
+item ids and the population's user ids. RecBole runs on the CPU here.
 """
 
 from __future__ import annotations
@@ -1310,20 +1311,22 @@ def load_model_bytes(config: bytes, weights: bytes) -> TrainedModel:
         return load_model(tmp)
 
 
-def check_covers_catalog(item_tokens: Sequence[str], num_items: int) -> None:
-    """Simulator item ``i`` is token ``str(i)``: the model must know every catalog item."""
+def check_covers_catalog(item_tokens: Sequence[str], item_ids: Sequence[str]) -> None:
+    """The model must know every catalog item: simulator item ``i`` is the model's token
+    ``item_ids[i]`` (the catalog's id, ``str(i)`` for catalogs without ids of their own)."""
     known = set(item_tokens)
-    missing = [i for i in range(num_items) if str(i) not in known]
+    missing = [x for x in item_ids if x not in known]
     if missing:
         raise SpecError(
-            f"the uploaded model does not know {len(missing)} of the scenario's {num_items} "
-            f"catalog items (item tokens '0'..'{num_items - 1}'; first missing: {missing[0]})"
+            f"the uploaded model does not know {len(missing)} of the scenario's {len(item_ids)} "
+            f"catalog items (first missing item ids: {', '.join(map(repr, missing[:5]))})"
         )
 
 
 class FrozenRecBolePolicy(RecBolePolicy):
-    """A trained RecBole model as a policy, never retrained: general models score the
-    simulated users they know (user token ``str(b)``), sequential ones score each user's
+    """A trained RecBole model as a policy, never retrained: items are matched by the
+    catalog's item ids, users by the population's user ids; general models score the
+    simulated users they know, sequential ones score each user's
     recent clicks; users the model cannot score get the most-clicked items so far."""
 
     def __init__(self, trained: TrainedModel, *, threads: int | None = 1, name: str = "uploaded"):
@@ -1333,9 +1336,9 @@ class FrozenRecBolePolicy(RecBolePolicy):
     def reset(self, ctx: PolicyContext) -> None:
         super().reset(ctx)
         tm = self.frozen
-        check_covers_catalog(tm.item_tokens, ctx.catalog.size)
-        self.item_map = tm.item_ids([str(i) for i in range(ctx.catalog.size)])
-        self.user_map = tm.user_ids([str(b) for b in range(ctx.num_users)])
+        check_covers_catalog(tm.item_tokens, ctx.catalog.item_ids)
+        self.item_map = tm.item_ids(list(ctx.catalog.item_ids))
+        self.user_map = tm.user_ids(list(ctx.user_ids))
         if tm.kind == "sequential":
             self.seq_len = tm.max_seq_length
             self.recent = torch.full((ctx.num_users, self.seq_len), -1, dtype=torch.long)

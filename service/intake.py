@@ -108,7 +108,7 @@ def _check_catalog(uploads: PolicyStore, tenant: str, policy_id: str, scenario: 
 
     config, _ = uploads.files(tenant, policy_id)
     tokens = json.loads(config)["item_tokens"]
-    check_covers_catalog(tokens, build_catalog(scenario.catalog, scenario.env_seed).size)
+    check_covers_catalog(tokens, build_catalog(scenario.catalog, scenario.env_seed).item_ids)
 
 
 def remote_settings(settings: Settings) -> Any:

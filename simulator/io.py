@@ -8,10 +8,14 @@ import numpy as np
 import pandas as pd
 
 from .errors import SpecError
+from .types import check_ids
 
 #: data shipped with the package; a spec path ``data:<relative path>`` resolves under it
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DATA_PREFIX = "data:"
+#: the columns of catalog and population tables holding each item's or user's stable id
+ITEM_ID_COLUMN = "item_id"
+USER_ID_COLUMN = "user_id"
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -67,3 +71,16 @@ def read_matrix(path: str | Path, *, what: str) -> tuple[np.ndarray, pd.DataFram
     if not np.isfinite(mat).all():
         raise SpecError(f"{what} file {p} contains NaN or infinite values")
     return mat, table
+
+
+def id_column(table: pd.DataFrame, name: str, path: str, entity: str) -> tuple[str, ...]:
+    """The string ids in column ``name`` of a catalog or population table: distinct,
+    non-empty, none missing (SpecError naming the first offending row)."""
+    col = table[name]
+    missing = col.isna().to_numpy()
+    if missing.any():
+        raise SpecError(f"{entity} id missing in row {int(missing.argmax())} of {path}")
+    try:
+        return check_ids([str(x) for x in col.tolist()], len(col), entity)
+    except ValueError as exc:
+        raise SpecError(f"{path}: {exc}") from None
