@@ -39,6 +39,7 @@ from .report import (
     EXIT_CODES,
     ArmInfo,
     AuditReport,
+    Boundary,
     CriterionResult,
     Curve,
     Distribution,
@@ -633,6 +634,7 @@ def run_audit(
 
     t_an = time.perf_counter()
     an = _Analysis(spec, arms, outcomes, steps, list(ckpts))
+    boundaries = _boundaries(outcomes)
     del outcomes
     reported = spec.reported_metrics()
     summaries = an.metric_summaries(reported)
@@ -664,6 +666,7 @@ def run_audit(
                 oracle=a.oracle,
                 trained_run_id=a.trained_run_id,
                 penalty_weight=a.penalty_weight,
+                boundary=boundaries.get(a.label),
             )
             for a in arms
         ],
@@ -717,6 +720,22 @@ def run_audit(
         raise
     report_progress(1.0, "done")
     return AuditResult(report=report, run_id=run_id)
+
+
+def _boundaries(outcomes: list[ArmOutcome]) -> dict[str, Boundary]:
+    """Per arm, what its policy stated about ids at the boundary: the first replicate's
+    statement with the cold-user count of every replicate."""
+    by: dict[str, list[ArmOutcome]] = {}
+    for o in sorted(outcomes, key=lambda o: o.replicate):
+        if o.boundary is not None:
+            by.setdefault(o.label, []).append(o)
+    out = {}
+    for label, outs in by.items():
+        first = dict(outs[0].boundary or {})
+        first["cold_users"] = [int((o.boundary or {}).get("cold_users", 0)) for o in outs]
+        first.pop("protocol", None)
+        out[label] = Boundary.model_validate(first)
+    return out
 
 
 def _write(

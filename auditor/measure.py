@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,6 +94,7 @@ class ArmOutcome:
     snapshots: np.ndarray  # [K, B, d] float32 preferences at ``checkpoints``
     histograms: np.ndarray  # [K, HIST_BINS] counts of positions on the polarity axis
     seconds: float = 0.0
+    boundary: dict[str, Any] | None = None  # the policy's boundary() (ids, cold start)
 
 
 def gini(x: torch.Tensor) -> float:
@@ -176,9 +178,10 @@ def run_arm(job: ArmJob) -> ArmOutcome:
     start = time.perf_counter()
     env = build_environment(job.scenario, job.device)
     meter = _Meter(job, env.catalog.size, env.catalog.topic, env.device)
+    policy = job.factory()
     result = run_arms(
         env,
-        {job.label: job.factory()},
+        {job.label: policy},
         users=job.users,
         steps=job.steps,
         seed=job.seed,
@@ -225,4 +228,5 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         snapshots=snaps.numpy(),
         histograms=hist.numpy(),
         seconds=time.perf_counter() - start,
+        boundary=policy.boundary() if callable(getattr(policy, "boundary", None)) else None,
     )

@@ -21,6 +21,11 @@ _SPEC_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?:\[(.*)\])?\s*$")
 def parse_policy(text: str) -> dict[str, Any]:
     """'kind' or 'kind[key=value,key=value]' -> a PolicySpec dict. Values are read as
     JSON when they parse (numbers, true/false), otherwise kept as strings."""
+    from .policy_sources import shorthand
+
+    short = shorthand(text)
+    if short is not None:
+        return short
     m = _SPEC_RE.match(text)
     if not m:
         raise SpecError(f"cannot read policy {text!r}; write KIND or KIND[key=value,...]")
@@ -81,7 +86,12 @@ def add_parsers(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
     )
     au.add_argument("--spec", type=Path, help="audit spec file (.yaml, .yml or .json)")
     au.add_argument("--scenario", help="scenario id (see 'recaudit scenarios')")
-    au.add_argument("--policy", help="the policy under audit: KIND or KIND[key=value,...]")
+    au.add_argument(
+        "--policy",
+        help="the policy under audit: KIND or KIND[key=value,...]; bundle:DIR (a model "
+        "converted by 'recaudit model convert'); remote:URL (an endpoint on "
+        "RECAUDIT_REMOTE_ALLOWLIST)",
+    )
     au.add_argument(
         "--references",
         help="comma-separated reference policies (default: natural,ppo-myopic,ppo,ppo-distance)",
@@ -181,6 +191,11 @@ def render_table(report: Any) -> str:
             f"{c.name[:29]:<30}{f(c.estimate):>10}{bounds:>24}{f(c.margin):>9}  {c.status.upper()}"
             + (f" vs {c.reference_arm}" if c.reference_arm else "")
         )
+    from dashboards.report import boundary_lines
+
+    ids = boundary_lines(report)
+    if ids:
+        lines += ["", "ids at the boundary:", *(f"  {line}" for line in ids)]
     lines += ["", f"verdict: {report.verdict.upper()}", "", report.summary]
     return "\n".join(lines)
 
@@ -189,8 +204,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from auditor.audit import check_spec, run_audit
     from auditor.executor import resolve_ray_address
 
+    from .policy_sources import KINDS, check
+
     spec = build_spec(args)
-    check_spec(spec)
+    check_spec(spec, extra_kinds=KINDS)
+    resolve = check(spec)  # bundles and remote endpoints, before anything runs
     out: Path | None = args.out
     if out is not None:
         if out.exists() and not out.is_dir():
@@ -226,6 +244,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             track=not args.no_track,
             render=write_report,
             out_dir=out,
+            resolve_policy=resolve,
+            extra_kinds=KINDS,
         )
     finally:
         bar.close()

@@ -551,18 +551,25 @@ class RemotePolicy:
 
     def boundary(self) -> dict[str, Any]:
         """What crossed the boundary, for the report."""
+        ctx = self.ctx
         if self.protocol == "v1":
-            return {
-                "protocol": PROTOCOL,
-                "rule": "users and items by index (protocol v1): simulated user j is "
-                "user_offset + j, items are catalog indices",
-            }
+            rule = (
+                "protocol v1: users by index (user_offset + j), items by catalog index "
+                "(0..num_items-1), item vectors sent"
+            )
+        else:
+            rule = (
+                f"protocol v2: users as per-run ids '{SIM_PREFIX}<hmac>' (salted per audit), "
+                f"each with its last {self.history} clicks as item ids; slates of the "
+                "catalog's item ids, any other id refused"
+                + ("; item features sent" if self.features else "; no item features sent")
+            )
         return {
-            "protocol": PROTOCOL_V2,
-            "rule": f"users as per-run ids '{SIM_PREFIX}<hmac>' (salted per audit), each with "
-            f"its last {self.history} clicks as item ids; slates of the catalog's item ids"
-            + ("; item features sent" if self.features else ""),
-            "catalog_items": len(self.item_ids),
+            "kind": PROTOCOLS[self.protocol],
+            "rule": rule,
+            "catalog_items": ctx.catalog.size,
+            "users": ctx.num_users,
+            "cold_users": 0,
         }
 
     def act(self, obs: Observation) -> torch.Tensor:

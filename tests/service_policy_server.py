@@ -148,7 +148,7 @@ class PolicyServer:
         elif path == "/down":
             send(500, b"{}")
         elif path == "/short":
-            bad = [s[:-1] for s in self.slates(body)]
+            bad = [s[:-1] for s in (self.id_slates(body) if v2 else self.slates(body))]
             send(200, json.dumps({"slates": bad}).encode())
         elif path == "/range":
             n, k = body.get("num_items", 1), body.get("slate_size", 1)
