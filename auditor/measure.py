@@ -173,6 +173,13 @@ class _Meter:
         self.consumed[rows[keep], items[keep]] = True
 
 
+def _boundary(policy: Policy) -> dict[str, Any] | None:
+    """What a policy that crosses the boundary by ids (uploaded models, remote endpoints)
+    states about it: its ``boundary()``, if it has one."""
+    state = getattr(policy, "boundary", None)
+    return dict(state()) if callable(state) else None
+
+
 def run_arm(job: ArmJob) -> ArmOutcome:
     """Run one arm of one replicate. Plain Python: the executor adds ``.remote``."""
     start = time.perf_counter()
@@ -228,5 +235,5 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         snapshots=snaps.numpy(),
         histograms=hist.numpy(),
         seconds=time.perf_counter() - start,
-        boundary=policy.boundary() if callable(getattr(policy, "boundary", None)) else None,
+        boundary=_boundary(policy),
     )

@@ -97,6 +97,7 @@ def check(spec: Any) -> Callable[[Any], Callable[[], Any] | None]:
             config, weights = bundles[p.params["path"]]
             return UploadedModelFactory(config=config, weights=weights, name=p.name)
         if p.kind == REMOTE:
+            assert remote is not None
             return RemotePolicyFactory.for_audit(dict(p.params), remote, p.name)
         return None
 

@@ -124,7 +124,9 @@ class RemoteRequestV2(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    protocol: Literal["recaudit.remote-policy/v2"] = PROTOCOL_V2
+    protocol: Literal["recaudit.remote-policy/v2"] = Field(
+        "recaudit.remote-policy/v2", description="Protocol name and version."
+    )
     session: str = Field(..., description="Id of one simulated run (arm x replicate).")
     t: int = Field(..., ge=0, description="Step, from 0.")
     horizon: int = Field(..., ge=0, description="Steps in the run.")

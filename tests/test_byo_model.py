@@ -94,3 +94,58 @@ def test_convert_names_a_missing_data_path(shop_checkpoint, tmp_path, capsys):
     )
     assert code == 2
     assert "shop.inter is not there: give --data-path" in capsys.readouterr().err
+
+
+def test_a_model_with_unknown_ids_is_refused_with_exact_counts(shop_checkpoint, tmp_path, capsys):
+    """A model that speaks SKUs cannot be audited on a catalog of other ids: refused
+    before anything runs, from the CLI (exit 2) and over REST (422), with the counts and
+    the first missing ids."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    from .service_helpers import TINY_SPEC, FakeAuditor, auth, make_key, settings
+
+    ckpt, _ = shop_checkpoint
+    out = tmp_path / "bundle"
+    assert main(["model", "convert", str(ckpt), "--out", str(out), "--trust-pickle"]) == 0
+    capsys.readouterr()
+    want = (
+        "does not know 30 of the scenario's 30 catalog items (first missing item ids: "
+        "'0', '1', '2', '3', '4')"
+    )
+    argv = ["audit", "--scenario", "topics-tiny-v1", "--policy", f"bundle:{out}"]
+    assert main([*argv, "--references", "natural", "--in-process", "--no-track"]) == 2
+    assert want in capsys.readouterr().err
+    s = settings(tmp_path / "home")
+    with TestClient(create_app(s, execute=FakeAuditor(s))) as c:
+        key = make_key(s, "acme")
+        files = {
+            "weights": ("model.safetensors", (out / "model.safetensors").read_bytes()),
+            "config": ("model.json", (out / "model.json").read_bytes()),
+        }
+        pid = c.post("/v1/policies", files=files, headers=auth(key)).json()["id"]
+        spec = {**TINY_SPEC, "policy": {"kind": "uploaded", "params": {"id": pid}}}
+        r = c.post("/v1/audits", json=spec, headers=auth(key))
+        assert r.status_code == 422 and want in r.json()["detail"]
+        # the CLI's bundle kind reads the disk: the service does not take it
+        spec = {**TINY_SPEC, "policy": {"kind": "bundle", "params": {"path": str(out)}}}
+        r = c.post("/v1/audits", json=spec, headers=auth(key))
+        assert r.status_code == 422 and "bundle" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ("bundle:", "write bundle:PATH"),
+        ("bundle:/nonexistent/dir", "no such directory"),
+        ("remote:http://127.0.0.1:9/act", "the operator allows no remote hosts"),
+        ("remote:ftp://127.0.0.1/", "must use http or https"),
+    ],
+)
+def test_cli_policy_sources_are_checked_before_anything_runs(policy, message, monkeypatch, capsys):
+    monkeypatch.delenv("RECAUDIT_REMOTE_ALLOWLIST", raising=False)
+    argv = ["audit", "--scenario", "topics-tiny-v1", "--policy", policy, "--in-process"]
+    assert main([*argv, "--no-track"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
