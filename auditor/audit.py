@@ -688,7 +688,7 @@ def run_audit(
             git_commit=commit,
             packages=versions(),
             executor=executor,
-            tracking_uri=tracking.tracking_uri() if track else None,
+            tracking_uri=tracking.shown_store() if track else None,
             host=platform.node(),
             created=created,
             timings=Timings(

@@ -25,6 +25,8 @@ from simulator.policy import Policy
 from simulator.rng import Streams
 from simulator.specs import ScenarioSpec
 
+from .executor import check_stop
+
 #: per-step measurements, in addition to the engine's streamed summaries
 STEP_METRICS = (
     "engagement",
@@ -193,6 +195,7 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         steps=job.steps,
         seed=job.seed,
         observe=meter,
+        progress=lambda _t: check_stop(),  # a cancel stops it within a step
     )
     rec = result.arms[job.label]
     assert rec.final is not None and rec.clicks is not None
