@@ -227,21 +227,23 @@ def check_params(params: dict[str, Any], allowlist: Collection[str]) -> dict[str
 _local = threading.local()
 
 
+class CallCancelled(SpecError):
+    """A remote call abandoned because its audit was cancelled."""
+
+
 @contextlib.contextmanager
-def stop_calls_when(should_stop: Callable[[], bool] | None) -> Iterator[None]:
-    """Within the block, remote calls made by this thread are abandoned (SpecError) as
-    soon as ``should_stop()`` turns true, checked every 50 ms while a call waits. (On
-    Ray, a cancelled task's worker is killed, which ends its calls too.)"""
-    old = getattr(_local, "should_stop", None)
-    _local.should_stop = should_stop
+def stop_calls_when(
+    should_stop: Callable[[], bool] | None, error: type[BaseException] = CallCancelled
+) -> Iterator[None]:
+    """Within the block, remote calls made by this thread are abandoned, raising
+    ``error``, as soon as ``should_stop()`` turns true (checked every 50 ms while a call
+    waits). On Ray, a cancelled task's worker is ended, which ends its calls too."""
+    old = getattr(_local, "stop", None)
+    _local.stop = None if should_stop is None else (should_stop, error)
     try:
         yield
     finally:
-        _local.should_stop = old
-
-
-class CallCancelled(SpecError):
-    """A remote call abandoned because its audit was cancelled."""
+        _local.stop = old
 
 
 # ----------------------------------------------------------------------- client
@@ -319,9 +321,9 @@ class RemoteClient:
 
     @staticmethod
     def _check_stop() -> None:
-        stop = getattr(_local, "should_stop", None)
-        if stop is not None and stop():
-            raise CallCancelled("the audit was cancelled during a remote call")
+        stop = getattr(_local, "stop", None)
+        if stop is not None and stop[0]():
+            raise stop[1]("the audit was cancelled during a remote call")
 
     def _attempt(self, body: bytes) -> Any:
         """One attempt, on a helper thread, waited for at most ``timeout_s`` (and the

@@ -38,7 +38,7 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
 
     def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
         from auditor.audit import run_audit
-        from auditor.executor import run_jobs, stop_when
+        from auditor.executor import Cancelled, run_jobs, stop_when
         from auditor.spec import AuditSpec
         from dashboards.figures import make_figures
         from dashboards.report import write_report
@@ -58,7 +58,7 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
         # the cancel reaches every task: trainings and simulations (Ray tasks cancelled,
         # or, in this process, stopped at their next iteration or step) and remote calls
         # in flight
-        with stop_when(cancel.is_set), stop_calls_when(cancel.is_set):
+        with stop_when(cancel.is_set), stop_calls_when(cancel.is_set, Cancelled):
             result = run_audit(
                 spec,
                 ray_address=settings.ray_address,

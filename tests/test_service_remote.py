@@ -415,3 +415,23 @@ def test_a_remote_policy_that_misbehaves_fails_the_audit_with_the_reason(
         body = _finish(c, c.post("/v1/audits", json=spec, headers=auth(c.key)).json()["id"])
     assert body["status"] == "failed"
     assert reason in body["error"] and "internal" not in body["error"].lower()
+
+
+def test_a_cancel_reaches_a_remote_call_in_flight(tmp_path, server):
+    """DELETE while the audit waits on an endpoint that trickles its answer (with a
+    60 s call deadline): the call is abandoned, the audit ends cancelled, and the
+    endpoint's connection is closed before it finished sending."""
+    with real_service(
+        tmp_path, remote_allowlist=(f"127.0.0.1:{server.port}",), remote_timeout_s=60
+    ) as c:
+        spec = {
+            **TINY_SPEC,
+            "policy": {"kind": "remote", "params": {"url": server.url("/trickle")}},
+        }
+        aid = c.post("/v1/audits", json=spec, headers=auth(c.key)).json()["id"]
+        wait_for(lambda: server.hits["/trickle"] >= 1, timeout=60)
+        assert c.delete(f"/v1/audits/{aid}", headers=auth(c.key)).status_code == 202
+        body = _finish(c, aid)
+    assert body["status"] == "cancelled", body
+    assert server.trickle_done.wait(30)
+    assert server.hits["/trickle"] == 1 and server.trickles[0][1] is False

@@ -15,7 +15,7 @@ for u in range(n_users):
     p = np.exp(1.5 * taste[u] * pos + rng.normal(0, 1, n_items))
     picks = rng.choice(n_items, size=rng.integers(10, 40), replace=False, p=p / p.sum())
     t0 = 1_700_000_000 + rng.integers(0, 86_400 * 30, len(picks))
-    rows += [(f"acct-{u:05d}", f"art-{i:04d}", int(t)) for i, t in zip(picks, t0)]
+    rows += [(f"acct-{u:05d}", f"art-{i:04d}", int(t)) for i, t in zip(picks, t0, strict=True)]
 log = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).sort_values("timestamp")
 log.to_csv("shop/log.csv", index=False)
 items.to_csv("shop/items.csv", index=False)
