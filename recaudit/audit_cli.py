@@ -191,6 +191,7 @@ def render_table(report: Any) -> str:
         lines.append(
             f"{c.name[:29]:<30}{f(c.estimate):>10}{bounds:>24}{f(c.margin):>9}  {c.status.upper()}"
             + (f" vs {c.reference_arm}" if c.reference_arm else "")
+            + (f" ({c.analysis}-level)" if c.analysis else "")
         )
     from dashboards.report import boundary_lines
 

@@ -44,7 +44,7 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
         from dashboards.report import write_report
         from recommenders.remote import stop_calls_when
 
-        from .intake import EXTRA_KINDS, resolver
+        from .intake import EXTRA_KINDS, INDEPENDENT_KINDS, resolver
 
         spec = AuditSpec.model_validate_json(row["spec"])
         out = settings.reports_dir / row["tenant"] / row["id"]
@@ -70,6 +70,7 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
                 resolve_policy=resolver(settings, row["tenant"], uploads),
                 audit_id=row["id"],
                 extra_kinds=EXTRA_KINDS,
+                independent_kinds=INDEPENDENT_KINDS,
             )
         prov = result.report.provenance
         return Outcome(

@@ -17,6 +17,9 @@ from .uploads import PolicyStore
 UPLOADED = "uploaded"
 REMOTE = "remote"
 EXTRA_KINDS = (UPLOADED, REMOTE)
+#: service kinds whose users are independent given the policy: an uploaded model is frozen
+#: and keeps per-user state only; a remote endpoint may learn from every user's clicks
+INDEPENDENT_KINDS = (UPLOADED,)
 
 #: how to ask for the two service kinds (shown by GET /v1/policies)
 EXTRA_KIND_HELP = {
