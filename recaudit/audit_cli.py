@@ -86,7 +86,10 @@ def add_parsers(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
         ),
     )
     au.add_argument("--spec", type=Path, help="audit spec file (.yaml, .yml or .json)")
-    au.add_argument("--scenario", help="scenario id (see 'recaudit scenarios')")
+    au.add_argument(
+        "--scenario",
+        help="scenario id (see 'recaudit scenarios') or a derived scenario's directory",
+    )
     au.add_argument(
         "--policy",
         help="the policy under audit: KIND or KIND[key=value,...]; bundle:DIR (a model "
@@ -159,6 +162,10 @@ def build_spec(args: argparse.Namespace) -> Any:
         data["policy"] = parse_policy(args.policy)
         if args.references:
             data["references"] = [parse_policy(p) for p in split_list(args.references)]
+    from simulator.derived import is_scenario_dir, load_scenario_dir
+
+    if isinstance(data.get("scenario"), str) and is_scenario_dir(data["scenario"]):
+        data["scenario"] = load_scenario_dir(data["scenario"])
     for key in ("users", "steps", "replicates", "seed"):
         value = getattr(args, key)
         if value is not None:

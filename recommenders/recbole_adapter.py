@@ -25,9 +25,9 @@ What is here, in the order of a workflow:
    items by the model's scores, logs clicks as interactions and retrains every ``R``
    steps on the accumulated log: the feedback loop of Chaney, Stewart and Engelhardt
    (RecSys 2018).
-5. **Scenario data.** :func:`derive_movielens` trains BPR on the bundled ml-100k and
-   writes item and user embeddings as the ``movielens-100k-v1`` scenario's catalog and
-   population (see ``scripts/derive_movielens.py``).
+5. **Scenario data.** :func:`train_embeddings` learns user and item embeddings from a
+   log, for ``recommenders.derive`` (``recaudit scenario derive``), which also derives the
+   ``movielens-100k-v1`` scenario's catalog and population.
 
 A policy retrained in the loop logs simulator item ``i`` as token ``str(i)`` and user ``b``
 as ``str(b)`` (its own log); a frozen model trained elsewhere is matched by the catalog's
@@ -1233,79 +1233,74 @@ class RecBolePolicy:
 
 
 # ====================================================================== scenario data
-MOVIELENS_DIR = "movielens-100k-v1"
+#: models whose user and item embeddings a scenario can be derived from (dot-product
+#: scores): RecBole's BPR is matrix factorization trained with the BPR loss
+EMBEDDING_MODELS = ("BPR",)
 
 
-def derive_movielens(
-    out_dir: str | Path,
+@dataclass(frozen=True)
+class Embeddings:
+    """User and item embeddings learned from a log, keyed by the log's own tokens (row j
+    of ``items`` is token ``item_tokens[j]``; no padding row)."""
+
+    item_tokens: list[str]
+    items: torch.Tensor  # [K, d] float64
+    user_tokens: list[str]
+    users: torch.Tensor  # [B, d] float64
+    summary: dict[str, Any]
+
+
+def train_embeddings(
+    log: pd.DataFrame,
     *,
+    item_genres: pd.Series | None = None,
+    model: str = "BPR",
+    dim: int = 16,
     epochs: int = 40,
     seed: int = 2020,
-    embedding_size: int = 16,
     learning_rate: float = 0.005,
-) -> dict[str, Any]:
-    """Derive the ``movielens-100k-v1`` catalog and population from RecBole's bundled
-    MovieLens 100k.
-
-    BPR (``embedding_size``, ``seed``, ``epochs``, Adam at ``learning_rate``) is trained on
-    RecBole's default 80/10/10 random split. Items: the learned item embeddings scaled to
-    unit norm, in increasing movie id, with ``topic`` = index of the movie's first genre
-    in the sorted list of first genres, ``appeal`` = ``quality`` = 0, plus ``item_id`` and
-    ``genre``. Users: unit-norm user embeddings in increasing user id, plus ``user_id``.
-    Writes ``items.parquet`` and ``users.parquet`` into ``out_dir``; returns a summary
-    (counts, genres, RecBole's test metrics, training seconds).
-    """
-    log, genres = load_ml100k()
-    with tempfile.TemporaryDirectory(prefix="recaudit-ml100k-") as tmp:
-        write_atomic_files(log, tmp, "ml100k", item_genres=genres)
+    threads: int | None = 1,
+) -> Embeddings:
+    """Train ``model`` on ``log`` (columns ``user``, ``item``, ``timestamp``; item genres
+    make every listed item known) with RecBole's pipeline and default 80/10/10 random
+    split, ``epochs`` epochs with no early stop, Adam at ``learning_rate``; return the
+    learned embeddings with RecBole's test metrics."""
+    if model not in EMBEDDING_MODELS:
+        raise SpecError(
+            f"cannot derive embeddings with {model!r}; supported: {', '.join(EMBEDDING_MODELS)}"
+        )
+    with tempfile.TemporaryDirectory(prefix="recaudit-derive-") as tmp:
+        write_atomic_files(log, tmp, "derived", item_genres=item_genres)
         tm = train_model(
-            "BPR",
+            model,
             tmp,
-            "ml100k",
+            "derived",
             epochs=epochs,
             seed=seed,
             extra_config={
-                "embedding_size": embedding_size,
+                "embedding_size": dim,
                 "learning_rate": learning_rate,
                 "stopping_step": epochs,  # no early stop: the epoch count is the recipe
             },
+            threads=threads,
         )
-    model: Any = tm.model
-    item_w = model.item_embedding.weight.detach().double()
-    user_w = model.user_embedding.weight.detach().double()
-
-    def unit_table(weights: torch.Tensor, tokens: list[str], id_col: str) -> pd.DataFrame:
-        order = sorted(range(1, len(tokens)), key=lambda j: int(tokens[j]))
-        w = weights[order]
-        w = (w / w.norm(dim=1, keepdim=True)).float().numpy()
-        table = pd.DataFrame({f"f{d}": w[:, d] for d in range(w.shape[1])})
-        table[id_col] = [tokens[j] for j in order]
-        return table
-
-    items = unit_table(item_w, tm.item_tokens, "item_id")
-    first = genres.reindex(items["item_id"]).fillna("unknown").astype(str).str.split().str[0]
-    names = sorted(set(first))
-    items["genre"] = first.to_numpy()
-    items["topic"] = np.array([names.index(g) for g in first], dtype=np.int64)
-    items["appeal"] = np.zeros(len(items), dtype=np.float32)
-    items["quality"] = np.zeros(len(items), dtype=np.float32)
-    users = unit_table(user_w, tm.user_tokens, "user_id")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    items.to_parquet(out / "items.parquet", index=False)
-    users.to_parquet(out / "users.parquet", index=False)
-    return {
-        "items": len(items),
-        "users": len(users),
-        "dim": embedding_size,
-        "genres": names,
-        "epochs": epochs,
-        "seed": seed,
-        "learning_rate": learning_rate,
-        "fit_seconds": round(tm.fit_seconds, 2),
-        "test": tm.test_result,
-        "recall@10_ours": round(full_sort_recall(tm, 10), 4),
-    }
+    net: Any = tm.model
+    return Embeddings(
+        item_tokens=tm.item_tokens[1:],
+        items=net.item_embedding.weight.detach().double()[1:],
+        user_tokens=tm.user_tokens[1:],
+        users=net.user_embedding.weight.detach().double()[1:],
+        summary={
+            "model": model,
+            "dim": dim,
+            "epochs": epochs,
+            "seed": seed,
+            "learning_rate": learning_rate,
+            "split": "RecBole default: random 80/10/10 (train/valid/test)",
+            "fit_seconds": round(tm.fit_seconds, 2),
+            "test": tm.test_result,
+        },
+    )
 
 
 # ====================================================================== uploaded models

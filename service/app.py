@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from . import problems
 from .config import Settings
+from .datasets import DatasetStore, derive_execute, with_tenant_scenario
 from .deps import Services
 from .jobs import Execute, JobRunner, JobStore, Outcome
 from .keys import KeyStore
@@ -33,7 +34,9 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 """
 
 
-def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
+def real_execute(
+    settings: Settings, uploads: PolicyStore, datasets: DatasetStore | None = None
+) -> Execute:
     """Run an audit job with the auditor (Ray and MLflow as configured)."""
 
     def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
@@ -47,6 +50,9 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
         from .intake import EXTRA_KINDS, INDEPENDENT_KINDS, resolver
 
         spec = AuditSpec.model_validate_json(row["spec"])
+        _, own = with_tenant_scenario(spec, row["tenant"], datasets)
+        if own is not None:  # the tenant's derived scenario, named by id
+            spec = spec.model_copy(update={"scenario": own})
         out = settings.reports_dir / row["tenant"] / row["id"]
 
         def render(report: Any, directory: Any) -> None:
@@ -96,10 +102,11 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         engine = open_engine(settings.db_url)
         jobs = JobStore(engine)
         uploads = PolicyStore(engine, settings.policies_dir)
+        datasets = DatasetStore.open(engine, settings)
         if uploads.clean_staging():
             log.warning("removed the staging files of uploads a stopped process left")
         real = execute is None
-        run = real_execute(settings, uploads) if real else execute
+        run = real_execute(settings, uploads, datasets) if real else execute
         assert run is not None
         runner = JobRunner(
             jobs,
@@ -109,7 +116,15 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
             max_attempts=settings.max_attempts,
             stale_after_s=settings.stale_after_s,
         )
+        dataset_runner = JobRunner(
+            datasets.jobs,
+            derive_execute(datasets),
+            concurrency=1,
+            max_attempts=settings.max_attempts,
+            stale_after_s=settings.stale_after_s,
+        )
         svc = Services(settings, engine, KeyStore(engine), jobs, uploads, runner)
+        svc.datasets, svc.dataset_runner = datasets, dataset_runner
         started_ray = False
         ray_pids = settings.home / "ray.pids"
         if real:
@@ -143,9 +158,11 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
                 log.error("MLflow is not usable: %s", exc)
         app.state.services = svc
         runner.start()
+        dataset_runner.start()
         try:
             yield
         finally:
+            dataset_runner.stop(timeout=settings.stop_timeout_s / 4)
             runner.stop(timeout=settings.stop_timeout_s / 2)
             if started_ray:
                 from auditor.executor import kill_embedded_ray, shutdown
@@ -165,6 +182,7 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
             {"name": "audits", "description": "Audit jobs and their reports."},
             {"name": "scenarios", "description": "The scenario registry."},
             {"name": "policies", "description": "Policy kinds and uploaded policies."},
+            {"name": "datasets", "description": "Interaction logs and derived scenarios."},
             {"name": "health", "description": "Liveness and readiness (no key needed)."},
         ],
     )
@@ -174,19 +192,23 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         problems.BodyLimit,
         limit=settings.max_body_bytes,
         upload_limit=settings.max_upload_bytes,
-        upload_paths=("/v1/policies",),
+        upload_paths=("/v1/policies", "/v1/datasets"),
     )
     from .guards import AuthBeforeBody
     from .routes import audits, catalog, health
+    from .routes import datasets as dataset_routes
 
     app.add_middleware(
-        AuthBeforeBody, upload_paths=("/v1/policies",), max_uploads=settings.max_uploads
+        AuthBeforeBody,
+        upload_paths=("/v1/policies", "/v1/datasets"),
+        max_uploads=settings.max_uploads,
     )  # before the body limit reads a byte
     app.add_middleware(audits.CachedStatusReads)  # outermost
 
     app.include_router(audits.router)
     app.include_router(catalog.scenarios)
     app.include_router(catalog.policies)
+    app.include_router(dataset_routes.router)
     app.include_router(health.router)
     return app
 

@@ -59,10 +59,17 @@ def _file_paths(obj: Any, where: str = "scenario") -> list[str]:
     return out
 
 
-def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: PolicyStore) -> int:
+def check_audit(
+    spec: AuditSpec,
+    tenant: str,
+    settings: Settings,
+    uploads: PolicyStore,
+    own: Any = None,
+) -> int:
     """Refuse (SpecError) an audit the service cannot or may not run, and one over the
     budget (BudgetExceeded, from auditor.budget's estimate of its whole cost: catalog,
-    simulations, trainings, remote calls); returns its cost in user-steps."""
+    simulations, trainings, remote calls); returns its cost in user-steps. ``own``: the
+    tenant's derived scenario that ``spec`` names by id."""
     from auditor.audit import check_spec
     from recommenders.remote import check_params
 
@@ -78,6 +85,8 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
 
         if not torch.cuda.is_available():
             raise SpecError("device 'cuda' was asked for but this service has no CUDA device")
+    if own is not None:
+        spec = spec.model_copy(update={"scenario": own})
     check_spec(spec, extra_kinds=EXTRA_KINDS)
     # the whole cost, from the spec's fields alone, before anything is read or built
     cost = estimate(
