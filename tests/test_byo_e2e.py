@@ -43,6 +43,7 @@ def ml100k_bundle(tmp_path_factory):
 
 @contextmanager
 def real_service(tmp_path, **overrides):
+    overrides.setdefault("remote_timeout_s", 60.0)  # a loaded test machine is slow
     s = settings(tmp_path, **overrides)
     engine = open_engine(s.db_url)
     with TestClient(
