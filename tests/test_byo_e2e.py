@@ -180,6 +180,7 @@ def test_a_remote_recommender_that_knows_only_its_ids_is_audited_from_the_cli(
             "--no-progress",
             "--json",
         ]
+        monkeypatch.setenv("RECAUDIT_REMOTE_TIMEOUT_S", "60")  # a loaded machine is slow
         monkeypatch.setenv("RECAUDIT_REMOTE_ALLOWLIST", "example.org")
         assert main(argv) == 2  # not on the allowlist: refused before any connection
         assert "not on the operator's allowlist (example.org)" in capsys.readouterr().err
