@@ -210,13 +210,13 @@ def render_table(report: Any) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from auditor.audit import check_spec, run_audit
+    from auditor.audit import plan_audit, run_audit
     from auditor.executor import resolve_ray_address
 
-    from .policy_sources import KINDS, check
+    from .policy_sources import INDEPENDENT, KINDS, check
 
     spec = build_spec(args)
-    check_spec(spec, extra_kinds=KINDS)
+    plan = plan_audit(spec, extra_kinds=KINDS, independent_kinds=INDEPENDENT)  # checked once
     resolve = check(spec)  # bundles and remote endpoints, before anything runs
     if args.in_process and args.ray_address:
         raise SpecError("--in-process and --ray-address exclude each other")
@@ -252,8 +252,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             track=not args.no_track,
             render=write_report,
             out_dir=out,
+            plan=plan,
             resolve_policy=resolve,
             extra_kinds=KINDS,
+            independent_kinds=INDEPENDENT,
         )
     finally:
         bar.close()

@@ -25,6 +25,8 @@ from simulator.errors import SpecError
 BUNDLE = "bundle"
 REMOTE = "remote"
 KINDS = (BUNDLE, REMOTE)
+#: frozen models keep per-user state only, as the service's uploads (PolicyKind.users_independent)
+INDEPENDENT = (BUNDLE,)
 
 
 def shorthand(text: str) -> dict[str, Any] | None:

@@ -70,7 +70,7 @@ def check_audit(
     budget (BudgetExceeded, from auditor.budget's estimate of its whole cost: catalog,
     simulations, trainings, remote calls); returns its cost in user-steps. ``own``: the
     tenant's derived scenario that ``spec`` names by id."""
-    from auditor.audit import check_spec
+    from auditor.plan import plan_audit
     from recommenders.remote import check_params
 
     if not isinstance(spec.scenario, str):
@@ -87,9 +87,9 @@ def check_audit(
             raise SpecError("device 'cuda' was asked for but this service has no CUDA device")
     if own is not None:
         spec = spec.model_copy(update={"scenario": own})
-    check_spec(spec, extra_kinds=EXTRA_KINDS)
+    plan = plan_audit(spec, extra_kinds=EXTRA_KINDS, independent_kinds=INDEPENDENT_KINDS)
     # the whole cost, from the spec's fields alone, before anything is read or built
-    cost = estimate(
+    cost = plan.cost = estimate(
         spec, remote_kind=REMOTE, remote_batch=settings.remote_batch, extra_kinds=EXTRA_KINDS
     )
     check(cost, settings.limits())
