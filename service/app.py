@@ -42,10 +42,11 @@ def real_execute(
 
     def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
         from auditor.audit import run_audit
-        from auditor.executor import run_jobs, stop_when
+        from auditor.executor import Cancelled, run_jobs, stop_when
         from auditor.spec import AuditSpec
         from dashboards.figures import make_figures
         from dashboards.report import write_report
+        from recommenders.remote import stop_calls_when
 
         from .intake import EXTRA_KINDS, INDEPENDENT_KINDS, resolver
 
@@ -62,8 +63,9 @@ def real_execute(
             write_report(report, directory, figures)
 
         # the cancel reaches every task: trainings and simulations (Ray tasks cancelled,
-        # or, in this process, stopped at their next iteration or step)
-        with stop_when(cancel.is_set):
+        # or, in this process, stopped at their next iteration or step) and remote calls
+        # in flight
+        with stop_when(cancel.is_set), stop_calls_when(cancel.is_set, Cancelled):
             result = run_audit(
                 spec,
                 ray_address=settings.ray_address,
