@@ -69,7 +69,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-#: the service's commands (serve, keys), filled in by build_parser
+#: commands that live in their own modules (serve, keys, model), filled in by build_parser
 SERVICE_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.cli import register
 
     SERVICE_COMMANDS.update(register(sub))
+    from .model_cli import register as register_model
+
+    SERVICE_COMMANDS.update(register_model(sub))
 
     scen = sub.add_parser("scenarios", help="list the scenario registry")
     scen.add_argument("--json", action="store_true", help="print JSON")

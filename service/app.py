@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from . import problems
 from .config import Settings
@@ -41,10 +42,11 @@ def real_execute(
 
     def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
         from auditor.audit import run_audit
-        from auditor.executor import run_jobs, stop_when
+        from auditor.executor import Cancelled, run_jobs, stop_when
         from auditor.spec import AuditSpec
         from dashboards.figures import make_figures
         from dashboards.report import write_report
+        from recommenders.remote import stop_calls_when
 
         from .intake import EXTRA_KINDS, INDEPENDENT_KINDS, resolver
 
@@ -61,8 +63,9 @@ def real_execute(
             write_report(report, directory, figures)
 
         # the cancel reaches every task: trainings and simulations (Ray tasks cancelled,
-        # or, in this process, stopped at their next iteration or step)
-        with stop_when(cancel.is_set):
+        # or, in this process, stopped at their next iteration or step) and remote calls
+        # in flight
+        with stop_when(cancel.is_set), stop_calls_when(cancel.is_set, Cancelled):
             result = run_audit(
                 spec,
                 ray_address=settings.ray_address,
@@ -171,7 +174,8 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
                     ray_pids.unlink(missing_ok=True)
             engine.dispose()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc served from the installed fastapi-offline package, not a CDN
+    app = FastAPIOffline(
         title="recaudit",
         version=_version(),
         description=DESCRIPTION,

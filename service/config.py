@@ -29,10 +29,11 @@ RECAUDIT_STOP_TIMEOUT_S            a stop (SIGTERM) ends the process within     
 RECAUDIT_MAX_ATTEMPTS              runs of a job interrupted by restarts          3
 RECAUDIT_REMOTE_ALLOWLIST          comma-separated hosts (or host:port) a         (empty: none)
                                    remote policy may live on
-RECAUDIT_REMOTE_TIMEOUT_S          per-call timeout of a remote policy            10
+RECAUDIT_REMOTE_TIMEOUT_S          total time of one remote call attempt          10
 RECAUDIT_REMOTE_RETRIES            retries of a failed remote call                2
 RECAUDIT_REMOTE_MAX_BYTES          largest remote response                        8 MiB
 RECAUDIT_REMOTE_BATCH              users per remote call                          1024
+RECAUDIT_REMOTE_AUDIT_S            an audit's remote calls end within this        3600
 RECAUDIT_TRACK                     log audits to MLflow (0/1)                     1
 RECAUDIT_PUBLIC_MLFLOW_URL         the MLflow UI as tenants reach it (links;      (unset: no links)
                                    read by auditor.tracking.public_url)
@@ -117,6 +118,9 @@ class Settings(Frozen):
     remote_retries: int = Field(2, ge=0, le=10, description="Retries of a failed remote call.")
     remote_max_bytes: int = Field(8 * MiB, ge=1024, description="Largest remote response.")
     remote_batch: int = Field(1024, ge=1, le=1_000_000, description="Users per remote call.")
+    remote_audit_s: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="All of an audit's remote calls end by then."
+    )
     ray_address: str | None = Field(
         "local", description="Ray address; 'local' embedded; None: in the service process."
     )
@@ -163,6 +167,7 @@ class Settings(Frozen):
             ("remote_retries", "RECAUDIT_REMOTE_RETRIES"),
             ("remote_max_bytes", "RECAUDIT_REMOTE_MAX_BYTES"),
             ("remote_batch", "RECAUDIT_REMOTE_BATCH"),
+            ("remote_audit_s", "RECAUDIT_REMOTE_AUDIT_S"),
             ("track", "RECAUDIT_TRACK"),
         ):
             if e.get(var):
