@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from . import problems
 from .config import Settings
@@ -154,7 +155,8 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
                     ray_pids.unlink(missing_ok=True)
             engine.dispose()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc served from the installed fastapi-offline package, not a CDN
+    app = FastAPIOffline(
         title="recaudit",
         version=_version(),
         description=DESCRIPTION,
