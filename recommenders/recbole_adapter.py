@@ -60,6 +60,7 @@ import torch
 
 from simulator.errors import SpecError
 from simulator.policy import SCORE_BLOCK, PolicyContext
+from simulator.threads import torch_threads
 from simulator.types import Feedback, Observation
 
 #: models this adapter builds, trains, saves, loads and runs as policies (each is tested).
@@ -275,16 +276,7 @@ class _NullWriter:
         return lambda *args, **kwargs: None
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """torch on ``threads`` CPU threads for the block (None: unchanged)."""
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, int(threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+_torch_threads = torch_threads  # torch on N threads for a block (None: unchanged)
 
 
 @contextlib.contextmanager

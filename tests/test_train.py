@@ -124,3 +124,48 @@ def test_sweep_runs_members_on_ray_as_child_runs(recaudit_bin, home):
         run(recaudit_bin, home, "train", "--policy", "ppo", *TINY_ARGS, "--json").stdout
     )
     assert single["final_engagement"] == members[0]["final_engagement"]
+
+
+# ------------------------------------------------------------ reproducible across threads
+def _repro_job():
+    from auditor.train import TrainJob, default_config
+    from simulator.scenarios import get_scenario
+
+    cfg = default_config("ppo", users=256, iterations=2, epochs=1, minibatches=2)
+    return TrainJob(kind="ppo", scenario=get_scenario("topics-tiny-v1"), config=cfg, eval_users=16)
+
+
+def _weights_hash(job) -> str:
+    import hashlib
+
+    from auditor.train import run_training
+
+    return hashlib.sha256(run_training(job).bundle.weights).hexdigest()
+
+
+def test_trained_weights_do_not_depend_on_the_thread_count():
+    """1 and 2 torch threads in process give the same weights (they differed before
+    training fixed its thread count), and the caller's thread count is restored."""
+    import torch
+
+    old = torch.get_num_threads()
+    job = _repro_job()
+    try:
+        torch.set_num_threads(1)
+        one = _weights_hash(job)
+        torch.set_num_threads(2)
+        two = _weights_hash(job)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+    assert one == two
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_trained_weights_on_ray_equal_in_process(embedded_ray):
+    from auditor.executor import run_jobs
+
+    job = _repro_job()
+    [on_ray] = run_jobs(_weights_hash, [job], ray_address="local")
+    assert on_ray == _weights_hash(job)
