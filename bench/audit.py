@@ -28,9 +28,13 @@ import psutil
 # bench/simulator.py would shadow the simulator package: put the repository root first
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from auditor.audit import run_audit
-from auditor.spec import AuditSpec, PolicySpec
-from dashboards.report import write_report
+from simulator.threads import configure_process
+
+configure_process()  # before torch loads OpenMP: idle threads sleep instead of spinning
+
+from auditor.audit import run_audit  # noqa: E402
+from auditor.spec import AuditSpec, PolicySpec  # noqa: E402
+from dashboards.report import write_report  # noqa: E402
 
 
 class TreeRss:
