@@ -33,7 +33,7 @@ from simulator.policy import Policy
 from simulator.specs import ScenarioSpec
 
 from . import stats, tracking
-from .executor import Cancelled, run_jobs
+from .executor import BackendChoice, Cancelled, run_jobs
 from .measure import STEP_METRICS, ArmJob, ArmOutcome, checkpoints, run_arm
 from .report import (
     EXIT_CODES,
@@ -159,7 +159,7 @@ def _resolve_factories(
     arms: list[_Arm],
     scenario: ScenarioSpec,
     resolver: Resolver | None,
-    ray_address: str | None,
+    backend: BackendChoice,
     progress: Progress | None,
 ) -> float:
     """Give every arm its factory; train learners missing from the cache (in one batch,
@@ -193,7 +193,7 @@ def _resolve_factories(
     if missing:
         if progress:
             progress(0.0, f"training {len(missing)} reference learner(s)")
-        trained = train_many(list(missing.values()), ray_address=ray_address)
+        trained = train_many(list(missing.values()), ray_address=backend.resolve(len(missing)))
         for fp, (outcome, ids) in zip(missing, trained, strict=True):
             _give_bundle(wanted[fp], outcome.bundle, str(ids["run_id"]))
     return time.perf_counter() - start
@@ -568,7 +568,8 @@ def run_audit(
     extra_kinds: Collection[str] = (),
 ) -> AuditResult:
     """Run ``spec``: ``ray_address`` None runs in this process, ``"local"`` on embedded
-    Ray, anything else on that cluster. ``progress(fraction, phase)`` is called from this
+    Ray, :data:`auditor.executor.AUTO` where the work calls for it, anything else on that
+    cluster. ``progress(fraction, phase)`` is called from this
     thread; setting ``cancel`` stops the audit at the next task boundary (``Cancelled``).
     ``render(report, directory)`` writes the HTML report and figures, which are logged
     with the report as artifacts (and copied to ``out_dir`` when given)."""
@@ -589,7 +590,10 @@ def run_audit(
             progress(fraction, phase)
 
     report_progress(0.0, "preparing")
-    train_s = _resolve_factories(arms, scenario, resolve_policy, ray_address, report_progress)
+    work = spec.users * steps * len(arms) * spec.replicates
+    backend = BackendChoice(ray_address, user_steps=work)  # ray_address may be executor.AUTO
+    train_s = _resolve_factories(arms, scenario, resolve_policy, backend, report_progress)
+    ray_address = backend.resolve()
 
     from simulator.catalog import build_catalog
 
@@ -619,7 +623,7 @@ def run_audit(
         done[0] += 1
         report_progress(0.05 + 0.85 * done[0] / len(jobs), f"simulated {done[0]}/{len(jobs)} arms")
 
-    report_progress(0.05, f"simulating {len(jobs)} arm-replicates")
+    report_progress(0.05, f"simulating {len(jobs)} arm-replicates ({backend.name})")
     t_sim = time.perf_counter()
     outcomes = run_jobs(
         run_arm,
@@ -643,11 +647,7 @@ def run_audit(
 
     lo, hi = axis_range(scenario.space)
     version, commit = code_version()
-    executor = (
-        "in-process"
-        if ray_address is None
-        else ("ray-local" if ray_address == "local" else ray_address)
-    )
+    executor = backend.name
     analyse_s = time.perf_counter() - t_an
     report = AuditReport(
         id=audit_id,
@@ -685,6 +685,7 @@ def run_audit(
             git_commit=commit,
             packages=versions(),
             executor=executor,
+            executor_reason=backend.reason,
             tracking_uri=tracking.tracking_uri() if track else None,
             host=platform.node(),
             created=created,

@@ -30,6 +30,80 @@ def resolve_ray_address(use_ray: bool, address: str | None) -> str | None:
     return "local" if use_ray else None
 
 
+#: ``ray_address`` value asking :class:`BackendChoice` to pick the backend by the work
+AUTO = "recaudit:auto"
+#: at most this many user-steps (users x steps x arms x replicates) and nothing to train:
+#: in process. In process the simulator runs about 250,000-300,000 user-steps per second on
+#: 2 cores, so this is about 10-20 s of work; embedded Ray costs 5-15 s to start its workers
+#: on such a machine and then gains at most the parallelism the in-process threads have.
+IN_PROCESS_MAX_USER_STEPS = 4_000_000
+
+
+class BackendChoice:
+    """Where an audit's jobs run, decided once, with the reason (for the output).
+
+    ``requested``: None (in process), ``"local"`` (embedded Ray), a cluster address, or
+    :data:`AUTO` to choose by the work: a configured cluster (``RAY_ADDRESS``) always wins;
+    otherwise in process on one core, embedded Ray when two or more learners must be
+    trained (they train in parallel as Ray tasks) or when the simulation exceeds
+    :data:`IN_PROCESS_MAX_USER_STEPS`, in process for the rest. The backend never changes
+    the numbers (jobs are plain functions of their data, results kept in job order).
+    """
+
+    def __init__(self, requested: str | None, *, user_steps: int, cores: int | None = None):
+        self.requested = requested
+        self.user_steps = int(user_steps)
+        self.cores = cores if cores is not None else _cores()
+        self.address: str | None = None
+        self.reason = ""
+        self._decided = False
+
+    def resolve(self, learners: int = 0) -> str | None:
+        """The Ray address (None: in process), deciding on the first call with the
+        number of learners still to train."""
+        if not self._decided:
+            self.address, self.reason = self._decide(learners)
+            self._decided = True
+        return self.address
+
+    @property
+    def name(self) -> str:
+        a = self.address
+        return "in-process" if a is None else ("ray-local" if a == "local" else a)
+
+    def _decide(self, learners: int) -> tuple[str | None, str]:
+        if self.requested != AUTO:
+            if self.requested is None:
+                return None, "in process, as asked"
+            if self.requested == "local":
+                return "local", "embedded Ray, as asked"
+            return self.requested, "the Ray cluster given"
+        cluster = os.environ.get("RAY_ADDRESS") or None
+        if cluster and cluster.lower() not in ("local", "none", "in-process"):
+            return cluster, "RAY_ADDRESS names a Ray cluster"
+        steps = f"{self.user_steps:,} user-steps"
+        if self.cores < 2:
+            return None, f"{steps} on one core: Ray would add start-up and no parallelism"
+        if learners >= 2:
+            return "local", f"{learners} learners to train in parallel as Ray tasks"
+        if self.user_steps > IN_PROCESS_MAX_USER_STEPS:
+            return "local", (
+                f"{steps} (over {IN_PROCESS_MAX_USER_STEPS:,}): worth spreading over "
+                f"{self.cores} cores on embedded Ray"
+            )
+        why = "nothing to train" if not learners else "one learner to train"
+        return None, (
+            f"{steps} (at most {IN_PROCESS_MAX_USER_STEPS:,}) and {why}: "
+            "Ray's start-up would cost more than it saves"
+        )
+
+
+def _cores() -> int:
+    from simulator.threads import available_cores
+
+    return available_cores()
+
+
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
     """Fail fast on a cluster address nobody listens on (Ray itself retries for minutes)."""
     import socket
@@ -63,6 +137,9 @@ def _use_cluster_token() -> None:
 
 def ensure_ray(address: str) -> None:
     """Connect to a cluster, or start embedded Ray once per process (dashboard off)."""
+    from simulator.threads import configure_process
+
+    configure_process()  # embedded Ray's workers inherit the wait policy
     if address != "local":
         _use_cluster_token()  # before Ray reads its configuration
     import ray
