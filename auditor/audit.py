@@ -57,6 +57,8 @@ PolicyFactory = Callable[[], Policy]
 Resolver = Callable[[PolicySpec], PolicyFactory | None]
 Progress = Callable[[float, str], None]
 
+#: share of the progress bar given to training learners, when an audit has to
+TRAIN_SHARE = 0.5
 #: replicates needed before a criterion can pass or flag on a non-degenerate difference
 MIN_REPLICATES_FOR_VERDICT = 5
 
@@ -96,6 +98,7 @@ class _Arm:
     trained_run_id: str | None = None
     penalty_weight: float | None = None
     oracle: bool = False
+    trained_now: bool = False
 
 
 @dataclass
@@ -193,9 +196,17 @@ def _resolve_factories(
     if missing:
         if progress:
             progress(0.0, f"training {len(missing)} reference learner(s)")
-        trained = train_many(list(missing.values()), ray_address=backend.resolve(len(missing)))
+        trained = train_many(
+            list(missing.values()),
+            ray_address=backend.resolve(len(missing)),
+            on_progress=(lambda tp: progress(TRAIN_SHARE * tp.fraction, tp.phase()))
+            if progress
+            else None,
+        )
         for fp, (outcome, ids) in zip(missing, trained, strict=True):
             _give_bundle(wanted[fp], outcome.bundle, str(ids["run_id"]))
+            for arm in wanted[fp]:
+                arm.trained_now = True
     return time.perf_counter() - start
 
 
@@ -594,6 +605,7 @@ def run_audit(
     backend = BackendChoice(ray_address, user_steps=work)  # ray_address may be executor.AUTO
     train_s = _resolve_factories(arms, scenario, resolve_policy, backend, report_progress)
     ray_address = backend.resolve()
+    start_at = TRAIN_SHARE if any(a.trained_now for a in arms) else 0.05
 
     from simulator.catalog import build_catalog
 
@@ -621,9 +633,10 @@ def run_audit(
 
     def on_done(_: int) -> None:
         done[0] += 1
-        report_progress(0.05 + 0.85 * done[0] / len(jobs), f"simulated {done[0]}/{len(jobs)} arms")
+        frac = min(0.9, start_at + (0.9 - start_at) * done[0] / len(jobs))
+        report_progress(frac, f"simulated {done[0]}/{len(jobs)} arms")
 
-    report_progress(0.05, f"simulating {len(jobs)} arm-replicates ({backend.name})")
+    report_progress(start_at, f"simulating {len(jobs)} arm-replicates ({backend.name})")
     t_sim = time.perf_counter()
     outcomes = run_jobs(
         run_arm,

@@ -7,6 +7,7 @@ changes an outcome.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -174,11 +175,16 @@ def run_jobs(
     num_cpus: float = 1,
     on_done: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, Any], None] | None = None,
 ) -> list[R]:
     """Run ``fn`` over ``jobs``: in process when ``ray_address`` is None, else as Ray
     tasks (``"local"`` starts embedded Ray). ``on_done(i)`` is called as job i finishes.
     When ``should_stop()`` turns true, unfinished jobs are cancelled and
     :class:`Cancelled` is raised (checked between jobs in process, twice a second on Ray).
+
+    With ``on_progress``, ``fn`` is called as ``fn(job, report)``: a job calls
+    ``report(value)`` as it goes, and ``on_progress(i, value)`` runs in the caller's
+    thread (at once in process; on Ray the latest value of each job, twice a second).
     """
     stop = should_stop or (lambda: False)
     if ray_address is None:
@@ -186,7 +192,10 @@ def run_jobs(
         for i, job in enumerate(jobs):
             if stop():
                 raise Cancelled("stopped before all jobs ran")
-            results.append(fn(job))
+            if on_progress is not None:
+                results.append(fn(job, functools.partial(on_progress, i)))  # type: ignore[call-arg]
+            else:
+                results.append(fn(job))
             if on_done:
                 on_done(i)
         return results
@@ -195,8 +204,15 @@ def run_jobs(
     import ray
     from ray.exceptions import RayTaskError
 
-    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
-    refs = [remote.remote(job) for job in jobs]  # submit all, then collect
+    board: Any = None
+    refs: list[Any]
+    if on_progress is not None:
+        board = ray.remote(num_cpus=0)(_Board).remote()
+        reporting: Any = ray.remote(num_cpus=num_cpus, max_retries=0)(_reporting)
+        refs = [reporting.remote(fn, job, i, board) for i, job in enumerate(jobs)]
+    else:
+        remote: Any = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+        refs = [remote.remote(job) for job in jobs]  # submit all, then collect
     index = {ref: i for i, ref in enumerate(refs)}
     out: list[Any] = [None] * len(refs)
     pending = list(refs)
@@ -205,6 +221,9 @@ def run_jobs(
             if stop():
                 raise Cancelled("stopped before all jobs ran")
             done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            if board is not None and on_progress is not None:  # before the results
+                for i, value in ray.get(board.take.remote()):
+                    on_progress(i, value)
             for ref in done:
                 out[index[ref]] = ray.get(ref)
                 if on_done:
@@ -218,6 +237,40 @@ def run_jobs(
     except BaseException:
         _cancel(ray, pending)
         raise
+    finally:
+        if board is not None:
+            ray.kill(board)
+    return out
+
+
+class _Board:
+    """A Ray actor holding the latest progress value of each job until the driver takes
+    them."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, Any] = {}
+
+    def put(self, i: int, value: Any) -> None:
+        self.latest[i] = value
+
+    def take(self) -> list[tuple[int, Any]]:
+        out, self.latest = sorted(self.latest.items()), {}
+        return out
+
+
+def _reporting(fn: Callable[..., R], job: Any, i: int, board: Any) -> R:
+    """A job on Ray that reports progress to the board (without waiting, except for its
+    last report, so that the driver sees the final value before the result)."""
+    import ray
+
+    last: list[Any] = []
+
+    def report(value: Any) -> None:
+        last[:] = [board.put.remote(i, value)]
+
+    out = fn(job, report)
+    if last:
+        ray.get(last[0])
     return out
 
 

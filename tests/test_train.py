@@ -169,3 +169,70 @@ def test_trained_weights_on_ray_equal_in_process(embedded_ray):
     job = _repro_job()
     [on_ray] = run_jobs(_weights_hash, [job], ray_address="local")
     assert on_ray == _weights_hash(job)
+
+
+# ------------------------------------------------------------------- training progress
+def test_train_progress_phase_counts_iterations_and_estimates_time_left(monkeypatch):
+    from auditor import train
+
+    jobs = [_repro_job(), _repro_job().model_copy(update={"kind": "ppo-myopic"})]
+    clock = iter([100.0, 110.0, 120.0])
+    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
+    tp = train.TrainProgress(jobs)  # starts at t=100
+    assert tp.seconds_left() is None  # t not read yet: nothing done
+    tp.update(0, 1)
+    assert tp.fraction == 0.25
+    assert tp.seconds_left() == 30.0  # 1 of 4 iterations in 10 s: 3 more take 30 s
+    assert (
+        tp.phase()
+        == (
+            "training 2 learners (ppo 1/2, ppo-myopic 0/2): 1/4 iterations, about 60 s left"  # read at t=120
+        )
+    )
+
+
+def test_an_audit_that_must_train_shows_the_learner_and_its_iterations(home, monkeypatch):
+    from auditor.audit import run_audit
+    from auditor.spec import AuditSpec
+
+    monkeypatch.setenv("RECAUDIT_HOME", home["RECAUDIT_HOME"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = AuditSpec.model_validate(
+        {
+            "scenario": "topics-tiny-v1",
+            "policy": {"kind": "myopic"},
+            "references": [
+                {"kind": "natural"},
+                {"kind": "ppo-myopic", "params": {"users": 32, "iterations": 3}},
+            ],
+            "users": 20,
+            "steps": 3,
+            "replicates": 2,
+        }
+    )
+    seen: list[tuple[float, str]] = []
+    run_audit(spec, track=False, progress=lambda f, p: seen.append((f, p)))
+    training = [p for _, p in seen if p.startswith("training 1 learner (")]
+    assert training[0].startswith("training 1 learner (ppo-myopic 0/3): 0/3 iterations")
+    assert training[-1].startswith("training 1 learner (ppo-myopic 3/3): 3/3 iterations")
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions)  # the bar never goes back
+    assert max(f for f, p in seen if p.startswith("training")) == 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_training_on_ray_reports_its_iterations(embedded_ray):
+    from auditor.executor import run_jobs
+    from auditor.train import run_training
+
+    seen: list[tuple[int, int]] = []
+    job = _repro_job()
+    run_jobs(
+        run_training,
+        [job, job],
+        ray_address="local",
+        on_progress=lambda i, done: seen.append((i, done)),
+    )
+    assert (0, 2) in seen and (1, 2) in seen  # both learners' last iteration arrived
+    assert all(0 < done <= 2 for _, done in seen)
