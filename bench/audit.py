@@ -46,10 +46,11 @@ from dashboards.report import write_report  # noqa: E402
 
 
 class TreeRss:
-    """Peak summed RSS of this process and all its descendants."""
+    """Peak summed RSS of this process and all its descendants, and their CPU time."""
 
     def __init__(self) -> None:
         self.peak = 0
+        self.cpu: dict[int, float] = {}  # CPU seconds of each process seen (last sample)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -60,6 +61,8 @@ class TreeRss:
             for p in [me, *me.children(recursive=True)]:
                 try:
                     total += p.memory_info().rss
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
@@ -79,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--scenario", default="polarity-1d-v1")
-    p.add_argument("--policy", default="ppo-safe-shift", help="the policy under audit")
+    p.add_argument(
+        "--policy", help="the policy under audit (default: ppo-safe-shift; --small: myopic)"
+    )
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--replicates", type=int, default=8)
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     if args.small:
         return small(args)
+    args.policy = args.policy or "ppo-safe-shift"
     address = {"auto": AUTO, "local": "local", "in-process": None}[args.backend]
 
     train = {"users": args.train_users, "iterations": args.train_iterations}
@@ -114,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
 
     # 2. the timed audit, on embedded Ray started here
+    cpu0 = sum(psutil.Process().cpu_times()[:2])
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as out, TreeRss() as rss:
         start = time.perf_counter()
         result = run_audit(spec, ray_address=address, render=write_report, out_dir=Path(out))
@@ -143,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
                 ),
                 "untimed_training_s": round(train_s, 1),
+                # CPU seconds of the timed part (driver and Ray workers, sampled every
+                # 0.2 s): unlike the wall time, it hardly depends on other processes' load
+                "cpu_s_tree": round(sum(rss.cpu.values()) - cpu0, 1),
+                "load_before": round(load, 2),
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
-                "load_1min": round(os.getloadavg()[0], 2),
+                "load_after": round(os.getloadavg()[0], 2),
             }
         )
     )
@@ -161,7 +173,8 @@ def small(args: argparse.Namespace) -> int:
 
     users = 1000 if args.users == 5000 else args.users
     exe = Path(sys.executable).parent / "recaudit"
-    cmd = [str(exe), "audit", "--scenario", args.scenario, "--policy", "myopic"]
+    policy = args.policy or "myopic"
+    cmd = [str(exe), "audit", "--scenario", args.scenario, "--policy", policy]
     cmd += ["--references", "natural", "--users", str(users), "--steps", str(args.steps)]
     cmd += ["--replicates", str(args.replicates), "--no-progress", "--json"]
     if args.backend != "auto":
@@ -174,6 +187,7 @@ def small(args: argparse.Namespace) -> int:
             [*cmd, "--out", out], capture_output=True, text=True, env=env, check=False
         )
         seconds = time.perf_counter() - start
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1, 3):
         print(proc.stderr, file=sys.stderr)
         return 1
@@ -183,6 +197,7 @@ def small(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "bench": "audit-small",
+                "policy": policy,
                 "command": " ".join(cmd[1:]),
                 "scenario": args.scenario,
                 "users": users,
@@ -197,7 +212,9 @@ def small(args: argparse.Namespace) -> int:
                 "backend_reason": report["provenance"]["executor_reason"],
                 "verdict": report["verdict"],
                 "peak_rss_mb_tree": round(rss.peak / 2**20, 1),
+                "cpu_s_children": round(cpu.ru_utime + cpu.ru_stime, 2),
                 "load_before": round(load, 2),
+                "load_after": round(os.getloadavg()[0], 2),
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
             }
