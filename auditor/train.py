@@ -8,6 +8,7 @@ training again.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from simulator.errors import SpecError
 from simulator.specs import Frozen, ScenarioSpec, fingerprint
 
 from . import tracking
-from .executor import run_jobs
+from .executor import check_stop, run_jobs
 
 EVAL_SEED_OFFSET = 1_000_000
 
@@ -105,6 +106,12 @@ def evaluate(
     }
 
 
+def _after_iteration(report: Callable[[int], None] | None, it: int, _row: object) -> None:
+    check_stop()  # a cancel stops training within an iteration
+    if report is not None:
+        report(it + 1)
+
+
 def run_training(job: TrainJob, report: Callable[[int], None] | None = None) -> TrainOutcome:
     """Train one learner and evaluate it. Plain Python: runs in process or on Ray.
     ``report(iterations_done)`` is called after every iteration."""
@@ -114,7 +121,7 @@ def run_training(job: TrainJob, report: Callable[[int], None] | None = None) -> 
         kind=job.kind,
         natural=lambda: make_policy(job.scenario.natural_policy),
         device=job.device,
-        on_iteration=(lambda it, _row: report(it + 1)) if report is not None else None,
+        on_iteration=functools.partial(_after_iteration, report),
     )
     ev = evaluate(
         result.bundle, job.scenario, job.eval_users, job.config.seed + EVAL_SEED_OFFSET, job.device

@@ -1,7 +1,7 @@
 """``recaudit audit`` and ``recaudit history``.
 
 Exit status of ``audit``: 0 pass, 1 flag, 3 inconclusive, 2 bad input (one line on
-stderr), so that a release can be gated on it.
+stderr), 4 internal error, so that a release can be gated on it.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def add_parsers(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
             "(minutes on 2 cores, with a progress bar), later audits take them from the "
             "trained-policy cache. Cheaper: --references natural,myopic,popularity (nothing "
             "to train) or fewer iterations, e.g. 'ppo[iterations=10,users=1024]'. "
-            "Exit status: 0 pass, 1 flag, 3 inconclusive, 2 bad input."
+            "Exit status: 0 pass, 1 flag, 3 inconclusive, 2 bad input, 4 internal error."
         ),
         epilog=(
             "policy syntax: KIND or KIND[key=value,...], e.g. 'ppo-distance[penalty_weight=2,"
@@ -189,25 +189,25 @@ def render_table(report: Any) -> str:
         lines.append(
             f"{c.name[:29]:<30}{f(c.estimate):>10}{bounds:>24}{f(c.margin):>9}  {c.status.upper()}"
             + (f" vs {c.reference_arm}" if c.reference_arm else "")
+            + (f" ({c.analysis}-level)" if c.analysis else "")
         )
     lines += ["", f"verdict: {report.verdict.upper()}", "", report.summary]
     return "\n".join(lines)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from auditor.audit import check_spec, run_audit
+    from auditor.audit import plan_audit, run_audit
     from auditor.executor import AUTO, resolve_ray_address
 
     spec = build_spec(args)
-    check_spec(spec)
-    out: Path | None = args.out
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise SpecError(f"--out {out} exists and is not a directory")
-        if (out / "report.json").exists():
-            raise SpecError(f"--out {out} already holds a report; choose another directory")
+    plan = plan_audit(spec)  # checked and resolved once
     if sum(map(bool, (args.in_process, args.ray_address, args.ray))) > 1:
         raise SpecError("--in-process, --ray and --ray-address exclude each other")
+    out: Path | None = args.out
+    if out is not None:
+        from .cli import prepare_out_dir
+
+        prepare_out_dir(out, "report.json")
     address = None if args.in_process else resolve_ray_address(args.ray, args.ray_address) or AUTO
 
     from tqdm import tqdm
@@ -235,6 +235,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             track=not args.no_track,
             render=write_report,
             out_dir=out,
+            plan=plan,
         )
     finally:
         bar.close()

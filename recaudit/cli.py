@@ -1,7 +1,8 @@
 """The ``recaudit`` command line.
 
 Every command validates its input and turns a bad value into one line on stderr and exit
-status 2 (no traceback). Heavy imports (torch, Ray, pandas) happen inside commands so
+status 2 (no traceback); a crash (a bug, a broken environment) exits 4, apart from every
+verdict's code, and a closed pipe on stdout (``| head``) ends quietly. Heavy imports (torch, Ray, pandas) happen inside commands so
 that ``recaudit --help`` is instant.
 """
 
@@ -18,6 +19,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 4  # a crash; apart from the verdicts' 0 pass, 1 flag, 3 inconclusive
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
+EXIT_STATUS_HELP = (
+    "exit status: 0 success (audit: pass), 1 audit flag, 3 audit inconclusive, "
+    "2 bad input (one line on stderr), 4 internal error, 130 interrupted"
+)
 
 
 class CliError(Exception):
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="recaudit",
         description="Audit recommender policies for the preference shifts and polarization they induce.",
+        epilog=EXIT_STATUS_HELP,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -146,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ui",
         help="start the MLflow UI on this machine against recaudit's store",
         description="Start the MLflow UI (loopback only by default) on the default SQLite store "
-        "in RECAUDIT_HOME, or on MLFLOW_TRACKING_URI. Stop it with Ctrl-C.",
+        "in RECAUDIT_HOME, or on MLFLOW_TRACKING_URI, and print a link to the latest audit's "
+        "run. Ctrl-C or SIGTERM stops it and the server it started.",
     )
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ui.add_argument("--port", type=_port, default=5000, help="port (default 5000)")
@@ -166,6 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------ commands
+def prepare_out_dir(out: Path, marker: str) -> None:
+    """Create ``--out`` now, before any work, so that a directory that cannot be made or
+    written is bad input found in a second, not after the whole run."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a directory")
+    if (out / marker).exists():
+        raise CliError(f"--out {out} already holds results; choose another directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot create it: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: not writable")
+
+
 def _print_listing(rows: list[dict[str, Any]], key: str, text: str, as_json: bool) -> None:
     """A registry listing: JSON, or one line per entry (its key, then a description)."""
     if as_json:
@@ -222,10 +246,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise CliError("--device cuda was asked for but no CUDA device is available")
     out_dir: Path | None = args.out
     if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise CliError(f"--out {out_dir} exists and is not a directory")
-        if (out_dir / "result.json").exists():
-            raise CliError(f"--out {out_dir} already holds results; choose another directory")
+        prepare_out_dir(out_dir, "result.json")
     users = args.users or spec.default_users
     steps = args.steps or spec.default_steps
     address = resolve_ray_address(args.ray, args.ray_address)
@@ -499,12 +520,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
     import socket
     import subprocess
 
     from auditor import tracking
 
     with socket.socket() as s:
+        # as the server will: a port left in TIME_WAIT by a stopped UI is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((args.host, args.port))
         except OSError as exc:
@@ -512,14 +536,34 @@ def cmd_ui(args: argparse.Namespace) -> int:
                 f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
             ) from None
     cmd = tracking.ui_command(args.host, args.port)
+    tracking.mark_experiments()  # open on the runs view, not MLflow 3's GenAI view
+    url = f"http://{args.host}:{args.port}"
     print(
-        f"MLflow UI for {tracking.tracking_uri()} at http://{args.host}:{args.port} (Ctrl-C stops it)",
+        f"MLflow UI for {tracking.redact(tracking.tracking_uri())} at {url} (Ctrl-C stops it)",
         flush=True,
     )
+    latest = tracking.latest_audit()
+    if latest is not None:
+        print(f"latest audit: {tracking.run_link(*latest, base=url)}", flush=True)
+    # its own process group, so that stopping this command stops the server's workers too
+    server = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        return subprocess.call(cmd)
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -561,7 +605,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from simulator.errors import SpecError
 
     try:
-        return {**COMMANDS, **SERVICE_COMMANDS}[args.command](args)
+        code = {**COMMANDS, **SERVICE_COMMANDS}[args.command](args)
+        sys.stdout.flush()  # a reader gone away shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader (``| head``) has what it wanted: stop quietly (Python's recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (CliError, SpecError) as exc:
         print(f"recaudit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -580,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"recaudit: internal error: {type(exc).__name__}: {exc} (set RECAUDIT_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
