@@ -29,7 +29,7 @@ from simulator.specs import ScenarioSpec
 
 from . import tracking
 from .analysis import MIN_REPLICATES_FOR_VERDICT, Analysis, _overall, _summary
-from .executor import Cancelled, run_jobs
+from .executor import BackendChoice, Cancelled, run_jobs
 from .measure import ArmOutcome, run_arm
 from .plan import (
     AuditPlan,
@@ -59,6 +59,8 @@ __all__ = [
 
 Resolver = Callable[[PolicySpec], PolicyFactory | None]
 Progress = Callable[[float, str], None]
+#: share of the progress bar given to training learners, when an audit has to
+TRAIN_SHARE = 0.5
 
 
 @dataclass
@@ -75,11 +77,12 @@ def _resolve_factories(
     arms: list[PlannedArm],
     scenario: ScenarioSpec,
     resolver: Resolver | None,
-    ray_address: str | None,
+    backend: BackendChoice,
     progress: Progress | None,
-) -> float:
+) -> tuple[float, bool]:
     """Give every arm its factory; train learners missing from the cache (in one batch,
-    on the executor). Returns the seconds spent training."""
+    on the executor, which the number of learners helps choose). Returns the seconds
+    spent and whether any learner was trained."""
     from .train import TrainJob, train_many
 
     start = time.perf_counter()
@@ -109,10 +112,16 @@ def _resolve_factories(
     if missing:
         if progress:
             progress(0.0, f"training {len(missing)} reference learner(s)")
-        trained = train_many(list(missing.values()), ray_address=ray_address)
+        trained = train_many(
+            list(missing.values()),
+            ray_address=backend.resolve(len(missing)),
+            on_progress=(lambda tp: progress(TRAIN_SHARE * tp.fraction, tp.phase()))
+            if progress
+            else None,
+        )
         for fp, (outcome, ids) in zip(missing, trained, strict=True):
             _give_bundle(wanted[fp], outcome.bundle, str(ids["run_id"]))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, bool(missing)
 
 
 def _give_bundle(arms: list[PlannedArm], bundle: PolicyBundle, run_id: str) -> None:
@@ -154,7 +163,8 @@ def _run_audit(
     plan: AuditPlan | None = None,
 ) -> AuditResult:
     """Run ``spec``: ``ray_address`` None runs in this process, ``"local"`` on embedded
-    Ray, anything else on that cluster. ``progress(fraction, phase)`` is called from this
+    Ray, :data:`auditor.executor.AUTO` where the work calls for it, anything else on that
+    cluster. ``progress(fraction, phase)`` is called from this
     thread; setting ``cancel`` stops the audit at the next task boundary (``Cancelled``).
     ``render(report, directory)`` writes the HTML report and figures, which are logged
     with the report as artifacts (and copied to ``out_dir`` when given). Arms of
@@ -179,15 +189,20 @@ def _run_audit(
             progress(fraction, phase)
 
     report_progress(0.0, "preparing")
-    train_s = _resolve_factories(arms, scenario, resolve_policy, ray_address, report_progress)
+    work = spec.users * steps * len(arms) * spec.replicates
+    backend = BackendChoice(ray_address, user_steps=work)  # ray_address may be executor.AUTO
+    train_s, trained = _resolve_factories(arms, scenario, resolve_policy, backend, report_progress)
+    ray_address = backend.resolve()
+    start_at = TRAIN_SHARE if trained else 0.05
     jobs = plan.jobs()
     done = [0]
 
     def on_done(_: int) -> None:
         done[0] += 1
-        report_progress(0.05 + 0.85 * done[0] / len(jobs), f"simulated {done[0]}/{len(jobs)} arms")
+        frac = min(0.9, start_at + (0.9 - start_at) * done[0] / len(jobs))
+        report_progress(frac, f"simulated {done[0]}/{len(jobs)} arms")
 
-    report_progress(0.05, f"simulating {len(jobs)} arm-replicates")
+    report_progress(start_at, f"simulating {len(jobs)} arm-replicates ({backend.name})")
     t_sim = time.perf_counter()
     outcomes = run_jobs(
         run_arm,
@@ -212,11 +227,7 @@ def _run_audit(
 
     lo, hi = axis_range(scenario.space)
     version, commit = code_version()
-    executor = (
-        "in-process"
-        if ray_address is None
-        else ("ray-local" if ray_address == "local" else ray_address)
-    )
+    executor = backend.name
     analyse_s = time.perf_counter() - t_an
     report = AuditReport(
         id=audit_id,
@@ -255,6 +266,7 @@ def _run_audit(
             git_commit=commit,
             packages=versions(),
             executor=executor,
+            executor_reason=backend.reason,
             tracking_uri=tracking.shown_store() if track else None,
             host=platform.node(),
             created=created,

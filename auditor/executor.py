@@ -7,6 +7,7 @@ changes an outcome.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -60,6 +61,80 @@ def resolve_ray_address(use_ray: bool, address: str | None) -> str | None:
     return "local" if use_ray else None
 
 
+#: ``ray_address`` value asking :class:`BackendChoice` to pick the backend by the work
+AUTO = "recaudit:auto"
+#: at most this many user-steps (users x steps x arms x replicates) and nothing to train:
+#: in process. In process the simulator runs about 250,000-300,000 user-steps per second on
+#: 2 cores, so this is about 10-20 s of work; embedded Ray costs 5-15 s to start its workers
+#: on such a machine and then gains at most the parallelism the in-process threads have.
+IN_PROCESS_MAX_USER_STEPS = 4_000_000
+
+
+class BackendChoice:
+    """Where an audit's jobs run, decided once, with the reason (for the output).
+
+    ``requested``: None (in process), ``"local"`` (embedded Ray), a cluster address, or
+    :data:`AUTO` to choose by the work: a configured cluster (``RAY_ADDRESS``) always wins;
+    otherwise in process on one core, embedded Ray when two or more learners must be
+    trained (they train in parallel as Ray tasks) or when the simulation exceeds
+    :data:`IN_PROCESS_MAX_USER_STEPS`, in process for the rest. The backend never changes
+    the numbers (jobs are plain functions of their data, results kept in job order).
+    """
+
+    def __init__(self, requested: str | None, *, user_steps: int, cores: int | None = None):
+        self.requested = requested
+        self.user_steps = int(user_steps)
+        self.cores = cores if cores is not None else _cores()
+        self.address: str | None = None
+        self.reason = ""
+        self._decided = False
+
+    def resolve(self, learners: int = 0) -> str | None:
+        """The Ray address (None: in process), deciding on the first call with the
+        number of learners still to train."""
+        if not self._decided:
+            self.address, self.reason = self._decide(learners)
+            self._decided = True
+        return self.address
+
+    @property
+    def name(self) -> str:
+        a = self.address
+        return "in-process" if a is None else ("ray-local" if a == "local" else a)
+
+    def _decide(self, learners: int) -> tuple[str | None, str]:
+        if self.requested != AUTO:
+            if self.requested is None:
+                return None, "in process, as asked"
+            if self.requested == "local":
+                return "local", "embedded Ray, as asked"
+            return self.requested, "the Ray cluster given"
+        cluster = os.environ.get("RAY_ADDRESS") or None
+        if cluster and cluster.lower() not in ("local", "none", "in-process"):
+            return cluster, "RAY_ADDRESS names a Ray cluster"
+        steps = f"{self.user_steps:,} user-steps"
+        if self.cores < 2:
+            return None, f"{steps} on one core: Ray would add start-up and no parallelism"
+        if learners >= 2:
+            return "local", f"{learners} learners to train in parallel as Ray tasks"
+        if self.user_steps > IN_PROCESS_MAX_USER_STEPS:
+            return "local", (
+                f"{steps} (over {IN_PROCESS_MAX_USER_STEPS:,}): worth spreading over "
+                f"{self.cores} cores on embedded Ray"
+            )
+        why = "nothing to train" if not learners else "one learner to train"
+        return None, (
+            f"{steps} (at most {IN_PROCESS_MAX_USER_STEPS:,}) and {why}: "
+            "Ray's start-up would cost more than it saves"
+        )
+
+
+def _cores() -> int:
+    from simulator.threads import available_cores
+
+    return available_cores()
+
+
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
     """Fail fast on a cluster address nobody listens on (Ray itself retries for minutes)."""
     import socket
@@ -109,6 +184,9 @@ def _loopback_only(ray: Any) -> None:
 
 def ensure_ray(address: str) -> None:
     """Connect to a cluster, or start embedded Ray once per process (dashboard off)."""
+    from simulator.threads import configure_process
+
+    configure_process()  # embedded Ray's workers inherit the wait policy
     if address != "local":
         _use_cluster_token()  # before Ray reads its configuration
     import ray
@@ -155,11 +233,16 @@ def run_jobs(
     num_cpus: float = 1,
     on_done: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, Any], None] | None = None,
 ) -> list[R]:
     """Run ``fn`` over ``jobs``: in process when ``ray_address`` is None, else as Ray
     tasks (``"local"`` starts embedded Ray). ``on_done(i)`` is called as job i finishes.
     When ``should_stop()`` turns true, unfinished jobs are cancelled and
     :class:`Cancelled` is raised (checked between jobs in process, twice a second on Ray).
+
+    With ``on_progress``, ``fn`` is called as ``fn(job, report)``: a job calls
+    ``report(value)`` as it goes, and ``on_progress(i, value)`` runs in the caller's
+    thread (at once in process; on Ray the latest value of each job, twice a second).
     """
     stop = should_stop or getattr(_ambient, "stop", None) or (lambda: False)
     if ray_address is None:
@@ -168,7 +251,10 @@ def run_jobs(
             for i, job in enumerate(jobs):
                 if stop():
                     raise Cancelled("stopped before all jobs ran")
-                results.append(fn(job))
+                if on_progress is not None:
+                    results.append(fn(job, functools.partial(on_progress, i)))  # type: ignore[call-arg]
+                else:
+                    results.append(fn(job))
                 if on_done:
                     on_done(i)
         return results
@@ -177,8 +263,15 @@ def run_jobs(
     import ray
     from ray.exceptions import RayTaskError
 
-    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
-    refs = [remote.remote(job) for job in jobs]  # submit all, then collect
+    board: Any = None
+    refs: list[Any]
+    if on_progress is not None:
+        board = ray.remote(num_cpus=0)(_Board).remote()
+        reporting: Any = ray.remote(num_cpus=num_cpus, max_retries=0)(_reporting)
+        refs = [reporting.remote(fn, job, i, board) for i, job in enumerate(jobs)]
+    else:
+        remote: Any = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+        refs = [remote.remote(job) for job in jobs]  # submit all, then collect
     index = {ref: i for i, ref in enumerate(refs)}
     out: list[Any] = [None] * len(refs)
     pending = list(refs)
@@ -187,6 +280,9 @@ def run_jobs(
             if stop():
                 raise Cancelled("stopped before all jobs ran")
             done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            if board is not None and on_progress is not None:  # before the results
+                for i, value in ray.get(board.take.remote()):
+                    on_progress(i, value)
             for ref in done:
                 out[index[ref]] = ray.get(ref)
                 if on_done:
@@ -200,6 +296,40 @@ def run_jobs(
     except BaseException:
         _cancel(ray, pending)
         raise
+    finally:
+        if board is not None:
+            ray.kill(board)
+    return out
+
+
+class _Board:
+    """A Ray actor holding the latest progress value of each job until the driver takes
+    them."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, Any] = {}
+
+    def put(self, i: int, value: Any) -> None:
+        self.latest[i] = value
+
+    def take(self) -> list[tuple[int, Any]]:
+        out, self.latest = sorted(self.latest.items()), {}
+        return out
+
+
+def _reporting(fn: Callable[..., R], job: Any, i: int, board: Any) -> R:
+    """A job on Ray that reports progress to the board (without waiting, except for its
+    last report, so that the driver sees the final value before the result)."""
+    import ray
+
+    last: list[Any] = []
+
+    def report(value: Any) -> None:
+        last[:] = [board.put.remote(i, value)]
+
+    out = fn(job, report)
+    if last:
+        ray.get(last[0])
     return out
 
 

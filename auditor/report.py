@@ -180,6 +180,9 @@ class Provenance(_Model):
     git_commit: str | None = None
     packages: dict[str, str]
     executor: str = Field(..., description="'in-process', 'ray-local' or the Ray address.")
+    executor_reason: str | None = Field(
+        None, description="Why the audit ran there (the backend is chosen by the work)."
+    )
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     mlflow_experiment_id: str | None = None

@@ -8,7 +8,9 @@ training again.
 
 from __future__ import annotations
 
+import functools
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,15 +106,22 @@ def evaluate(
     }
 
 
-def run_training(job: TrainJob) -> TrainOutcome:
-    """Train one learner and evaluate it. Plain Python: runs in process or on Ray."""
+def _after_iteration(report: Callable[[int], None] | None, it: int, _row: object) -> None:
+    check_stop()  # a cancel stops training within an iteration
+    if report is not None:
+        report(it + 1)
+
+
+def run_training(job: TrainJob, report: Callable[[int], None] | None = None) -> TrainOutcome:
+    """Train one learner and evaluate it. Plain Python: runs in process or on Ray.
+    ``report(iterations_done)`` is called after every iteration."""
     result = train_ppo(
         job.scenario,
         job.config,
         kind=job.kind,
         natural=lambda: make_policy(job.scenario.natural_policy),
         device=job.device,
-        on_iteration=lambda _it, _row: check_stop(),  # a cancel stops it within an iteration
+        on_iteration=functools.partial(_after_iteration, report),
     )
     ev = evaluate(
         result.bundle, job.scenario, job.eval_users, job.config.seed + EVAL_SEED_OFFSET, job.device
@@ -153,15 +162,63 @@ def record(outcome: TrainOutcome, parent_run_id: str | None = None) -> dict[str,
         )
 
 
+class TrainProgress:
+    """Iterations done of each learner of a batch, and an estimate of the time left (the
+    rate so far over the whole batch, so parallel training counts)."""
+
+    def __init__(self, jobs: list[TrainJob]) -> None:
+        self.kinds = [j.kind for j in jobs]
+        self.total = [j.config.iterations for j in jobs]
+        self.done = [0] * len(jobs)
+        self.start = time.monotonic()
+
+    def update(self, i: int, done: int) -> None:
+        self.done[i] = max(self.done[i], int(done))
+
+    @property
+    def fraction(self) -> float:
+        return sum(self.done) / max(1, sum(self.total))
+
+    def seconds_left(self) -> float | None:
+        done = sum(self.done)
+        if not done:
+            return None
+        return (time.monotonic() - self.start) * (sum(self.total) - done) / done
+
+    def phase(self) -> str:
+        """e.g. 'training 3 learners (ppo 12/60, ppo-myopic 60/60, ppo-distance 0/60):
+        72/180 iterations, about 2 min left' (kept under 200 characters)."""
+        n = len(self.kinds)
+        active = [f"{k} {d}/{t}" for k, d, t in zip(self.kinds, self.done, self.total, strict=True)]
+        head = f"training {n} learner{'s' if n != 1 else ''}"
+        detail = ", ".join(active)
+        if len(detail) > 100:
+            running = [a for a, d, t in zip(active, self.done, self.total, strict=True) if d < t]
+            detail = ", ".join(running[:3]) + (" ..." if len(running) > 3 else "")
+        left = self.seconds_left()
+        eta = "estimating time left" if left is None else f"about {_duration(left)} left"
+        return f"{head} ({detail}): {sum(self.done)}/{sum(self.total)} iterations, {eta}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def train_many(
     jobs: list[TrainJob],
     *,
     ray_address: str | None = None,
     parent_name: str | None = None,
     on_done: Callable[[int], None] | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> list[tuple[TrainOutcome, dict[str, Any]]]:
-    """Train every job (Ray tasks when an address is given), then log each from the
-    driver; with several jobs, as child runs of one parent run."""
+    """Train every job (Ray tasks when an address is given, in parallel), then log each
+    from the driver; with several jobs, as child runs of one parent run.
+    ``on_progress(progress)`` is called as iterations finish (see :class:`TrainProgress`)."""
     tracking.check_reachable()
     parent = None
     if parent_name and len(jobs) > 1:
@@ -171,7 +228,19 @@ def train_many(
             {"recaudit.kind": jobs[0].kind, "recaudit.sweep": "true"},
         )
     try:
-        outcomes = run_jobs(run_training, jobs, ray_address=ray_address, on_done=on_done)
+        if on_progress is not None:
+            board = TrainProgress(jobs)
+            on_progress(board)
+
+            def step(i: int, done: int) -> None:
+                board.update(i, done)
+                on_progress(board)
+
+            outcomes = run_jobs(
+                run_training, jobs, ray_address=ray_address, on_done=on_done, on_progress=step
+            )
+        else:
+            outcomes = run_jobs(run_training, jobs, ray_address=ray_address, on_done=on_done)
         logged = [record(o, parent) for o in outcomes]
     except BaseException:
         if parent:

@@ -5,6 +5,10 @@ items), on a topic-clusters catalog with uniform-sphere users, MNL choice and T-
 drift. Prints one JSON line; ``seconds`` is the wall time of ``run_arms`` alone.
 
     python bench/simulator.py --users 10000 --items 1000 --dim 16 --slate 10 --steps 50
+
+``--contention`` runs the rollout twice: quiet, then next to a busy process (a spinning
+Python loop pinned to one core) that the benchmark starts and stops itself, and reports
+both throughputs and their ratio (``contended_over_quiet``).
 """
 
 from __future__ import annotations
@@ -17,12 +21,17 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Run as ``python bench/simulator.py``, this file's folder is sys.path[0] and the file
 # itself would shadow the ``simulator`` package: put the repository root there instead.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
+
+from simulator.threads import configure_process  # noqa: E402
+
+configure_process()  # before torch loads OpenMP: idle threads sleep instead of spinning
 
 import torch  # noqa: E402
 
@@ -81,7 +90,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
     )
+    p.add_argument(
+        "--contention",
+        action="store_true",
+        help="also run next to a busy process on one core, started here; report both",
+    )
     return p.parse_args(argv)
+
+
+_BUSY = "import time\nt = time.time()\nwhile time.time() - t < 3600:\n    pass\n"
+
+
+class BusyCore:
+    """A child process spinning on one core (the last one this process may use)."""
+
+    def __enter__(self) -> BusyCore:
+        import subprocess
+
+        core = max(os.sched_getaffinity(0))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BUSY], preexec_fn=lambda: os.sched_setaffinity(0, {core})
+        )
+        self.core = core
+        time.sleep(0.5)  # let it start spinning
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,14 +142,30 @@ def main(argv: list[str] | None = None) -> int:
         if env.device.type == "cuda":
             torch.cuda.synchronize(env.device)
 
-    load_before = os.getloadavg()[0]
-    sync()
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t1 = time.perf_counter()
-    result = run_arms(env, policies, users=args.users, steps=args.steps, seed=args.seed)
-    sync()
-    seconds = time.perf_counter() - t1
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    def timed() -> tuple[float, Any, Any, Any, float]:
+        load = os.getloadavg()[0]
+        sync()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        t1 = time.perf_counter()
+        res = run_arms(env, policies, users=args.users, steps=args.steps, seed=args.seed)
+        sync()
+        return time.perf_counter() - t1, res, r0, resource.getrusage(resource.RUSAGE_SELF), load
+
+    seconds, result, ru0, ru1, load_before = timed()
+    contended: dict[str, Any] = {}
+    if args.contention:
+        with BusyCore() as busy:
+            c_seconds, c_result, _, _, c_load = timed()
+        c_summ = c_result.arms["policy"].summaries
+        same = c_summ["shift"] == result.arms["policy"].summaries["shift"]
+        contended = {
+            "contended_seconds": round(c_seconds, 4),
+            "contended_user_steps_per_s": round(args.users * args.steps / c_seconds, 1),
+            "contended_over_quiet": round(seconds / c_seconds, 3),
+            "contended_load_before": round(c_load, 2),
+            "busy_core": busy.core,
+            "contended_same_result": same,
+        }
 
     summ = result.arms["policy"].summaries
     out = {
@@ -145,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         # sanity values, so a fast but broken run is visible
         "final_click_rate": round(summ["click_rate"][-1], 4),
         "final_shift": round(summ["shift"][-1], 4),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        **contended,
     }
     if env.device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(env.device) / 2**20, 1)

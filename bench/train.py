@@ -17,15 +17,20 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 # bench/simulator.py would shadow the simulator package: put the repository root first
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from auditor.train import EVAL_SEED_OFFSET, default_config, evaluate
-from recommenders.registry import make_policy
-from recommenders.rl.ppo import train_ppo
-from simulator.scenarios import get_scenario
+from simulator.threads import configure_process
+
+configure_process()  # before torch loads OpenMP: idle threads sleep instead of spinning
+
+import torch  # noqa: E402
+
+from auditor.train import EVAL_SEED_OFFSET, default_config, evaluate  # noqa: E402
+from recommenders.registry import make_policy  # noqa: E402
+from recommenders.rl.ppo import train_ppo  # noqa: E402
+from simulator.scenarios import get_scenario  # noqa: E402
+from simulator.threads import TRAIN_THREADS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "torch_threads": torch.get_num_threads(),
+                "train_threads": TRAIN_THREADS,
                 "torch": torch.__version__,
                 "python": platform.python_version(),
             }

@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ray", action="store_true", help="run sweep members on embedded Ray")
     tr.add_argument("--ray-address", help="run sweep members on the Ray cluster at this address")
     tr.add_argument("--json", action="store_true", help="print one JSON object")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ui = sub.add_parser(
         "ui",
@@ -451,7 +452,31 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"training {len(jobs)} {args.policy} polic{'y' if len(jobs) == 1 else 'ies'} on {spec.id}",
             file=sys.stderr,
         )
-    results = train_many(jobs, ray_address=address, parent_name=f"sweep {args.policy} {spec.id}")
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=sum(j.config.iterations for j in jobs),
+        desc="training",
+        unit="it",
+        disable=args.no_progress or not sys.stderr.isatty(),
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} iterations, {postfix}",
+    )
+
+    def progress(tp: Any) -> None:
+        bar.n = sum(tp.done)
+        left = tp.seconds_left()
+        bar.set_postfix_str("estimating time left" if left is None else f"{left:.0f} s left")
+        bar.refresh()
+
+    try:
+        results = train_many(
+            jobs,
+            ray_address=address,
+            parent_name=f"sweep {args.policy} {spec.id}",
+            on_progress=progress,
+        )
+    finally:
+        bar.close()
     members = []
     for outcome, ids in results:
         members.append(

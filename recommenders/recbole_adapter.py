@@ -60,6 +60,7 @@ import torch
 
 from simulator.errors import SpecError
 from simulator.policy import SCORE_BLOCK, PolicyContext
+from simulator.threads import torch_threads
 from simulator.types import Feedback, Observation, default_ids
 
 #: models this adapter builds, trains, saves, loads and runs as policies (each is tested).
@@ -275,16 +276,7 @@ class _NullWriter:
         return lambda *args, **kwargs: None
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """torch on ``threads`` CPU threads for the block (None: unchanged)."""
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, int(threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+_torch_threads = torch_threads  # torch on N threads for a block (None: unchanged)
 
 
 @contextlib.contextmanager
@@ -567,9 +559,12 @@ def train_model(
     seed: int,
     extra_config: Mapping[str, Any] | None = None,
     threads: int | None = 1,
+    init_from: TrainedModel | None = None,
 ) -> TrainedModel:
     """Train ``model_name`` on ``<data_dir>/<dataset_name>/<dataset_name>.inter`` with
-    RecBole's pipeline; the final weights are kept (``fit(saved=False)``).
+    RecBole's pipeline; the final weights are kept (``fit(saved=False)``). With
+    ``init_from`` (a model of the same class and settings) training continues from its
+    weights instead of a fresh initialization (warm start; item rows matched by token).
 
     Settings: RecBole's defaults, then ``extra_config`` (e.g. ``embedding_size``,
     ``learning_rate``, ``eval_args``; Python-literal strings are read as literals, never
@@ -634,6 +629,8 @@ def train_model(
             model = get_model(model_name)(config, train_data._dataset).to(config["device"])
         except (ValueError, TypeError, KeyError, RuntimeError, NotImplementedError) as exc:
             raise SpecError(f"cannot build {model_name} with these settings: {exc}") from None
+        if init_from is not None:
+            _warm_start(model, init_from, dataset, config)
         trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
         has_valid = len(valid_data._dataset) > 0
         has_test = len(test_data._dataset) > 0
@@ -666,6 +663,49 @@ def train_model(
         test_result=dict(test_result) if test_result else None,
         splits=(train_data, valid_data, test_data),
     )
+
+
+def _warm_start(model: Any, prev: TrainedModel, dataset: Any, config: Any) -> None:
+    """Load ``prev``'s weights into ``model``: tensors indexed by item (first dimension
+    the number of items) are re-ordered by item token, every other tensor must match."""
+    if prev.model_name != type(model).__name__:
+        raise SpecError(f"cannot warm-start {type(model).__name__} from {prev.model_name}")
+    tokens = [str(t) for t in dataset.field2id_token[config["ITEM_ID_FIELD"]]]
+    old_pos = {t: i for i, t in enumerate(prev.item_tokens)}
+    if set(tokens) != set(old_pos):
+        raise SpecError("a warm start needs the same items as the model it continues")
+    order = torch.tensor([old_pos[t] for t in tokens], dtype=torch.long)
+    new_state = model.state_dict()
+    state = {}
+    for key, old in prev.model.state_dict().items():
+        if key not in new_state or new_state[key].shape != old.shape:
+            raise SpecError(f"cannot warm-start: parameter {key} does not match")
+        item_rows = old.dim() >= 1 and old.shape[0] == len(tokens)
+        state[key] = old.index_select(0, order) if item_rows else old
+    model.load_state_dict(state, strict=True)
+
+
+def sequence_recall(
+    trained: TrainedModel, histories: Sequence[Sequence[str]], targets: Sequence[str], k: int = 10
+) -> float:
+    """Recall@k (hit rate) of a sequential model on next-item prediction: for each
+    history of item tokens (the last ``MAX_ITEM_LIST_LENGTH`` are used), whether the
+    target token is among the ``k`` best scored items (padding excluded)."""
+    if trained.kind != "sequential":
+        raise SpecError("sequence_recall needs a sequential model")
+    length = trained.max_seq_length
+    seqs = torch.zeros(len(histories), length, dtype=torch.long)
+    lens = torch.zeros(len(histories), dtype=torch.long)
+    for row, hist in enumerate(histories):
+        ids = trained.item_ids(list(hist)[-length:])
+        seqs[row, : ids.numel()] = ids
+        lens[row] = ids.numel()
+    with torch.no_grad():
+        scores = trained.score_sequences(seqs, lens).clone()
+    scores[:, 0] = -torch.inf
+    top = scores.topk(k, dim=1).indices
+    want = trained.item_ids(list(targets))
+    return float((top == want[:, None]).any(dim=1).double().mean())
 
 
 def _is_builtin_dataset(name: str) -> bool:
@@ -1028,7 +1068,12 @@ class RecBolePolicy:
       order fixed at reset (as the ``popularity`` baseline does).
     - **Feedback loop.** Clicks are logged as (user, item, step) interactions, the
       catalog topics as item genres; every ``retrain_every`` steps the model is trained
-      from scratch (``epochs`` epochs) on the whole log so far, never evaluated. An
+      from scratch (``epochs`` epochs) on the whole log so far, never evaluated. With
+      ``warm_start`` (the default for sequential models) only the first training starts
+      from scratch; later ones continue from the current weights for ``warm_epochs``
+      epochs on the new interactions: the users who clicked since the last training,
+      each with their last ``2 * retrain_every`` clicks (the new ones and as many before
+      them as context). An
       ``initial_log`` (columns ``user``, ``item`` as simulator indices, ``timestamp``
       before step 0) warm-starts the log and trains the first model at reset.
     - **Randomness.** Training seeds and the tie-break order come from the policy's
@@ -1050,10 +1095,16 @@ class RecBolePolicy:
         initial_log: pd.DataFrame | None = None,
         threads: int | None = 1,
         name: str | None = None,
+        warm_start: bool | None = None,
+        warm_epochs: int = 2,
     ) -> None:
         self.kind = _model_kind(model)
-        if retrain_every < 1 or epochs < 1:
-            raise SpecError("retrain_every and epochs must be positive")
+        if retrain_every < 1 or epochs < 1 or warm_epochs < 1:
+            raise SpecError("retrain_every, epochs and warm_epochs must be positive")
+        self.warm_start = self.kind == "sequential" if warm_start is None else bool(warm_start)
+        if self.warm_start and self.kind != "sequential":
+            raise SpecError("warm_start is for sequential models (GRU4Rec, SASRec)")
+        self.warm_epochs = int(warm_epochs)
         self.model_name = model
         self.retrain_every = int(retrain_every)
         self.epochs = int(epochs)
@@ -1092,6 +1143,7 @@ class RecBolePolicy:
         self.trained = None
         self.train_seconds = []
         self.retrains = 0
+        self.rows_trained = 0  # log rows at the last training
         self.t_offset = 0.0
         if self.initial_log is not None and len(self.initial_log):
             self._add_initial_log(self.initial_log, n_users, n_items)
@@ -1175,31 +1227,45 @@ class RecBolePolicy:
             }
         )
 
-    def _trainable(self) -> bool:
-        if not self.log_users:
+    def _trainable(self, log: pd.DataFrame) -> bool:
+        if not len(log):
             return False
         if self.kind == "general":
             return True
         # a sequential model needs a user with two clicks (a prefix and a next item)
-        users = torch.cat(self.log_users)
-        return bool((torch.bincount(users) >= 2).any())
+        return bool((log["user"].value_counts() >= 2).any())
+
+    def _new_interactions(self, log: pd.DataFrame) -> pd.DataFrame:
+        """The warm start's data: users who clicked since the last training, each with
+        their last ``2 * retrain_every`` clicks."""
+        active = log["user"].iloc[self.rows_trained :].unique()
+        sub = log[log["user"].isin(active)]
+        keep = sub.groupby("user").cumcount(ascending=False) < 2 * self.retrain_every
+        return sub[keep]
 
     def _retrain(self) -> None:
-        if not self._trainable():
+        if not self.log_users:
+            return
+        log = self._log_frame()
+        warm = self.warm_start and self.trained is not None
+        data = self._new_interactions(log) if warm else log
+        if not self._trainable(data):
             return
         seed = (self.base_seed + self.retrains) % (2**31 - 1)
         self.retrains += 1
+        self.rows_trained = len(log)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="recaudit-loop-") as tmp:
-            write_atomic_files(self._log_frame(), tmp, "loop", item_genres=self.genres)
+            write_atomic_files(data, tmp, "loop", item_genres=self.genres)
             tm = train_model(
                 self.model_name,
                 tmp,
                 "loop",
-                epochs=self.epochs,
+                epochs=self.warm_epochs if warm else self.epochs,
                 seed=seed,
                 extra_config=self.extra_config,
                 threads=self.threads,
+                init_from=self.trained if warm else None,
             )
         self.train_seconds.append(time.perf_counter() - start)
         n_items = self.ctx.catalog.size

@@ -70,14 +70,16 @@ _KINDS = (
     ),
     PolicyKind(
         "recbole-gru4rec",
-        "RecBole GRU4Rec (sequential) retrained on its own click log every 10 steps",
+        "RecBole GRU4Rec (sequential) retrained on its own click log every 10 steps "
+        "(warm-started: after the first training, 2 epochs on the new clicks)",
         factory=lambda: RecBolePolicy(
             "GRU4Rec", retrain_every=10, epochs=2, name="recbole-gru4rec"
         ),
     ),
     PolicyKind(
         "recbole-sasrec",
-        "RecBole SASRec (sequential) retrained on its own click log every 10 steps",
+        "RecBole SASRec (sequential) retrained on its own click log every 10 steps "
+        "(warm-started: after the first training, 2 epochs on the new clicks)",
         factory=lambda: RecBolePolicy("SASRec", retrain_every=10, epochs=2, name="recbole-sasrec"),
     ),
     PolicyKind(

@@ -115,6 +115,57 @@ def test_in_process_and_embedded_ray_give_identical_reports(embedded_ray):
     assert on_ray.provenance.executor == "ray-local"
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_automatic_backend_choice_gives_the_same_report_either_way(embedded_ray, monkeypatch):
+    """Chosen by the work: this small audit runs in process; with the threshold at zero
+    the same audit goes to embedded Ray; the reports are identical and say why."""
+    from auditor import executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    s = spec(users=50, replicates=2)
+    small = run_audit(s, track=False, ray_address=executor.AUTO).report
+    assert small.provenance.executor == "in-process"
+    assert "nothing to train" in small.provenance.executor_reason
+    monkeypatch.setattr(executor, "IN_PROCESS_MAX_USER_STEPS", 0)
+    large = run_audit(s, track=False, ray_address=executor.AUTO).report
+    assert large.provenance.executor == "ray-local"
+    assert "worth spreading" in large.provenance.executor_reason
+    strip = {"provenance", "id"}
+    assert small.model_dump(exclude=strip) == large.model_dump(exclude=strip)
+
+
+@pytest.mark.parametrize(
+    ("requested", "env", "cores", "user_steps", "learners", "address", "why"),
+    [
+        (None, None, 2, 10**9, 3, None, "as asked"),
+        ("local", None, 2, 1, 0, "local", "as asked"),
+        ("10.0.0.1:6379", None, 2, 1, 0, "10.0.0.1:6379", "cluster given"),
+        ("AUTO", "10.0.0.1:6379", 2, 1, 0, "10.0.0.1:6379", "RAY_ADDRESS"),
+        ("AUTO", None, 1, 10**9, 3, None, "one core"),
+        ("AUTO", None, 2, 1000, 3, "local", "3 learners to train in parallel"),
+        ("AUTO", None, 2, 800_000, 0, None, "nothing to train"),
+        ("AUTO", None, 2, 800_000, 1, None, "one learner to train"),
+        ("AUTO", None, 2, 10_000_000, 0, "local", "worth spreading"),
+    ],
+)
+def test_backend_choice_by_the_work(
+    monkeypatch, requested, env, cores, user_steps, learners, address, why
+):
+    from auditor.executor import AUTO, BackendChoice
+
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    choice = BackendChoice(
+        AUTO if requested == "AUTO" else requested, user_steps=user_steps, cores=cores
+    )
+    assert choice.resolve(learners) == address
+    assert why in choice.reason
+    assert choice.resolve(0) == address  # decided once
+
+
 # ---------------------------------------------------------------------- the report
 def test_report_contents_are_consistent():
     s = spec(users=50, steps=8, replicates=3)

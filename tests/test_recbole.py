@@ -480,3 +480,66 @@ def test_a_model_trained_on_ml100k_matches_movielens_by_token(ml100k_bpr):
     top = scores[:, 1:].topk(spec.slate_size, dim=1).indices + 1  # internal ids, no [PAD]
     tokens = [[tm.item_tokens[int(j)] for j in row] for row in top]
     assert [[str(int(i) + 1) for i in row] for row in slates[0]] == tokens
+
+
+# ----------------------------------------------------------- warm-started retraining
+#: a warm-started retrain may lose at most this much recall@10 against a full retrain
+WARM_RECALL_TOLERANCE = 0.05
+
+
+def _cycle_log(n_users=300, clicks=30, n_items=50, seed=0) -> pd.DataFrame:
+    """Users walk a cycle of items (next item = previous + 1 with probability 0.8): a
+    sequence a sequential model can learn."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        item = int(rng.integers(n_items))
+        for t in range(clicks):
+            rows.append((u, item, float(t)))
+            item = (item + 1) % n_items if rng.random() < 0.8 else int(rng.integers(n_items))
+    return pd.DataFrame(rows, columns=["user", "item", "timestamp"])
+
+
+@pytest.mark.slow
+def test_warm_started_retraining_reaches_the_recall_of_a_full_retrain(tmp_path):
+    """As RecBolePolicy retrains GRU4Rec every 10 steps: a full retrain on the whole log
+    (6 epochs from scratch) against continuing the model of 10 steps earlier for two
+    epochs on each user's last 20 clicks. Both predict each user's held-out next click."""
+    log = _cycle_log()
+    genres = pd.Series({i: "g" for i in range(50)})
+    last = log.groupby("user").cumcount(ascending=False)
+    held = log[last == 0]
+    seen = log[last > 0]  # 29 clicks per user
+    before = seen[seen.groupby("user").cumcount(ascending=False) >= 10]  # 10 steps earlier
+    new = seen[seen.groupby("user").cumcount(ascending=False) < 20]
+    cfg = {**TINY_GRU, "embedding_size": 16, "hidden_size": 16, "learning_rate": 0.01}
+    cfg["eval_args"] = {"split": {"RS": [1.0, 0.0, 0.0]}, "order": "TO", "mode": "full"}
+
+    def train(frame, name, epochs, init=None):
+        ra.write_atomic_files(frame, tmp_path, name, item_genres=genres)
+        return ra.train_model(
+            "GRU4Rec", tmp_path, name, epochs=epochs, seed=0, extra_config=cfg, init_from=init
+        )
+
+    full = train(seen, "full", 6)
+    previous = train(before, "before", 6)
+    warm = train(new, "warm", 2, init=previous)
+    histories = [list(map(str, g["item"])) for _, g in seen.groupby("user")]
+    targets = [str(i) for i in held.sort_values("user")["item"]]
+    r_full = ra.sequence_recall(full, histories, targets)
+    r_warm = ra.sequence_recall(warm, histories, targets)
+    r_prev = ra.sequence_recall(previous, histories, targets)
+    assert r_full > 0.5  # far above chance (10 of 50 items: 0.2)
+    assert r_warm >= r_full - WARM_RECALL_TOLERANCE, (r_warm, r_full, r_prev)
+    assert warm.fit_seconds < full.fit_seconds
+
+
+def test_warm_start_is_refused_for_general_models_and_mismatched_models(tmp_path):
+    with pytest.raises(SpecError, match="sequential"):
+        ra.RecBolePolicy("BPR", warm_start=True)
+    ra.write_atomic_files(tiny_log(), tmp_path, "t")
+    bpr = ra.train_model("BPR", tmp_path, "t", epochs=1, seed=0, extra_config=TINY_BPR)
+    with pytest.raises(SpecError, match="warm-start"):
+        ra.train_model(
+            "GRU4Rec", tmp_path, "t", epochs=1, seed=0, extra_config=TINY_GRU, init_from=bpr
+        )

@@ -124,3 +124,115 @@ def test_sweep_runs_members_on_ray_as_child_runs(recaudit_bin, home):
         run(recaudit_bin, home, "train", "--policy", "ppo", *TINY_ARGS, "--json").stdout
     )
     assert single["final_engagement"] == members[0]["final_engagement"]
+
+
+# ------------------------------------------------------------ reproducible across threads
+def _repro_job():
+    from auditor.train import TrainJob, default_config
+    from simulator.scenarios import get_scenario
+
+    cfg = default_config("ppo", users=256, iterations=2, epochs=1, minibatches=2)
+    return TrainJob(kind="ppo", scenario=get_scenario("topics-tiny-v1"), config=cfg, eval_users=16)
+
+
+def _weights_hash(job) -> str:
+    import hashlib
+
+    from auditor.train import run_training
+
+    return hashlib.sha256(run_training(job).bundle.weights).hexdigest()
+
+
+def test_trained_weights_do_not_depend_on_the_thread_count():
+    """1 and 2 torch threads in process give the same weights (they differed before
+    training fixed its thread count), and the caller's thread count is restored."""
+    import torch
+
+    old = torch.get_num_threads()
+    job = _repro_job()
+    try:
+        torch.set_num_threads(1)
+        one = _weights_hash(job)
+        torch.set_num_threads(2)
+        two = _weights_hash(job)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+    assert one == two
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_trained_weights_on_ray_equal_in_process(embedded_ray):
+    from auditor.executor import run_jobs
+
+    job = _repro_job()
+    [on_ray] = run_jobs(_weights_hash, [job], ray_address="local")
+    assert on_ray == _weights_hash(job)
+
+
+# ------------------------------------------------------------------- training progress
+def test_train_progress_phase_counts_iterations_and_estimates_time_left(monkeypatch):
+    from auditor import train
+
+    jobs = [_repro_job(), _repro_job().model_copy(update={"kind": "ppo-myopic"})]
+    clock = iter([100.0, 110.0, 120.0])
+    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
+    tp = train.TrainProgress(jobs)  # starts at t=100
+    assert tp.seconds_left() is None  # t not read yet: nothing done
+    tp.update(0, 1)
+    assert tp.fraction == 0.25
+    assert tp.seconds_left() == 30.0  # 1 of 4 iterations in 10 s: 3 more take 30 s
+    assert (
+        tp.phase()
+        == (
+            "training 2 learners (ppo 1/2, ppo-myopic 0/2): 1/4 iterations, about 60 s left"  # read at t=120
+        )
+    )
+
+
+def test_an_audit_that_must_train_shows_the_learner_and_its_iterations(home, monkeypatch):
+    from auditor.audit import run_audit
+    from auditor.spec import AuditSpec
+
+    monkeypatch.setenv("RECAUDIT_HOME", home["RECAUDIT_HOME"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = AuditSpec.model_validate(
+        {
+            "scenario": "topics-tiny-v1",
+            "policy": {"kind": "myopic"},
+            "references": [
+                {"kind": "natural"},
+                {"kind": "ppo-myopic", "params": {"users": 32, "iterations": 3}},
+            ],
+            "users": 20,
+            "steps": 3,
+            "replicates": 2,
+        }
+    )
+    seen: list[tuple[float, str]] = []
+    run_audit(spec, track=False, progress=lambda f, p: seen.append((f, p)))
+    training = [p for _, p in seen if p.startswith("training 1 learner (")]
+    assert training[0].startswith("training 1 learner (ppo-myopic 0/3): 0/3 iterations")
+    assert training[-1].startswith("training 1 learner (ppo-myopic 3/3): 3/3 iterations")
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions)  # the bar never goes back
+    assert max(f for f, p in seen if p.startswith("training")) == 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_training_on_ray_reports_its_iterations(embedded_ray):
+    from auditor.executor import run_jobs
+    from auditor.train import run_training
+
+    seen: list[tuple[int, int]] = []
+    job = _repro_job()
+    run_jobs(
+        run_training,
+        [job, job],
+        ray_address="local",
+        on_progress=lambda i, done: seen.append((i, done)),
+    )
+    assert (0, 2) in seen and (1, 2) in seen  # both learners' last iteration arrived
+    assert all(0 < done <= 2 for _, done in seen)

@@ -23,6 +23,7 @@ from simulator.engine import build_environment
 from simulator.policy import Policy
 from simulator.rng import Streams
 from simulator.specs import Frozen, ScenarioSpec
+from simulator.threads import trains_with_fixed_threads
 
 from ..features import HistoryFeatures
 from ..penalties import shaped_reward
@@ -74,6 +75,7 @@ class TrainResult:
         return self.env_steps / self.seconds if self.seconds else 0.0
 
 
+@trains_with_fixed_threads  # weights independent of the backend's thread count
 def train_ppo(
     scenario: ScenarioSpec,
     cfg: PPOConfig,
