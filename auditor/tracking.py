@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.errors import SpecError
+from simulator.fitting.report import fit_summary
 
 EXPERIMENT_TRAIN = "recaudit-training"
 METRIC_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
@@ -275,6 +276,8 @@ def start_audit(report: Any) -> tuple[str, str]:
             params = {k: v for k, v in params.items() if not k.startswith("scenario.")}
             params["scenario"] = prov.scenario_id
         params.update(steps=report.steps, seeds=",".join(map(str, prov.seeds)))
+        fit_params, fit_metrics = fit_summary(getattr(spec.scenario, "fit", None))
+        params.update(fit_params)
         _params(client, run_id, params)
         final: dict[str, float] = {}
         for arm, metrics in report.metrics.items():
@@ -288,7 +291,7 @@ def start_audit(report: Any) -> tuple[str, str]:
         for c in report.criteria:
             if c.estimate is not None:
                 final[f"criterion/{c.name}/estimate"] = c.estimate
-        log_metric_rows(client, run_id, [final])
+        log_metric_rows(client, run_id, [{**final, **fit_metrics}])
         for arm in report.arms:
             _log_arm(client, exp, run_id, report, arm)
     except BaseException:

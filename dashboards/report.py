@@ -19,6 +19,7 @@ from auditor.report import AuditReport, MetricSummary
 from auditor.spec import METRICS
 
 from .figures import STATUS_COLOURS, arm_order, make_figures
+from .fit import render_fit, scenario_fit
 
 DASH = "–"
 
@@ -287,6 +288,7 @@ def render_html(report: AuditReport, figures: Mapping[str, bytes]) -> str:
         _metrics(report),
         "<h2>Figures</h2>",
         _figures(figures),
+        render_fit(scenario_fit(report.spec.scenario)),
         "<h2>Provenance</h2>",
         _provenance(report),
         "</body></html>",

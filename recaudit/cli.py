@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit_cli import add_parsers
 
     add_parsers(sub, _positive_int, _non_negative_int)
+    from .fit_cli import add_parser as add_fit_parser
+
+    add_fit_parser(sub, _positive_int, _non_negative_int)
     from service.cli import register
 
     SERVICE_COMMANDS.update(register(sub))
@@ -509,8 +512,15 @@ def cmd_history(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .fit_cli import cmd_fit as run
+
+    return run(args)
+
+
 COMMANDS = {
     "audit": cmd_audit,
+    "fit": cmd_fit,
     "history": cmd_history,
     "simulate": cmd_simulate,
     "train": cmd_train,

@@ -89,3 +89,138 @@ def test_param_maps_round_trip():
                 if p.high is not None:
                     v = p.low + v * (p.high - p.low)
                 assert math.isclose(float(p.to_value(p.to_raw(v))), v, rel_tol=1e-5)
+
+
+# ----------------------------------------------------------------- likelihood and logs
+def test_event_likelihood_is_the_simulators_choice_probability():
+    """The per-event log-likelihood is log P(choice) of simulator.choice.MNL on the
+    state the simulator itself reached (static dynamics: the initial preferences)."""
+    from recommenders.baselines import UniformRandom
+    from simulator.choice import MNL
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+    from simulator.specs import MNLChoice
+
+    spec = recovery_spec("static", dim=4).model_copy(
+        update={"choice": MNLChoice(temperature=0.2, no_click_utility=0.1, position_bias=0.8)}
+    )
+    log, items, choice = simulate_log(spec, UniformRandom(), users=20, steps=4, seed=2)
+    env = build_environment(spec)
+    from simulator.engine import run_arms
+
+    run = run_arms(env, {"log": UniformRandom()}, users=20, steps=4, seed=2)
+    u0 = run.initial
+    from simulator.fitting.likelihood import event_loglik
+
+    ll = event_loglik(FAMILIES["static"], {}, u0, log, items, choice)
+    for t in range(4):
+        slate = log.slates[:, t]
+        probs = MNL(spec.choice).probabilities(u0, items.features[slate], items.appeal[slate])
+        idx = torch.where(log.chosen[:, t] >= 0, log.chosen[:, t], torch.full_like(log.chosen[:, t], 10))
+        expected = probs.gather(1, idx[:, None])[:, 0].log()
+        assert torch.allclose(ll[:, t], expected, atol=1e-5)
+
+
+def test_popularity_proxy_slates_hold_the_consumed_item_and_the_most_popular_before_it():
+    import pandas as pd
+
+    from simulator.fitting.log import from_interactions
+
+    log = pd.DataFrame(
+        {
+            "user": ["a", "a", "b", "b", "c", "c"],
+            "item": ["i2", "i2", "i2", "i1", "i1", "i0"],
+            "timestamp": [1, 2, 3, 4, 5, 6],
+        }
+    )
+    ev, counts = from_interactions(
+        log, ["i0", "i1", "i2", "i3"], proxy="popularity", slate_size=2, refresh=1
+    )
+    assert counts == {"events": 6, "dropped_unknown_items": 0, "users": 3}
+    assert ev.user_ids == ("a", "b", "c") and not ev.outside_option
+    # consumed item first, then the most popular other item before the event
+    # (i2 has 2 clicks before b's events; at c's second event i1 has 2, i2 has 3)
+    assert ev.slates[1, 0].tolist() == [2, ev.slates[1, 0, 1].item()]
+    assert ev.slates[1, 1].tolist() == [1, 2]
+    assert ev.slates[2, 1].tolist() == [0, 2]
+    assert (ev.chosen[ev.mask] == 0).all()
+
+
+def test_read_log_names_the_first_bad_rows(tmp_path):
+    from simulator.errors import SpecError
+    from simulator.fitting.log import read_log
+
+    p = tmp_path / "log.csv"
+    p.write_text("user,item,timestamp\na,1,10\nb,2,oops\nc,3,\n")
+    with pytest.raises(SpecError, match=r"2 row\(s\).*line\(s\) \[3, 4\]"):
+        read_log(p)
+    (tmp_path / "cols.csv").write_text("user,item\na,1\n")
+    with pytest.raises(SpecError, match="lacks column"):
+        read_log(tmp_path / "cols.csv")
+
+
+def test_cli_fit_refuses_bad_input_with_exit_2(tmp_path, capsys):
+    from recaudit.cli import main
+
+    p = tmp_path / "log.csv"
+    p.write_text("user,item,timestamp\na,1,10\n")
+    assert main(["fit", str(p), "--catalog", "no-such-scenario-v1"]) == 2
+    assert main(["fit", str(tmp_path / "missing.csv"), "--catalog", "topics-tiny-v1"]) == 2
+    assert main(["fit", str(p), "--catalog", "topics-tiny-v1", "--candidates", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown family 'nope'" in err and "log file not found" in err
+
+
+def test_fit_section_renders_escaped_and_unidentified_parameters_without_a_number():
+    from dashboards.fit import render_fit
+
+    fit = {
+        "family": "bounded_confidence<script>",
+        "vs_static": 0.01,
+        "vs_static_interval": [0.001, 0.02],
+        "parameters": [
+            {"name": "epsilon", "status": "not identified", "estimate": None, "interval": [0.1, 3.0]},
+            {"name": "mu", "status": "identified", "estimate": 0.2, "interval": [0.18, 0.22]},
+        ],
+        "candidates": [],
+        "data": {"exposures": "logged"},
+    }
+    html = render_fit(fit)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "not reported" in html and "0.2" in html
+    assert "assumed, not fitted" in render_fit(None)
+
+
+# ------------------------------------------------------------- recovery (fixed seeds)
+def _recover(family: str, users: int, steps: int, candidates: tuple[str, ...]):
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting.recovery import recover_once
+
+    torch.set_num_threads(1)
+    return recover_once(
+        family,
+        UniformRandom,
+        users=users,
+        steps=steps,
+        seed=0,
+        candidates=candidates,
+        replicates=100,
+        dim=4,
+    )
+
+
+@pytest.mark.slow
+def test_trecs_drift_is_recovered_and_selected():
+    r = _recover("trecs", 300, 40, ("static", "trecs"))
+    assert r["selected"] == "trecs"
+    p = r["parameters"]["delta"]
+    assert p["status"] == "identified"
+    assert p["relative_error"] < 0.1, p
+    assert p["interval"][0] <= 0.1 <= p["interval"][1]
+    assert r["candidates"]["trecs"] > 0.05  # held-out nats per event over static
+
+
+@pytest.mark.slow
+def test_static_data_select_static():
+    r = _recover("static", 300, 40, ("static", "trecs"))
+    assert r["selected"] == "static"
+    assert r["candidates"]["trecs"] < 0.01

@@ -51,3 +51,22 @@ class FitSection(_Frozen):
     assumptions: tuple[str, ...]
     proxy_sensitivity: dict[str, Any] | None = None
     seconds: float = 0.0
+
+
+def fit_summary(fit: dict[str, Any] | None) -> tuple[dict[str, str], dict[str, float]]:
+    """(params, metrics) to log for a scenario's fit section: the family, each
+    parameter's status, estimate and interval, and the held-out gain over static."""
+    if not fit:
+        return {"fit.family": "assumed"}, {}
+    params = {"fit.family": str(fit.get("family"))}
+    metrics: dict[str, float] = {}
+    if fit.get("vs_static") is not None:
+        metrics["fit/vs_static"] = float(fit["vs_static"])
+    for p in fit.get("parameters") or []:
+        params[f"fit.{p['name']}.status"] = str(p.get("status"))
+        if p.get("estimate") is not None:
+            metrics[f"fit/{p['name']}"] = float(p["estimate"])
+        if p.get("interval"):
+            metrics[f"fit/{p['name']}/ci_low"] = float(p["interval"][0])
+            metrics[f"fit/{p['name']}/ci_high"] = float(p["interval"][1])
+    return params, metrics

@@ -180,3 +180,24 @@ def fit_log(
     )
     internals = {"scores": scores, "boot": boot, "best": best, "results": results, "gains": gains}
     return section, internals
+
+
+def proxy_sensitivity(
+    section: FitSection,
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    proxy: str,
+    seed: int = 0,
+) -> dict:
+    """Refit the selected family on the same log under another exposure proxy: the
+    estimates, and their relative change from the section's."""
+    family = FAMILIES[section.family]
+    ev = Evaluator(family, log, items, choice, seed=seed)
+    best = maximize(ev)
+    base = {p.name: p.estimate for p in section.parameters}
+    change = {
+        k: (abs(v - base[k]) / abs(base[k]) if base.get(k) else None)
+        for k, v in best.theta.items()
+    }
+    return {"proxy": proxy, "exposures": log.exposures, "estimates": best.theta, "relative_change": change}
