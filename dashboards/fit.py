@@ -26,7 +26,9 @@ def render_fit(fit: dict[str, Any] | None) -> str:
     identifiability, and every candidate's held-out likelihood against static. An
     unfitted scenario says that its dynamics are assumed."""
     if not fit:
-        return "<h2>Dynamics fit</h2><p>The scenario's dynamics are assumed, not fitted to data.</p>"
+        return (
+            "<h2>Dynamics fit</h2><p>The scenario's dynamics are assumed, not fitted to data.</p>"
+        )
     lo, hi = fit.get("vs_static_interval") or (None, None)
     out = [
         "<h2>Dynamics fit</h2>",

@@ -105,7 +105,9 @@ def _catalog(text: str, temperature: float | None) -> tuple[Any, Any, list[str],
         try:
             choice = TypeAdapter(ChoiceSpec).validate_python(data.get("choice"))
         except ValidationError as exc:
-            raise SpecError(f"{spec_path}: invalid choice model: {exc.errors()[0]['msg']}") from None
+            raise SpecError(
+                f"{spec_path}: invalid choice model: {exc.errors()[0]['msg']}"
+            ) from None
         return items, choice, ids, p
     if p.suffix.lower() == ".parquet":
         items, ids = from_table(p)
@@ -133,9 +135,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         candidates = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
         unknown = [c for c in candidates if c not in FAMILIES]
         if unknown:
-            raise SpecError(
-                f"unknown family {unknown[0]!r}; one of {', '.join(FAMILIES)}"
-            )
+            raise SpecError(f"unknown family {unknown[0]!r}; one of {', '.join(FAMILIES)}")
     if args.temperature is not None and not args.temperature > 0:
         raise SpecError("--temperature must be positive")
     if args.out is not None and args.out.exists() and args.out.is_dir():
@@ -156,23 +156,35 @@ def cmd_fit(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"recaudit fit: {msg}", file=sys.stderr, flush=True)
 
-    section, internals = fit_log(
+    section, _ = fit_log(
         log,
         items,
         choice,
         candidates=candidates,
         seed=args.seed,
         replicates=args.replicates,
-        data={"log": str(args.log), "proxy": args.proxy, "max_events_per_user": args.max_events, **counts},
+        data={
+            "log": str(args.log),
+            "proxy": args.proxy,
+            "max_events_per_user": args.max_events,
+            **counts,
+        },
         progress=progress,
     )
     if args.sensitivity and section.family != "static":
         other = "sampled" if args.proxy == "popularity" else "popularity"
         alt, _ = from_interactions(
-            raw, ids, proxy=other, slate_size=args.slate_size, seed=args.seed, max_events=args.max_events
+            raw,
+            ids,
+            proxy=other,
+            slate_size=args.slate_size,
+            seed=args.seed,
+            max_events=args.max_events,
         )
         progress(f"proxy sensitivity: refitting {section.family} under the {other} proxy")
-        sens = proxy_sensitivity(section, alt, items, ChoiceForm.of(choice_spec, alt), other, args.seed)
+        sens = proxy_sensitivity(
+            section, alt, items, ChoiceForm.of(choice_spec, alt), other, args.seed
+        )
         section = section.model_copy(update={"proxy_sensitivity": sens})
     payload = section.model_dump(mode="json")
     text = json.dumps(payload, indent=1) + "\n"

@@ -115,7 +115,9 @@ def test_event_likelihood_is_the_simulators_choice_probability():
     for t in range(4):
         slate = log.slates[:, t]
         probs = MNL(spec.choice).probabilities(u0, items.features[slate], items.appeal[slate])
-        idx = torch.where(log.chosen[:, t] >= 0, log.chosen[:, t], torch.full_like(log.chosen[:, t], 10))
+        idx = torch.where(
+            log.chosen[:, t] >= 0, log.chosen[:, t], torch.full_like(log.chosen[:, t], 10)
+        )
         expected = probs.gather(1, idx[:, None])[:, 0].log()
         assert torch.allclose(ll[:, t], expected, atol=1e-5)
 
@@ -178,7 +180,12 @@ def test_fit_section_renders_escaped_and_unidentified_parameters_without_a_numbe
         "vs_static": 0.01,
         "vs_static_interval": [0.001, 0.02],
         "parameters": [
-            {"name": "epsilon", "status": "not identified", "estimate": None, "interval": [0.1, 3.0]},
+            {
+                "name": "epsilon",
+                "status": "not identified",
+                "estimate": None,
+                "interval": [0.1, 3.0],
+            },
             {"name": "mu", "status": "identified", "estimate": 0.2, "interval": [0.18, 0.22]},
         ],
         "candidates": [],

@@ -84,24 +84,27 @@ def _angle(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.arccos(cos)
 
 
-Update = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], float], torch.Tensor]
+Update = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], float],
+    torch.Tensor,
+]
 
 
-def _static(u, u0, x, w, p, smooth):  # type: ignore[no-untyped-def]
+def _static(u, u0, x, w, p, smooth):
     return u
 
 
-def _trecs(u, u0, x, w, p, smooth):  # type: ignore[no-untyped-def]
+def _trecs(u, u0, x, w, p, smooth):
     return slerp(u, x, (p["delta"] * w).clamp(0.0, 1.0))
 
 
-def _assimilation(u, u0, x, w, p, smooth):  # type: ignore[no-untyped-def]
+def _assimilation(u, u0, x, w, p, smooth):
     dot = (u * x).sum(dim=-1, keepdim=True)
     moved = unit(u + (p["eta"] * w)[:, None] * dot * x)
     return torch.where((w > 0)[:, None], moved, u)
 
 
-def _confidence(u, u0, x, w, p, smooth):  # type: ignore[no-untyped-def]
+def _confidence(u, u0, x, w, p, smooth):
     ang = _angle(u, x)
     if smooth > 0:  # a logistic gate of width ``smooth`` radians, for gradients in epsilon
         gate = torch.sigmoid((p["epsilon"] - ang) / smooth)
@@ -112,7 +115,7 @@ def _confidence(u, u0, x, w, p, smooth):  # type: ignore[no-untyped-def]
 
 
 def _anchored(inner: Update) -> Update:
-    def step(u, u0, x, w, p, smooth):  # type: ignore[no-untyped-def]
+    def step(u, u0, x, w, p, smooth):
         f = inner(u, u0, x, w, p, smooth)
         lam = p["lam"][:, None] if p["lam"].dim() else p["lam"]  # per-row values allowed
         return unit(lam * u0 + (1 - lam) * f)
@@ -206,7 +209,13 @@ FAMILIES: dict[str, Family] = {
 }
 
 #: the candidates fitted by default: static (the baseline) and one of each family
-DEFAULT_CANDIDATES = ("static", "trecs", "biased_assimilation", "bounded_confidence", "anchored_trecs")
+DEFAULT_CANDIDATES = (
+    "static",
+    "trecs",
+    "biased_assimilation",
+    "bounded_confidence",
+    "anchored_trecs",
+)
 
 
 def family_of_spec(spec: DynamicsSpec) -> tuple[Family, dict[str, float]]:

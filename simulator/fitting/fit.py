@@ -49,7 +49,7 @@ def initial_u0(log: EventLog, items: Items, seed: int = 0) -> torch.Tensor:
     return unit(s + torch.randn(s.shape, generator=gen) * 1e-3)
 
 
-def _lbfgs(params: list[torch.Tensor], loss_fn, max_evals: int) -> int:  # type: ignore[no-untyped-def]
+def _lbfgs(params: list[torch.Tensor], loss_fn, max_evals: int) -> int:
     opt = torch.optim.LBFGS(
         params,
         lr=1.0,
@@ -156,7 +156,9 @@ def user_terms(
 
 
 def raw_to_theta(family: Family, raw: tuple[float, ...]) -> dict[str, float]:
-    return {p.name: float(p.to_value(torch.tensor(r))) for p, r in zip(family.params, raw)}
+    return {
+        p.name: float(p.to_value(torch.tensor(r))) for p, r in zip(family.params, raw, strict=True)
+    }
 
 
 def theta_to_raw(family: Family, theta: dict[str, float]) -> tuple[float, ...]:
@@ -220,12 +222,14 @@ class Evaluator:
         for raw in keys:
             if pts:
                 near = min(
-                    pts.values(), key=lambda q: sum((a - b) ** 2 for a, b in zip(q.raw, raw))
+                    pts.values(),
+                    key=lambda q: sum((a - b) ** 2 for a, b in zip(q.raw, raw, strict=True)),
                 )
                 starts.append(near.u0)
             else:
                 starts.append(self.start)
         thetas = [raw_to_theta(self.family, raw) for raw in keys]
+        theta: dict[str, float] | dict[str, torch.Tensor]
         if p == 1:
             big, weight, theta = log, self.weight, thetas[0]
         else:
@@ -265,7 +269,9 @@ def zoom(ev: Evaluator, step: float, rounds: int) -> Point:
     while level < rounds:
         assert ev.profile.best is not None
         centre = ev.profile.best
-        ev.many([tuple(c + o * step for c, o in zip(centre.raw, off)) for off in offsets])
+        ev.many(
+            [tuple(c + o * step for c, o in zip(centre.raw, off, strict=True)) for off in offsets]
+        )
         if ev.profile.best is centre or moves >= 3:  # shrink; after a move, look again
             step, level, moves = step / 3, level + 1, 0
         else:

@@ -34,8 +34,14 @@ class ChoiceForm:
             raise SpecError(
                 f"fitting needs the scenario's choice model to be 'mnl', not {spec.kind!r}"
             )
-        if log.outside_option and spec.no_click_utility is None and bool((log.chosen[log.mask] < 0).any()):
-            raise SpecError("the log has events without a click but the choice model has no outside option")
+        if (
+            log.outside_option
+            and spec.no_click_utility is None
+            and bool((log.chosen[log.mask] < 0).any())
+        ):
+            raise SpecError(
+                "the log has events without a click but the choice model has no outside option"
+            )
         c0 = spec.no_click_utility if log.outside_option else None
         # proxy slates have no meaningful order: no position weights
         bias = spec.position_bias if log.exposures == "logged" else 1.0
@@ -79,7 +85,8 @@ def event_loglik(
         if outside is not None:
             logits = torch.cat([logits, outside], dim=1)
         slot = log.chosen[:, t]
-        idx = torch.where(slot >= 0, slot, torch.full_like(slot, k))
+        # a no-click is the outside option (last column); without one, only padding has -1
+        idx = torch.where(slot >= 0, slot, torch.full_like(slot, k if outside is not None else 0))
         lp = logits.gather(1, idx[:, None])[:, 0] - torch.logsumexp(logits, dim=1)
         m = log.mask[:, t]
         out.append(torch.where(m, lp, torch.zeros_like(lp)))

@@ -106,9 +106,7 @@ def read_log(path: str | Path) -> pd.DataFrame:
         elif suffix == ".csv":
             raw = pd.read_csv(p, dtype=str, keep_default_na=False)
         elif suffix == ".inter":
-            raw = pd.read_csv(
-                p, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE
-            )
+            raw = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
             raw.columns = [str(c).partition(":")[0] for c in raw.columns]
             raw = raw.rename(columns={"user_id": "user", "item_id": "item"})
         else:
@@ -224,9 +222,7 @@ def from_interactions(
         mask[u, : lens[u]] = True
     ev = EventLog(
         slates=torch.from_numpy(slates),
-        chosen=torch.where(
-            torch.from_numpy(mask), torch.tensor(0), torch.tensor(-1)
-        ).long(),
+        chosen=torch.where(torch.from_numpy(mask), torch.tensor(0), torch.tensor(-1)).long(),
         mask=torch.from_numpy(mask),
         user_ids=tuple(str(u) for u in users),
         outside_option=False,

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
 from ..engine import build_environment, run_arms
 from ..policy import Policy
 from ..specs import (
@@ -156,6 +155,3 @@ def recover_once(
         }
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
-
-
-

@@ -49,7 +49,7 @@ class Split:
 def make_split(log: EventLog, seed: int, holdout_users: float = 0.2, later: float = 0.3) -> Split:
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(log.users, generator=gen)
-    n_hold = int(round(holdout_users * log.users))
+    n_hold = round(holdout_users * log.users)
     train = torch.ones(log.users, dtype=torch.bool)
     train[perm[:n_hold]] = False
     lengths = log.lengths()
@@ -74,7 +74,9 @@ def score_candidate(
     best = maximize(ev)
     start = torch.where(split.train_users[:, None], best.u0, initial_u0(log, items, seed))
     u0 = fit_u0(family, best.theta, log, items, choice, split.early, start)
-    later, _ = user_terms(family, best.theta, log, items, choice, split.later, u0, information=False)
+    later, _ = user_terms(
+        family, best.theta, log, items, choice, split.later, u0, information=False
+    )
     return CandidateScore(family, best.theta, later.numpy())
 
 
@@ -88,7 +90,7 @@ def fit_log(
     replicates: int = 200,
     assumptions: tuple[str, ...] = (),
     data: dict | None = None,
-    progress=None,  # type: ignore[no-untyped-def]
+    progress=None,
 ) -> tuple[FitSection, dict]:
     """Select a family, fit it on the whole log, and report it. Returns the section and
     internals (the candidates' scores, the bootstrap estimates) for validation."""
@@ -116,7 +118,9 @@ def fit_log(
                 parameters=s.theta,
                 heldout_loglik_per_event=float(s.later_u.sum() / max(n_later.sum(), 1)),
                 later_loglik_per_event=float(s.later_u[train].sum() / max(n_later[train].sum(), 1)),
-                heldout_users_loglik_per_event=float(s.later_u[~train].sum() / held) if held else None,
+                heldout_users_loglik_per_event=float(s.later_u[~train].sum() / held)
+                if held
+                else None,
                 vs_static=gain[0],
                 vs_static_interval=(gain[1], gain[2]),
             )
@@ -196,8 +200,13 @@ def proxy_sensitivity(
     ev = Evaluator(family, log, items, choice, seed=seed)
     best = maximize(ev)
     base = {p.name: p.estimate for p in section.parameters}
-    change = {
-        k: (abs(v - base[k]) / abs(base[k]) if base.get(k) else None)
-        for k, v in best.theta.items()
+    change: dict[str, float | None] = {}
+    for k, v in best.theta.items():
+        b = base.get(k)
+        change[k] = abs(v - b) / abs(b) if b else None
+    return {
+        "proxy": proxy,
+        "exposures": log.exposures,
+        "estimates": best.theta,
+        "relative_change": change,
     }
-    return {"proxy": proxy, "exposures": log.exposures, "estimates": best.theta, "relative_change": change}

@@ -118,7 +118,7 @@ def analyse(
         z = np.clip(z, -edge, edge)
         return center + z * h, a, clamped
 
-    raw_hat, a_hat, _ = estimate(contrib.sum(axis=0))
+    _, a_hat, _ = estimate(contrib.sum(axis=0))
     rng = np.random.default_rng(seed)
     users = contrib.shape[0]
     boot = np.empty((replicates, p))
@@ -126,7 +126,9 @@ def analyse(
     for r in range(replicates):
         counts = np.bincount(rng.integers(0, users, users), minlength=users)
         raw_r, _, clamped[r] = estimate(counts @ contrib)
-        boot[r] = [float(q.to_value(torch.tensor(v))) for q, v in zip(fam.params, raw_r)]
+        boot[r] = [
+            float(q.to_value(torch.tensor(v))) for q, v in zip(fam.params, raw_r, strict=True)
+        ]
     # the point estimate is the best point evaluated (the quadratic only refines intervals)
     results = []
     cov_raw = None
@@ -158,7 +160,7 @@ def analyse(
     return results, boot
 
 
-def _derivative(q, raw: float) -> float:  # type: ignore[no-untyped-def]
+def _derivative(q, raw: float) -> float:
     t = torch.tensor(float(raw), requires_grad=True)
     (g,) = torch.autograd.grad(q.to_value(t), t)
     return float(g)
