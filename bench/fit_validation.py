@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from recommenders.baselines import OracleGreedy, UniformRandom  # noqa: E402
 from simulator.fitting.families import DEFAULT_CANDIDATES  # noqa: E402
-from simulator.fitting.recovery import TRUTH, recover_once  # noqa: E402
+from simulator.fitting.recovery import TRUTH, compare_estimators, recover_once  # noqa: E402
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -69,8 +69,42 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-predictive", action="store_true")
     ap.add_argument("--runs-out", type=Path, help="append each repetition as a JSON line here")
+    ap.add_argument("--dim", type=int, default=6, help="dimension of the recovery scenario")
+    ap.add_argument(
+        "--estimators",
+        metavar="NAME=V1,V2",
+        help="only compare the plain joint MLE with the adjusted profile for the first "
+        "family, at these true values of one parameter (e.g. delta=0.03,0.1)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.estimators:
+        name, _, values = args.estimators.partition("=")
+        fam = args.families.split(",")[0]
+        rows = [
+            compare_estimators(
+                fam,
+                UniformRandom,
+                users=args.users,
+                steps=args.steps,
+                seed=args.seed + rep,
+                dim=args.dim,
+                truth={name: float(v)},
+            )
+            for v in values.split(",")
+            for rep in range(args.reps)
+        ]
+        print(
+            json.dumps(
+                {
+                    "benchmark": "fit_estimators",
+                    "users": args.users,
+                    "steps": args.steps,
+                    "rows": rows,
+                }
+            )
+        )
+        return
     start = time.perf_counter()
     table = {}
     for fam in args.families.split(","):
@@ -84,6 +118,7 @@ def main() -> None:
                 seed=args.seed + rep,
                 candidates=tuple(args.candidates.split(",")),
                 replicates=args.replicates,
+                dim=args.dim,
                 unseen=None if args.no_predictive else OracleGreedy,
                 reference=None if args.no_predictive else UniformRandom,
             )

@@ -27,7 +27,7 @@ from ..specs import (
     UniformSpherePopulation,
 )
 from .families import DEFAULT_CANDIDATES, family_of_spec
-from .fit import Evaluator, maximize
+from .fit import Evaluator, maximize, plain_mle
 from .likelihood import ChoiceForm, Items
 from .log import EventLog, from_run
 from .report import FitSection
@@ -95,6 +95,36 @@ def induced_shift(
         reference="reference",
     )
     return run.arms["policy"].summaries["induced_shift"][-1]
+
+
+def compare_estimators(
+    family: str,
+    logging: Callable[[], Policy],
+    *,
+    users: int,
+    steps: int,
+    seed: int,
+    dim: int = 6,
+    truth: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The generating family fitted two ways: the plain joint maximum likelihood (biased
+    by the users' incidental initial preferences) and the adjusted profile likelihood."""
+    spec = recovery_spec(family, dim)
+    if truth:
+        spec = spec.model_copy(update={"dynamics": spec.dynamics.model_copy(update=truth)})
+    log, items, choice = simulate_log(spec, logging(), users, steps, seed)
+    fam, true = family_of_spec(spec.dynamics)
+    plain, _ = plain_mle(fam, log, items, choice)
+    ev = Evaluator(fam, log, items, choice, seed=seed)
+    adjusted = maximize(ev).theta
+    return {
+        "family": family,
+        "dim": dim,
+        "seed": seed,
+        "true": true,
+        "plain": plain,
+        "adjusted": adjusted,
+    }
 
 
 def recover_once(
