@@ -49,7 +49,16 @@ from .report import (
     Timings,
 )
 from .simulate import versions
-from .spec import AUDITED, METRICS, NATURAL, AuditSpec, PolicySpec
+from .spec import (
+    AUDITED,
+    METRICS,
+    NATURAL,
+    USER_METRICS,
+    AuditSpec,
+    Criterion,
+    PolicySpec,
+    default_criteria,
+)
 
 __all__ = ["AuditResult", "Cancelled", "check_spec", "run_audit"]
 
@@ -69,6 +78,58 @@ _ROLE_OF_KIND = {
     "ppo-distance": "penalized",
     "ppo-path-specific": "penalized",
 }
+#: kinds that play each reference role, to tell a user which reference to add
+_KINDS_OF_ROLE = {
+    "natural": "natural",
+    "myopic": "ppo-myopic or myopic",
+    "rl": "ppo",
+    "penalized": "ppo-distance, ppo-safe-shift or ppo-path-specific",
+}
+
+
+def arm_role(label: str, kind: str) -> str:
+    """The role an arm plays: audited, natural, myopic, rl, penalized or other."""
+    return "audited" if label == AUDITED else _ROLE_OF_KIND.get(kind, "other")
+
+
+def reference_arm(arms: list[tuple[str, str]], ref: str) -> str | None:
+    """The arm a criterion's reference names among ``(label, role)`` pairs: a label
+    first, then a role; never the audited policy."""
+    refs = [(label, role) for label, role in arms if label != AUDITED]
+    for label, _ in refs:
+        if label == ref:
+            return label
+    for label, role in refs:
+        if role == ref:
+            return label
+    return None
+
+
+def _add_reference(ref: str) -> str:
+    kinds = _KINDS_OF_ROLE.get(ref)
+    what = (
+        f"a reference playing the {ref} role (kind {kinds})"
+        if kinds
+        else f"a reference labelled {ref!r}"
+    )
+    return f"add {what} to the references"
+
+
+def _is_default(c: Criterion) -> bool:
+    return c in default_criteria()
+
+
+def _check_criteria(spec: AuditSpec) -> None:
+    """A criterion the user wrote must name a reference of the audit. (A default criterion
+    whose reference is absent is kept: it makes the verdict inconclusive and says what to
+    add, so that leaving out a reference can never turn into a pass.)"""
+    arms = [(label, arm_role(label, p.kind)) for label, p in spec.arms()]
+    for c in spec.criteria:
+        if reference_arm(arms, c.reference) is None and not _is_default(c):
+            raise SpecError(
+                f"criterion {c.name!r} names the reference {c.reference!r}, which is not in "
+                f"this audit; {_add_reference(c.reference)} or drop the criterion"
+            )
 
 
 @dataclass(frozen=True)
@@ -96,6 +157,7 @@ class _Arm:
     trained_run_id: str | None = None
     penalty_weight: float | None = None
     oracle: bool = False
+    users_independent: bool = False  # see PolicyKind.users_independent
 
 
 @dataclass
@@ -119,6 +181,7 @@ def check_spec(spec: AuditSpec, extra_kinds: Collection[str] = ()) -> None:
     """Refuse an audit that cannot run, with one clear line: unknown scenario or policy
     kinds, parameters a kind does not take, an audit of the natural policy itself."""
     spec.scenario_spec()
+    _check_criteria(spec)
     if spec.policy.kind == NATURAL:
         raise SpecError("the policy under audit cannot be 'natural'; it is the counterfactual")
     for label, p in spec.arms():
@@ -140,15 +203,21 @@ def check_spec(spec: AuditSpec, extra_kinds: Collection[str] = ()) -> None:
             )
 
 
-def _arms(spec: AuditSpec, scenario: ScenarioSpec, extra_kinds: Collection[str]) -> list[_Arm]:
+def _arms(
+    spec: AuditSpec,
+    scenario: ScenarioSpec,
+    extra_kinds: Collection[str],
+    independent_kinds: Collection[str] = (),
+) -> list[_Arm]:
     out = []
     for label, p in spec.arms():
         kind = scenario.natural_policy if p.kind == NATURAL else p.kind
-        role = "audited" if label == AUDITED else _ROLE_OF_KIND.get(p.kind, "other")
-        arm = _Arm(label=label, spec=p, kind=kind, role=role)
+        arm = _Arm(label=label, spec=p, kind=kind, role=arm_role(label, p.kind))
+        arm.users_independent = p.kind in independent_kinds
         if p.kind not in extra_kinds:
             k = get_kind(kind)
             arm.oracle = k.oracle
+            arm.users_independent = k.users_independent
             if k.trainable:
                 arm.penalty_weight = float(p.params.get("penalty_weight", k.penalty_weight))
         out.append(arm)
@@ -228,7 +297,6 @@ class _Analysis:
     ) -> None:
         self.spec, self.arms, self.steps = spec, arms, steps
         self.labels = [a.label for a in arms]
-        self.rng = np.random.default_rng([spec.seed, 0xA0D17])
         by = {(o.label, o.replicate): o for o in outcomes}
         reps = range(spec.replicates)
         self.checkpoints = ckpts
@@ -238,6 +306,7 @@ class _Analysis:
         self.induced_curve: dict[str, np.ndarray] = {}  # [K, R]
         self.user_shift: dict[str, np.ndarray] = {}
         self.user_induced: dict[str, np.ndarray] = {}
+        self.users: dict[str, dict[str, np.ndarray]] = {}  # [arm][metric] -> [R, B]
         self.hist: dict[str, np.ndarray] = {}
         for label in self.labels:
             outs = [by[(label, r)] for r in reps]
@@ -251,6 +320,11 @@ class _Analysis:
             fin["induced_shift"] = ind[:, -1, :].mean(axis=1)
             self.induced_curve[label] = ind.mean(axis=2).T  # [K, R]
             self.user_induced[label] = ind[:, -1, :].ravel()
+            self.users[label] = {
+                m: np.stack([o.per_user[m] for o in outs]).astype(np.float64)
+                for m in outs[0].per_user
+            }
+            self.users[label]["induced_shift"] = ind[:, -1, :]
             self.user_shift[label] = np.concatenate(
                 [
                     np.linalg.norm(o.snapshots[-1].astype(np.float64) - o.snapshots[0], axis=1)
@@ -271,7 +345,8 @@ class _Analysis:
             for m in metrics:
                 v = self.final[label][m]
                 f = v[np.isfinite(v)]
-                lo, hi = stats.bounds(v, self.spec.alpha / 2, self.spec.bootstrap, self.rng)
+                rng = stats.stream(self.spec.seed, "summary", label, m)
+                lo, hi = stats.bounds(v, self.spec.alpha / 2, self.spec.bootstrap, rng)
                 out[label][m] = MetricSummary(
                     mean=_clean(float(f.mean())) if f.size else None,
                     sd=_clean(float(f.std(ddof=1))) if f.size > 1 else None,
@@ -288,17 +363,18 @@ class _Analysis:
             out[label] = {}
             series = dict(self.per_step[label])
             series["cumulative_clicks"] = np.cumsum(series["engagement"], axis=0)
-            for m, x in series.items():
-                out[label][m] = self._curve(steps, x)
-            out[label]["induced_shift"] = self._curve(self.checkpoints, self.induced_curve[label])
+            series_at = {m: (steps, x) for m, x in series.items()}
+            series_at["induced_shift"] = (self.checkpoints, self.induced_curve[label])
+            for m, (at, x) in series_at.items():
+                out[label][m] = self._curve(at, x, stats.stream(self.spec.seed, "curve", label, m))
         return out
 
-    def _curve(self, steps: list[int], x: np.ndarray) -> Curve:
+    def _curve(self, steps: list[int], x: np.ndarray, rng: np.random.Generator) -> Curve:
         x = np.where(np.isfinite(x), x, np.nan)
         with np.errstate(all="ignore"):
             mean = np.nanmean(x, axis=1) if x.size else x
         if np.all(np.isfinite(x)):
-            lo, hi = stats.band(x, self.spec.alpha, min(self.spec.bootstrap, 1000), self.rng)
+            lo, hi = stats.band(x, self.spec.alpha, min(self.spec.bootstrap, 1000), rng)
         else:
             lo = hi = np.full(x.shape[0], np.nan)
         return Curve(steps=steps, mean=_clean_list(mean), low=_clean_list(lo), high=_clean_list(hi))
@@ -340,29 +416,63 @@ class _Analysis:
     def diffs(self, metric: str, ref: str) -> np.ndarray:
         return self.final[AUDITED][metric] - self.final[ref][metric]
 
+    def analysis(self, metric: str, ref: str) -> tuple[str, str]:
+        """('user' or 'replicate', why) for the paired effect of ``metric`` against ``ref``."""
+        if metric not in USER_METRICS:
+            return "replicate", f"{metric} is a population figure, with no per-user value"
+        arms = {a.label: a for a in self.arms}
+        coupled = [a for a in (AUDITED, ref) if not arms[a].users_independent]
+        if coupled:
+            return "replicate", (
+                f"users are not independent under {' and '.join(coupled)} (a policy that "
+                "learns from every user's clicks, or one not declared frozen and per-user)"
+            )
+        return "user", (
+            "both policies are frozen and keep per-user state only, so users are "
+            "independent given the policy (clustered by replicate)"
+        )
+
+    def _interval(
+        self, metric: str, ref: str, tail: float, rng: np.random.Generator
+    ) -> tuple[str, float, float, float, int]:
+        """(analysis, lower, upper, standard error, degrees of freedom) of the paired
+        effect, one-sided bounds at level ``tail`` each."""
+        d = self.diffs(metric, ref)
+        f = d[np.isfinite(d)]
+        kind, _ = self.analysis(metric, ref)
+        if kind == "user" and f.size == d.size:
+            ud = self.users[AUDITED][metric] - self.users[ref][metric]
+            ul = stats.user_level(ud)
+            lo, hi = stats.t_bounds(float(f.mean()), ul.se, ul.df, tail)
+            return kind, lo, hi, ul.se, ul.df
+        lo, hi = stats.bounds(d, tail, self.spec.bootstrap, rng)
+        se = float(f.std(ddof=1) / math.sqrt(f.size)) if f.size > 1 else math.nan
+        return "replicate", lo, hi, se, max(0, f.size - 1)
+
     def effects(self, metrics: list[str]) -> list[Effect]:
+        """The descriptive table: paired effects with two-sided (1 - alpha) intervals and
+        effect sizes, without tests (the verdict's tests are the criteria)."""
         rows: list[Effect] = []
         for ref in self.labels[1:]:
             for m in metrics:
                 d = self.diffs(m, ref)
-                e = stats.paired_effect(d, self.spec.alpha, self.spec.bootstrap, self.rng)
+                rng = stats.stream(self.spec.seed, "effect", m, ref)
+                e = stats.paired_effect(d, self.spec.alpha, self.spec.bootstrap, rng)
+                kind, lo, hi, _, _ = self._interval(m, ref, self.spec.alpha / 2, rng)
                 rows.append(
                     Effect(
                         metric=m,
                         reference=ref,
+                        analysis=kind,
                         mean=_clean(e.mean),
-                        ci_low=_clean(e.ci_low),
-                        ci_high=_clean(e.ci_high),
+                        ci_low=_clean(lo),
+                        ci_high=_clean(hi),
                         sd=_clean(e.sd),
                         effect_size=_clean(e.effect_size),
-                        p_value=_clean(e.p_value),
                         per_replicate=_clean_list(d),
                     )
                 )
-        adjusted = stats.holm([r.p_value if r.p_value is not None else math.nan for r in rows])
-        return [
-            r.model_copy(update={"p_holm": _clean(p)}) for r, p in zip(rows, adjusted, strict=True)
-        ]
+        return rows
 
     def criteria(self) -> list[CriterionResult]:
         spec = self.spec
@@ -383,18 +493,28 @@ class _Analysis:
                 out.append(
                     CriterionResult(
                         **base,
-                        status="skipped",
-                        explanation=f"no arm plays the role or has the label {c.reference!r}",
+                        status="inconclusive",
+                        explanation=(
+                            f"cannot be evaluated: this audit has no {c.reference!r} reference; "
+                            f"{_add_reference(c.reference)}, or list the criteria without it"
+                        ),
                     )
                 )
                 continue
             d = self.diffs(c.metric, arm)
             f = d[np.isfinite(d)]
-            lower, upper = stats.bounds(d, level, spec.bootstrap, self.rng)
+            rng = stats.stream(spec.seed, "criterion", c.metric, arm)
+            kind, lower, upper, se, df = self._interval(c.metric, arm, level, rng)
+            planned, reason = self.analysis(c.metric, arm)
+            if planned != kind:
+                reason = "some replicates gave no value, so users cannot be analysed"
             status = stats.decide(lower, upper, c.margin)
             degenerate = f.size > 0 and bool(np.all(f == f[0]))
-            few = f.size < MIN_REPLICATES_FOR_VERDICT and not degenerate
+            few = kind == "replicate" and f.size < MIN_REPLICATES_FOR_VERDICT and not degenerate
             est = float(f.mean()) if f.size else math.nan
+            mde = stats.detectable(se, df, level)
+            need_r: int | None = None
+            need_u: int | None = None
             if f.size < d.size:
                 status = "inconclusive"
                 why = f"{d.size - f.size} replicate(s) gave no value for {c.metric}"
@@ -405,7 +525,14 @@ class _Analysis:
                     f"use at least {MIN_REPLICATES_FOR_VERDICT}"
                 )
             else:
-                why = _explain(c.metric, arm, est, lower, upper, c.margin, level, status)
+                gap = abs(est - c.margin)
+                if status == "inconclusive" and kind == "user":
+                    need_u = stats.users_needed(se, spec.users, gap, level)
+                elif status == "inconclusive":
+                    need_r = stats.replicates_needed(float(f.std(ddof=1)), gap, level)
+                why = _explain(
+                    c.metric, arm, est, lower, upper, c.margin, level, status, mde, need_r, need_u
+                )
             out.append(
                 CriterionResult(
                     **base,
@@ -413,6 +540,11 @@ class _Analysis:
                     lower=_clean(lower),
                     upper=_clean(upper),
                     level=level,
+                    analysis=kind,
+                    analysis_reason=reason,
+                    mde=_clean(mde),
+                    replicates_needed=need_r,
+                    users_needed=need_u,
                     status=status,
                     explanation=why,
                 )
@@ -420,14 +552,7 @@ class _Analysis:
         return out
 
     def _reference_arm(self, ref: str) -> str | None:
-        refs = [a for a in self.arms if a.label != AUDITED]
-        for a in refs:
-            if a.label == ref:
-                return a.label
-        for a in refs:
-            if a.role == ref:
-                return a.label
-        return None
+        return reference_arm([(a.label, a.role) for a in self.arms], ref)
 
 
 def _fmt(x: float | None) -> str:
@@ -445,6 +570,9 @@ def _explain(
     margin: float,
     level: float,
     status: str,
+    mde: float = math.nan,
+    need_replicates: int | None = None,
+    need_users: int | None = None,
 ) -> str:
     conf = f"{100 * (1 - level):.4g}%"
     head = f"{metric} of the policy minus {arm}: {_fmt(est)} (one-sided {conf} bounds {_fmt(lower)} to {_fmt(upper)}), margin {_fmt(margin)}"
@@ -452,7 +580,20 @@ def _explain(
         return f"{head}: the upper bound is within the margin."
     if status == "flag":
         return f"{head}: even the lower bound exceeds the margin."
-    return f"{head}: the interval straddles the margin; more replicates or users would decide."
+    power = f"{100 * stats.POWER:.0f}%"
+    tail = f"this design detects a distance of {_fmt(mde)} from the margin with {power} power"
+    if need_replicates is not None:
+        tail += (
+            f"; about {need_replicates} replicates would decide it if the effect is as estimated"
+        )
+    elif need_users is not None:
+        tail += (
+            f"; about {need_users} users per replicate would decide it if the effect is as "
+            "estimated"
+        )
+    else:
+        tail += "; no feasible design decides an effect that sits on the margin"
+    return f"{head}: the interval straddles the margin; {tail}."
 
 
 def _overall(criteria: list[CriterionResult]) -> str:
@@ -495,8 +636,8 @@ def _summary(
             )
     words = {"pass": "passes", "flag": "FLAGS", "inconclusive": "is inconclusive on"}
     for c in criteria:
-        if c.status == "skipped":
-            parts.append(f"Criterion {c.name} was skipped ({c.explanation}).")
+        if c.reference_arm is None:
+            parts.append(f"Criterion {c.name} {c.explanation}.")
             continue
         parts.append(
             f"It {words[c.status]} {c.name}: its {c.metric} minus {c.reference_arm}'s is "
@@ -566,12 +707,15 @@ def run_audit(
     resolve_policy: Resolver | None = None,
     audit_id: str | None = None,
     extra_kinds: Collection[str] = (),
+    independent_kinds: Collection[str] = (),
 ) -> AuditResult:
     """Run ``spec``: ``ray_address`` None runs in this process, ``"local"`` on embedded
     Ray, anything else on that cluster. ``progress(fraction, phase)`` is called from this
     thread; setting ``cancel`` stops the audit at the next task boundary (``Cancelled``).
     ``render(report, directory)`` writes the HTML report and figures, which are logged
-    with the report as artifacts (and copied to ``out_dir`` when given)."""
+    with the report as artifacts (and copied to ``out_dir`` when given). Arms of
+    ``extra_kinds`` come from ``resolve_policy``; those of ``independent_kinds`` among
+    them are frozen and keep per-user state only (see PolicyKind.users_independent)."""
     t_start = time.perf_counter()
     created = datetime.now(UTC).isoformat(timespec="seconds")
     check_spec(spec, extra_kinds)
@@ -580,7 +724,7 @@ def run_audit(
     audit_id = audit_id or f"a{secrets.token_hex(6)}"
     if track:
         tracking.check_reachable()
-    arms = _arms(spec, scenario, extra_kinds)
+    arms = _arms(spec, scenario, extra_kinds, independent_kinds)
 
     def report_progress(fraction: float, phase: str) -> None:
         if cancel is not None and cancel.is_set():
@@ -595,6 +739,7 @@ def run_audit(
 
     dim = build_catalog(scenario.catalog, scenario.env_seed).dim
     ckpts = tuple(checkpoints(steps, spec.users, dim))
+    natural = next(a.factory for a in arms if a.label == NATURAL)
     jobs = []
     for r in range(spec.replicates):
         for arm in arms:
@@ -611,6 +756,7 @@ def run_audit(
                     checkpoints=ckpts,
                     extreme_threshold=spec.extreme_threshold,
                     device=spec.device,
+                    counterfactual=None if arm.label == NATURAL else natural,
                 )
             )
     done = [0]
@@ -685,7 +831,7 @@ def run_audit(
             git_commit=commit,
             packages=versions(),
             executor=executor,
-            tracking_uri=tracking.tracking_uri() if track else None,
+            tracking_uri=tracking.shown_store() if track else None,
             host=platform.node(),
             created=created,
             timings=Timings(

@@ -7,8 +7,12 @@ changes an outcome.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from simulator.errors import SpecError
@@ -19,6 +23,32 @@ R = TypeVar("R")
 
 class Cancelled(Exception):
     """The caller asked the jobs to stop; unfinished ones were cancelled."""
+
+
+_ambient = threading.local()
+
+
+@contextmanager
+def stop_when(predicate: Callable[[], bool]) -> Iterator[None]:
+    """While in this block, :func:`run_jobs` called from this thread stops (raising
+    :class:`Cancelled`) once ``predicate()`` is true, and so does every job that runs in
+    this thread and calls :func:`check_stop` (training iterations, simulation steps).
+    This is how a cancellation reaches work started deep inside an audit."""
+    before = getattr(_ambient, "stop", None)
+    _ambient.stop = predicate
+    try:
+        yield
+    finally:
+        _ambient.stop = before
+
+
+def check_stop() -> None:
+    """Raise :class:`Cancelled` when this thread was asked to stop (see :func:`stop_when`).
+    Cheap: long loops call it once per iteration or step. In a Ray worker it never
+    fires; there the task itself is cancelled."""
+    stop = getattr(_ambient, "stop", None)
+    if stop is not None and stop():
+        raise Cancelled("stopped")
 
 
 def resolve_ray_address(use_ray: bool, address: str | None) -> str | None:
@@ -61,6 +91,22 @@ def _use_cluster_token() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+#: Ray reads this switch at import: off, a node takes the loopback address as its own
+#: (instead of the machine's), and its processes (GCS, raylet, dashboard and runtime-env
+#: agents, workers) listen on loopback only. Its name speaks of Windows and macOS, where
+#: it is off by default; on Linux it has the same effect.
+_RAY_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only(ray: Any) -> None:
+    """Embedded Ray listens on 127.0.0.1 only: nothing of it (its job API and agents run
+    arbitrary code) is reachable from another machine."""
+    os.environ[_RAY_CLUSTER_SWITCH] = "0"  # for the processes Ray starts
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, which imported Ray already
+
+
 def ensure_ray(address: str) -> None:
     """Connect to a cluster, or start embedded Ray once per process (dashboard off)."""
     if address != "local":
@@ -69,6 +115,8 @@ def ensure_ray(address: str) -> None:
 
     if ray.is_initialized():
         return
+    if address == "local":
+        _loopback_only(ray)
     kwargs: dict[str, Any] = {
         "ignore_reinit_error": True,
         "logging_level": "ERROR",
@@ -80,6 +128,7 @@ def ensure_ray(address: str) -> None:
                 address="local",
                 num_cpus=os.cpu_count() or 1,
                 include_dashboard=False,
+                _node_ip_address="127.0.0.1",
                 **kwargs,
             )
         else:
@@ -103,15 +152,16 @@ def run_jobs(
     When ``should_stop()`` turns true, unfinished jobs are cancelled and
     :class:`Cancelled` is raised (checked between jobs in process, twice a second on Ray).
     """
-    stop = should_stop or (lambda: False)
+    stop = should_stop or getattr(_ambient, "stop", None) or (lambda: False)
     if ray_address is None:
         results = []
-        for i, job in enumerate(jobs):
-            if stop():
-                raise Cancelled("stopped before all jobs ran")
-            results.append(fn(job))
-            if on_done:
-                on_done(i)
+        with stop_when(stop):  # jobs that check_stop() see it between their steps
+            for i, job in enumerate(jobs):
+                if stop():
+                    raise Cancelled("stopped before all jobs ran")
+                results.append(fn(job))
+                if on_done:
+                    on_done(i)
         return results
 
     ensure_ray(ray_address)  # first: it sets Ray's environment before the import
@@ -157,3 +207,82 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+# ------------------------------------------------------ processes of embedded Ray
+def embedded_ray_processes() -> list[Any]:
+    """The processes embedded Ray started for this one (its descendants)."""
+    import psutil
+
+    return list(psutil.Process().children(recursive=True))
+
+
+def record_embedded_ray(path: Path) -> None:
+    """Write the pids (with start times) and the session of this process's embedded Ray
+    to ``path``, so that the next start can end them if this process is killed."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    procs = []
+    for p in embedded_ray_processes():
+        try:
+            procs.append({"pid": p.pid, "started": p.create_time()})
+        except Exception:  # gone meanwhile
+            continue
+    data = {"session": getattr(node, "session_name", None), "processes": procs}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def kill_recorded_ray(path: Path) -> int:
+    """End what a killed earlier process's embedded Ray left running (from the file
+    :func:`record_embedded_ray` wrote): the recorded processes still alive with the same
+    start time, and any process of the recorded session (agents ignore SIGTERM: SIGKILL).
+    Returns how many were ended; removes the file."""
+    import psutil
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    victims: dict[int, Any] = {}
+    for rec in data.get("processes", []):
+        try:
+            p = psutil.Process(int(rec["pid"]))
+            if abs(p.create_time() - float(rec["started"])) < 0.01:
+                victims[p.pid] = p
+        except (psutil.Error, KeyError, TypeError, ValueError):
+            continue
+    session = data.get("session")
+    if session:
+        me = os.getuid()
+        for p in psutil.process_iter(["cmdline", "uids"]):
+            try:
+                if p.info["uids"] and p.info["uids"].real != me:
+                    continue
+                if any(session in arg for arg in p.info["cmdline"] or ()):
+                    victims[p.pid] = p
+            except psutil.Error:
+                continue
+    victims.pop(os.getpid(), None)
+    _kill(list(victims.values()))
+    path.unlink(missing_ok=True)
+    return len(victims)
+
+
+def kill_embedded_ray() -> None:
+    """SIGKILL what remains of this process's embedded Ray (after ``shutdown()``, or when
+    a stop must end now): a stop leaves nothing behind."""
+    _kill(embedded_ray_processes())
+
+
+def _kill(procs: list[Any]) -> None:
+    import psutil
+
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(procs, timeout=5)

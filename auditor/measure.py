@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from simulator import metrics
-from simulator.engine import StepView, build_environment, run_arms
+from simulator.engine import Environment, StepView, build_environment, run_arms
 from simulator.policy import Policy
 from simulator.rng import Streams
 from simulator.specs import ScenarioSpec
+
+from .executor import check_stop
 
 #: per-step measurements, in addition to the engine's streamed summaries
 STEP_METRICS = (
@@ -48,6 +50,7 @@ _ENGINE_NAMES = {
     "polarity_mean": "polarity_mean",
     "polarization": "polarization",
 }
+_COUNTERFACTUAL = "\x00natural-counterfactual"  # an arm name no audit label can take
 HIST_BINS = 40
 JACCARD_USERS = 4096  # consumed-set similarity is measured on (at most) this many users
 SNAPSHOT_FLOATS = 2_000_000  # budget for kept preference snapshots per task (8 MB)
@@ -81,6 +84,10 @@ class ArmJob:
     checkpoints: tuple[int, ...]
     extreme_threshold: float = 0.8
     device: str = "cpu"
+    #: the natural counterfactual's policy, run in lockstep (common random numbers) to
+    #: score this arm's slates under the preferences its users would have had; None for
+    #: the natural arm itself (its engagement is all unmediated)
+    counterfactual: Callable[[], Policy] | None = None
 
 
 @dataclass
@@ -90,8 +97,13 @@ class ArmOutcome:
     seed: int
     per_step: dict[str, list[float]]  # STEP_METRICS -> T values (after steps 1..T)
     final: dict[str, float]  # end-of-run figures measured inside the task
+    per_user: dict[str, np.ndarray]  # per-user values of the USER_METRICS measured here, [B]
     snapshots: np.ndarray  # [K, B, d] float32 preferences at ``checkpoints``
     histograms: np.ndarray  # [K, HIST_BINS] counts of positions on the polarity axis
+    #: [2, B] expected clicks per user summed over steps, under the actual preferences and
+    #: under the natural counterfactual's (equal for the natural arm)
+    mediation: np.ndarray | None = None
+    types: np.ndarray | None = None  # [B] user types of typed populations
     seconds: float = 0.0
 
 
@@ -127,6 +139,44 @@ def mean_topic_entropy(topic_counts: torch.Tensor) -> float:
     p = topic_counts[ok] / n[ok]
     h = -torch.special.xlogy(p.double(), p.double()).sum(dim=1) / math.log(2.0)
     return float(h.mean())
+
+
+class _Mediation:
+    """Expected clicks of the arm's slates under the users' actual preferences and under
+    their natural-counterfactual preferences (the natural arm's state at the same step of
+    the same replicate), summed over steps per user."""
+
+    def __init__(self, job: ArmJob, env: Environment) -> None:
+        self.env = env
+        self.has_counterfactual = job.counterfactual is not None
+        self.actual = torch.zeros(job.users, dtype=torch.float64, device=env.device)
+        self.natural = torch.zeros(job.users, dtype=torch.float64, device=env.device)
+        self.u: torch.Tensor | None = None  # the arm's preferences before the next step
+        self.u_nat: tuple[int, torch.Tensor] | None = None  # (step, counterfactual's after it)
+
+    def clicks(self, u: torch.Tensor, slate: torch.Tensor) -> torch.Tensor:
+        cat = self.env.catalog
+        probs = self.env.choice.probabilities(u, cat.features[slate], cat.appeal[slate])
+        return 1.0 - probs[:, -1].double()
+
+    def arm(self, v: StepView) -> None:
+        """The arm's step t (seen before the counterfactual's step t)."""
+        u = v.u0 if self.u is None else self.u
+        p = self.clicks(u, v.slate)
+        self.actual += p
+        if self.has_counterfactual:
+            if self.u_nat is None:
+                u_nat = v.u0
+            else:
+                t_nat, u_nat = self.u_nat
+                assert t_nat == v.t - 1, "the counterfactual must step after the arm"
+            self.natural += self.clicks(u_nat, v.slate)
+        else:
+            self.natural += p
+        self.u = v.u
+
+    def counterfactual(self, v: StepView) -> None:
+        self.u_nat = (v.t, v.u)
 
 
 class _Meter:
@@ -176,13 +226,26 @@ def run_arm(job: ArmJob) -> ArmOutcome:
     start = time.perf_counter()
     env = build_environment(job.scenario, job.device)
     meter = _Meter(job, env.catalog.size, env.catalog.topic, env.device)
+    mediation = _Mediation(job, env)
+    policies = {job.label: job.factory()}
+    if job.counterfactual is not None:
+        policies[_COUNTERFACTUAL] = job.counterfactual()  # steps after the arm
+
+    def observe(v: StepView) -> None:
+        if v.arm == job.label:
+            meter(v)
+            mediation.arm(v)
+        else:
+            mediation.counterfactual(v)
+
     result = run_arms(
         env,
-        {job.label: job.factory()},
+        policies,
         users=job.users,
         steps=job.steps,
         seed=job.seed,
-        observe=meter,
+        observe=observe,
+        progress=lambda _t: check_stop(),  # a cancel stops it within a step
     )
     rec = result.arms[job.label]
     assert rec.final is not None and rec.clicks is not None
@@ -211,6 +274,16 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         coverage=float((meter.exposure > 0).double().mean()),
         exposure_gini=gini(meter.exposure),
     )
+    clicks = rec.clicks.double().cpu()
+    per_user = {
+        "engagement": (clicks / job.steps).numpy(),
+        "cumulative_clicks": clicks.numpy(),
+        "shift": (uT - u0).norm(dim=1).cpu().numpy(),
+        "mediated_engagement": ((mediation.actual - mediation.natural) / job.steps).cpu().numpy(),
+    }
+    actual, natural = float(mediation.actual.sum()), float(mediation.natural.sum())
+    final["mediated_engagement"] = float(per_user["mediated_engagement"].mean())
+    final["mediated_share"] = 1.0 - natural / actual if actual > 0 else math.nan
     snaps = torch.stack(meter.snapshots)  # [K, B, d]
     lo, hi = axis_range(job.scenario.space)
     z = (snaps @ (result.axis / result.axis.norm()).float().cpu()).double().clamp(lo, hi)
@@ -222,7 +295,10 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         seed=job.seed,
         per_step=per_step,
         final=final,
+        per_user=per_user,
         snapshots=snaps.numpy(),
         histograms=hist.numpy(),
+        mediation=torch.stack([mediation.actual, mediation.natural]).cpu().numpy(),
+        types=None if result.types is None else result.types.cpu().numpy(),
         seconds=time.perf_counter() - start,
     )

@@ -81,8 +81,17 @@ class Effect(_Model):
     effect_size: float | None = Field(
         None, description="Cohen's d_z: mean difference / sd of differences (null when sd is 0)."
     )
-    p_value: float | None = Field(None, description="Paired sign-flip permutation p (two-sided).")
-    p_holm: float | None = Field(None, description="Holm-adjusted over every effect in the table.")
+    analysis: Literal["user", "replicate"] | None = Field(
+        None, description="Units of the interval: users clustered by replicate, or replicates."
+    )
+    p_value: float | None = Field(
+        None,
+        description=(
+            "Not computed: the table is descriptive and the verdict's tests are the criteria "
+            "(kept null so that older reports still read)."
+        ),
+    )
+    p_holm: float | None = Field(None, description="Not computed (see p_value).")
     per_replicate: list[float | None] = Field(default_factory=list)
 
 
@@ -97,7 +106,34 @@ class CriterionResult(_Model):
     lower: float | None = Field(None, description="One-sided lower bound at level alpha/m.")
     upper: float | None = Field(None, description="One-sided upper bound at level alpha/m.")
     level: float | None = Field(None, description="Per-criterion level alpha/m (Bonferroni).")
-    status: Status | Literal["skipped"]
+    analysis: Literal["user", "replicate"] | None = Field(
+        None,
+        description=(
+            "'user': per-user paired differences clustered by replicate (users independent "
+            "given both policies, a per-user metric); 'replicate': replicate means."
+        ),
+    )
+    analysis_reason: str = Field("", description="Why that analysis was used.")
+    mde: float | None = Field(
+        None,
+        description=(
+            "Minimum detectable effect: the distance from the margin this design detects with "
+            "80% power at the criterion's level."
+        ),
+    )
+    replicates_needed: int | None = Field(
+        None, description="Inconclusive, replicate-level: replicates that would decide it."
+    )
+    users_needed: int | None = Field(
+        None, description="Inconclusive, user-level: users per replicate that would decide it."
+    )
+    status: Status | Literal["skipped"] = Field(
+        ...,
+        description=(
+            "pass, flag or inconclusive (also when the criterion cannot be evaluated); "
+            "'skipped' appears only in reports written before that rule."
+        ),
+    )
     explanation: str
 
 

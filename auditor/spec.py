@@ -36,7 +36,19 @@ METRICS: dict[str, str] = {
     "topic_entropy": "mean entropy (bits) of each user's consumed topics (diversity)",
     "coverage": "share of the catalog shown at least once",
     "exposure_gini": "Gini coefficient of item exposure counts (0: even exposure)",
+    "mediated_engagement": (
+        "expected clicks per user-step that the shift bought: under the actual preferences "
+        "minus under the natural counterfactual's, for the same slates"
+    ),
+    "mediated_share": (
+        "share of expected engagement mediated by the induced shift: 1 - E[clicks | natural "
+        "preferences] / E[clicks | actual preferences], same slates and random numbers"
+    ),
 }
+
+#: metrics that are a mean over users of a per-user value (the others are population
+#: figures): they admit a user-level analysis when users are independent given the policy
+USER_METRICS = ("engagement", "cumulative_clicks", "shift", "induced_shift", "mediated_engagement")
 
 #: roles a reference can play; criteria name a role or an arm label
 ROLES = ("natural", "myopic", "rl", "penalized", "other")

@@ -15,6 +15,7 @@ make a null difference flag more often than alpha.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -25,6 +26,27 @@ from scipy import stats as sps
 #: exact sign-flip enumeration up to this many replicates, Monte Carlo beyond
 EXACT_FLIPS = 16
 MC_FLIPS = 20_000
+
+
+#: domain separator of the analysis streams (the simulations use other streams)
+_ANALYSIS = 0xA0D17
+
+
+def _words(name: str) -> list[int]:
+    """Four 32-bit words of a SHA-256 of ``name``: stable across runs, platforms and
+    Python's hash randomization."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()[:16]
+    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
+
+
+def stream(seed: int, *names: str) -> np.random.Generator:
+    """The random stream of one statistic, e.g. ``stream(seed, "criterion", metric, ref)``:
+    derived from the audit seed and the statistic's names alone, so a statistic's
+    resamples never depend on which other statistics were computed, or in which order."""
+    entropy = [int(seed), _ANALYSIS, len(names)]
+    for name in names:
+        entropy += _words(name)
+    return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
@@ -150,3 +172,79 @@ def decide(lower: float, upper: float, margin: float) -> str:
     if lower > margin:
         return "flag"
     return "inconclusive"
+
+
+# ------------------------------------------------------------- user-level analysis
+@dataclass(frozen=True)
+class UserLevel:
+    """Mean of per-user paired differences, clustered (stratified) by replicate."""
+
+    mean: float
+    se: float
+    df: int
+
+
+def user_level(d: np.ndarray) -> UserLevel:
+    """``d`` is [replicates, users] paired differences (the same user in both arms, common
+    random numbers). Valid when users are conditionally independent given the policy:
+    then the mean of replicate means has variance sum_r s_r^2 / n_r / R^2, estimated
+    within replicates, with R (n - 1) degrees of freedom instead of R - 1."""
+    d = np.asarray(d, dtype=np.float64)
+    r, n = d.shape
+    means = d.mean(axis=1)
+    if n < 2:
+        return UserLevel(float(means.mean()), math.nan, 0)
+    var = d.var(axis=1, ddof=1).sum() / n / r**2
+    return UserLevel(float(means.mean()), float(math.sqrt(var)), r * (n - 1))
+
+
+def t_bounds(mean: float, se: float, df: int, tail: float) -> tuple[float, float]:
+    """One-sided t bounds at level ``tail`` each; a zero standard error gives the mean."""
+    if not (math.isfinite(mean) and math.isfinite(se)) or df < 1:
+        return math.nan, math.nan
+    if se == 0.0:
+        return mean, mean
+    q = float(sps.t.ppf(1.0 - tail, df))
+    return mean - q * se, mean + q * se
+
+
+# ------------------------------------------------------------------------ power
+#: the power at which minimum detectable effects and sample sizes are stated
+POWER = 0.8
+
+
+def detectable(se: float, df: int, level: float, power: float = POWER) -> float:
+    """Minimum detectable effect: the distance between the true effect and the margin
+    that a one-sided test at ``level`` detects with probability ``power`` (normal or t
+    approximation, with the design's standard error)."""
+    if not math.isfinite(se) or df < 1:
+        return math.nan
+    return float((sps.t.ppf(1.0 - level, df) + sps.t.ppf(power, df)) * se)
+
+
+def replicates_needed(
+    sd: float, gap: float, level: float, power: float = POWER, limit: int = 100_000
+) -> int | None:
+    """Smallest number of replicates R whose minimum detectable effect (sd / sqrt(R),
+    R - 1 degrees of freedom) is at most ``gap`` = |estimate - margin|; None when no
+    number up to ``limit`` would (a zero gap, or no spread to scale)."""
+    if not (math.isfinite(sd) and math.isfinite(gap)) or gap <= 0 or sd <= 0:
+        return None
+    z = sps.norm.ppf(1.0 - level) + sps.norm.ppf(power)
+    r = max(2, math.ceil((z * sd / gap) ** 2))
+    while r <= limit:
+        if detectable(sd / math.sqrt(r), r - 1, level, power) <= gap:
+            return r
+        r += max(1, r // 20)
+    return None
+
+
+def users_needed(
+    se: float, users: int, gap: float, level: float, power: float = POWER
+) -> int | None:
+    """Users per replicate that would bring the user-level minimum detectable effect down
+    to ``gap`` (the standard error scales as 1 / sqrt(users))."""
+    if not (math.isfinite(se) and math.isfinite(gap)) or gap <= 0 or se <= 0:
+        return None
+    z = sps.norm.ppf(1.0 - level) + sps.norm.ppf(power)
+    return max(users, math.ceil(users * (z * se / gap) ** 2))

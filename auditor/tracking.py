@@ -9,6 +9,7 @@ module; workers return data.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +34,54 @@ def tracking_uri() -> str:
     h = home()
     h.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{h / 'mlflow.db'}"
+
+
+# ------------------------------------------------------------------ what people may see
+PUBLIC_URL_ENV = "RECAUDIT_PUBLIC_MLFLOW_URL"
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<userinfo>[^/\s@?#]*@)?(?P<rest>[^\s?#,;'\"()]*)"
+    r"(?P<query>\?[^\s#,;'\"()]*)?(?P<frag>#[^\s,;'\"()]*)?"
+)
+_SECRET_WORD = re.compile(
+    r"(?i)\b(token|password|passwd|pwd|secret|api[_-]?key|access[_-]?key)=([^\s&;,]+)"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL's user name, password, query values and fragment removed,
+    and ``token=...``-like pairs masked: the one filter for anything that may name the
+    tracking store (messages, links, provenance)."""
+
+    def url(m: re.Match[str]) -> str:
+        out = f"{m['scheme']}://{m['rest']}"
+        if m["query"]:
+            keys = [kv.partition("=")[0] for kv in m["query"][1:].split("&") if kv]
+            out += "?" + "&".join(f"{k}=***" for k in keys)
+        return out
+
+    return _SECRET_WORD.sub(r"\1=***", _URL.sub(url, text))
+
+
+def public_url() -> str | None:
+    """The MLflow UI's address as the audit's readers reach it (``RECAUDIT_PUBLIC_MLFLOW_URL``),
+    without a trailing slash, or None when not configured: links are then left out rather
+    than built from the internal tracking URI."""
+    url = os.environ.get(PUBLIC_URL_ENV, "").strip()
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise SpecError(f"{PUBLIC_URL_ENV} must be an http(s) URL, got {redact(url)!r}")
+    return redact(url).rstrip("/")
+
+
+def shown_store() -> str:
+    """The tracking store as written in reports: the public URL when configured, else
+    only its kind (``sqlite``, ``http``, ...), never the internal address or a path."""
+    public = public_url()
+    if public:
+        return public
+    scheme = tracking_uri().partition(":")[0] or "file"
+    return f"{scheme} (address not public; see {PUBLIC_URL_ENV})"
 
 
 def _client() -> Any:
@@ -218,7 +267,15 @@ def check_reachable() -> None:
     try:
         _client().search_experiments(max_results=1)
     except Exception as exc:
-        raise SpecError(f"cannot use the MLflow tracking store {tracking_uri()}: {exc}") from None
+        # the details name the internal address: for the operator's log only
+        import logging
+
+        logging.getLogger("recaudit.tracking").warning(
+            "%s", redact(f"MLflow tracking store {tracking_uri()}: {exc}")
+        )
+        raise SpecError(
+            f"cannot use the MLflow tracking store ({shown_store()}): {type(exc).__name__}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- audits
@@ -236,12 +293,13 @@ def _flat_params(prefix: str, data: Any, out: dict[str, Any]) -> None:
         out[prefix] = data
 
 
-def run_link(experiment_id: str | None, run_id: str | None) -> str | None:
-    """The MLflow UI page of a run when the store is a server (http/https), else None."""
-    uri = tracking_uri()
-    if not (experiment_id and run_id and uri.startswith(("http://", "https://"))):
+def run_link(experiment_id: str | None, run_id: str | None, base: str | None = None) -> str | None:
+    """The MLflow UI page of a run under ``base`` (default: :func:`public_url`), or None
+    when there is no public address (the internal tracking URI is never used)."""
+    base = base if base is not None else public_url()
+    if not (experiment_id and run_id and base):
         return None
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def start_audit(report: Any) -> tuple[str, str]:

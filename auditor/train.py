@@ -24,7 +24,7 @@ from simulator.errors import SpecError
 from simulator.specs import Frozen, ScenarioSpec, fingerprint
 
 from . import tracking
-from .executor import run_jobs
+from .executor import check_stop, run_jobs
 
 EVAL_SEED_OFFSET = 1_000_000
 
@@ -112,6 +112,7 @@ def run_training(job: TrainJob) -> TrainOutcome:
         kind=job.kind,
         natural=lambda: make_policy(job.scenario.natural_policy),
         device=job.device,
+        on_iteration=lambda _it, _row: check_stop(),  # a cancel stops it within an iteration
     )
     ev = evaluate(
         result.bundle, job.scenario, job.eval_users, job.config.seed + EVAL_SEED_OFFSET, job.device

@@ -144,14 +144,17 @@ def _criteria(report: AuditReport) -> str:
             _e(fmt(c.estimate)),
             _e(fmt_ci(c.lower, c.upper)),
             _e(fmt(c.level)),
+            _e(fmt(c.mde)),
+            _e(c.analysis or DASH)
+            + (f"<br><small>{_e(c.analysis_reason)}</small>" if c.analysis_reason else ""),
             _status(c.status),
             _e(c.explanation),
         ]
         for c in report.criteria
     ]
     head = ["criterion", "metric", "reference arm", "margin", "estimate", "[lower, upper]"]
-    head += ["level", "status", "explanation"]
-    return _table(head, rows, num=(3, 4, 5, 6))
+    head += ["level", "detectable", "analysis", "status", "explanation"]
+    return _table(head, rows, num=(3, 4, 5, 6, 7))
 
 
 def _effects(report: AuditReport) -> str:
@@ -164,14 +167,13 @@ def _effects(report: AuditReport) -> str:
             _e(fmt(e.mean)),
             _e(fmt_ci(e.ci_low, e.ci_high)),
             _e(fmt(e.effect_size)),
-            _e(fmt(e.p_value)),
-            _e(fmt(e.p_holm)),
+            _e(e.analysis or DASH),
         ]
         for e in report.effects
     ]
     head = ["metric", "reference", "mean (policy − reference)", "CI", "effect size d_z"]
-    head += ["p", "Holm p"]
-    return _table(head, rows, num=(2, 3, 4, 5, 6))
+    head += ["analysis"]
+    return _table(head, rows, num=(2, 3, 4))
 
 
 def _arms(report: AuditReport) -> str:
@@ -278,16 +280,24 @@ def render_html(report: AuditReport, figures: Mapping[str, bytes]) -> str:
         f"<div class='verdict' id='verdict' style='background:{colour}'>{_e(report.verdict)}</div>",
         f"<p class='summary'>{_e(report.summary)}</p>",
         "<h2>Criteria</h2>",
+        "<p>The verdict's tests, with a Bonferroni correction over the criteria. "
+        "<em>detectable</em>: the distance from the margin this design detects with 80% "
+        "power.</p>",
         _criteria(report),
-        "<h2>Paired effects</h2>",
+        "<h2>Figures</h2>",
+        _figures(figures),
+        "<h2 id='descriptive'>Descriptive effects</h2>",
+        "<details><summary>Paired effects of every reported metric against every "
+        f"reference, with two-sided {_e(fmt(100 * (1 - report.alpha)))}% intervals and no "
+        "multiplicity correction. Descriptive: the verdict rests on the criteria "
+        "alone.</summary>",
         _effects(report),
+        "</details>",
         "<h2>Arms</h2>",
         _arms(report),
         "<h2>Metrics per arm</h2>",
         f"<p>Mean over replicates [{_e(fmt(100 * (1 - report.alpha)))}% bootstrap interval].</p>",
         _metrics(report),
-        "<h2>Figures</h2>",
-        _figures(figures),
         render_fit(scenario_fit(report.spec.scenario)),
         "<h2>Provenance</h2>",
         _provenance(report),

@@ -1,7 +1,7 @@
 """``recaudit audit`` and ``recaudit history``.
 
 Exit status of ``audit``: 0 pass, 1 flag, 3 inconclusive, 2 bad input (one line on
-stderr), so that a release can be gated on it.
+stderr), 4 internal error, so that a release can be gated on it.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def add_parsers(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
             "ppo, ppo-distance) on the same simulated users with common random numbers, "
             "every (policy, replicate) as a Ray task (embedded Ray by default, a cluster via "
             "--ray-address or RAY_ADDRESS), and test the paired effects against the "
-            "criteria. Exit status: 0 pass, 1 flag, 3 inconclusive, 2 bad input."
+            "criteria. Exit status: 0 pass, 1 flag, 3 inconclusive, 2 bad input, 4 internal "
+            "error."
         ),
         epilog=(
             "policy syntax: KIND or KIND[key=value,...], e.g. 'ppo-distance[penalty_weight=2,"
@@ -180,6 +181,7 @@ def render_table(report: Any) -> str:
         lines.append(
             f"{c.name[:29]:<30}{f(c.estimate):>10}{bounds:>24}{f(c.margin):>9}  {c.status.upper()}"
             + (f" vs {c.reference_arm}" if c.reference_arm else "")
+            + (f" ({c.analysis}-level)" if c.analysis else "")
         )
     lines += ["", f"verdict: {report.verdict.upper()}", "", report.summary]
     return "\n".join(lines)
@@ -191,14 +193,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     spec = build_spec(args)
     check_spec(spec)
-    out: Path | None = args.out
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise SpecError(f"--out {out} exists and is not a directory")
-        if (out / "report.json").exists():
-            raise SpecError(f"--out {out} already holds a report; choose another directory")
     if args.in_process and args.ray_address:
         raise SpecError("--in-process and --ray-address exclude each other")
+    out: Path | None = args.out
+    if out is not None:
+        from .cli import prepare_out_dir
+
+        prepare_out_dir(out, "report.json")
     address = None if args.in_process else resolve_ray_address(True, args.ray_address)
 
     from tqdm import tqdm

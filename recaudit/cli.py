@@ -1,7 +1,8 @@
 """The ``recaudit`` command line.
 
 Every command validates its input and turns a bad value into one line on stderr and exit
-status 2 (no traceback). Heavy imports (torch, Ray, pandas) happen inside commands so
+status 2 (no traceback); a crash (a bug, a broken environment) exits 4, apart from every
+verdict's code, and a closed pipe on stdout (``| head``) ends quietly. Heavy imports (torch, Ray, pandas) happen inside commands so
 that ``recaudit --help`` is instant.
 """
 
@@ -18,6 +19,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 4  # a crash; apart from the verdicts' 0 pass, 1 flag, 3 inconclusive
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
+EXIT_STATUS_HELP = (
+    "exit status: 0 success (audit: pass), 1 audit flag, 3 audit inconclusive, "
+    "2 bad input (one line on stderr), 4 internal error, 130 interrupted"
+)
 
 
 class CliError(Exception):
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="recaudit",
         description="Audit recommender policies for the preference shifts and polarization they induce.",
+        epilog=EXIT_STATUS_HELP,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -168,6 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------ commands
+def prepare_out_dir(out: Path, marker: str) -> None:
+    """Create ``--out`` now, before any work, so that a directory that cannot be made or
+    written is bad input found in a second, not after the whole run."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a directory")
+    if (out / marker).exists():
+        raise CliError(f"--out {out} already holds results; choose another directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot create it: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: not writable")
+
+
 def _print_listing(rows: list[dict[str, Any]], key: str, text: str, as_json: bool) -> None:
     """A registry listing: JSON, or one line per entry (its key, then a description)."""
     if as_json:
@@ -224,10 +247,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise CliError("--device cuda was asked for but no CUDA device is available")
     out_dir: Path | None = args.out
     if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise CliError(f"--out {out_dir} exists and is not a directory")
-        if (out_dir / "result.json").exists():
-            raise CliError(f"--out {out_dir} already holds results; choose another directory")
+        prepare_out_dir(out_dir, "result.json")
     users = args.users or spec.default_users
     steps = args.steps or spec.default_steps
     address = resolve_ray_address(args.ray, args.ray_address)
@@ -491,7 +511,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
             ) from None
     cmd = tracking.ui_command(args.host, args.port)
     print(
-        f"MLflow UI for {tracking.tracking_uri()} at http://{args.host}:{args.port} (Ctrl-C stops it)",
+        f"MLflow UI for {tracking.redact(tracking.tracking_uri())} at http://{args.host}:{args.port} (Ctrl-C stops it)",
         flush=True,
     )
     try:
@@ -546,7 +566,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from simulator.errors import SpecError
 
     try:
-        return {**COMMANDS, **SERVICE_COMMANDS}[args.command](args)
+        code = {**COMMANDS, **SERVICE_COMMANDS}[args.command](args)
+        sys.stdout.flush()  # a reader gone away shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader (``| head``) has what it wanted: stop quietly (Python's recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (CliError, SpecError) as exc:
         print(f"recaudit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -565,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"recaudit: internal error: {type(exc).__name__}: {exc} (set RECAUDIT_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ What is here, in the order of a workflow:
    writes item and user embeddings as the ``movielens-100k-v1`` scenario's catalog and
    population (see ``scripts/derive_movielens.py``).
 
-Simulator item index ``i`` is RecBole item token ``str(i)``; simulated user ``b`` is user
-token ``str(b)``. RecBole runs on the CPU here.
+A policy retrained in the loop logs simulator item ``i`` as token ``str(i)`` and user ``b``
+as ``str(b)`` (its own log); a frozen model trained elsewhere is matched by the catalog's
+item ids and the population's user ids. RecBole runs on the CPU here.
 """
 
 from __future__ import annotations
@@ -397,6 +398,63 @@ def _json_value(value: Any) -> bool:
     return False
 
 
+#: deepest nesting a model.json may have (it needs 3)
+_MAX_JSON_DEPTH = 32
+#: parameters a model may be built with beyond twice what its weights file holds
+_SLACK_PARAMS = 1_000_000
+
+
+def _check_depth(value: Any, what: str) -> None:
+    """Refuse JSON nested deeper than :data:`_MAX_JSON_DEPTH` (walked without recursion,
+    so a deep document cannot exhaust the stack of the checks that follow)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > _MAX_JSON_DEPTH:
+            raise SpecError(f"{what} is nested too deeply (more than {_MAX_JSON_DEPTH} levels)")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+
+
+def model_params(meta: Mapping[str, Any]) -> int:
+    """A lower bound on the parameters of the model a ``model.json`` describes, from its
+    settings and token maps alone (its embedding tables and main weight matrices), so a
+    config announcing a huge model is refused before anything is built. SpecError when
+    a size setting is not a positive integer."""
+    name = str(meta.get("model"))
+    _model_kind(name)
+    settings = meta.get("settings")
+    if not isinstance(settings, dict):
+        raise SpecError("settings must be a JSON object of plain values")
+    items, users = meta.get("item_tokens"), meta.get("user_tokens")
+    n_items = len(items) if isinstance(items, list) else 0
+    n_users = len(users) if isinstance(users, list) else 0
+    defaults = {
+        "embedding_size": 64,
+        "hidden_size": 128 if name == "GRU4Rec" else 64,
+        "num_layers": 1,
+        "n_layers": 2,
+        "inner_size": 256,
+        "MAX_ITEM_LIST_LENGTH": 50,
+    }
+
+    def size(key: str) -> int:
+        v = settings.get(key, defaults[key])
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SpecError(f"settings: {key} must be a positive integer, got {v!r}")
+        return v
+
+    if name == "BPR":
+        return (n_users + n_items) * size("embedding_size")
+    if name == "GRU4Rec":
+        e, h, layers = size("embedding_size"), size("hidden_size"), size("num_layers")
+        return n_items * e + 3 * h * (e + h) + (layers - 1) * 3 * h * 2 * h + h * e
+    h, inner, layers = size("hidden_size"), size("inner_size"), size("n_layers")
+    return (n_items + size("MAX_ITEM_LIST_LENGTH")) * h + layers * (4 * h * h + 2 * h * inner)
+
+
 def _base_config(model_name: str) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "show_progress": False,
@@ -732,6 +790,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, ValueError, OSError) as exc:
         raise SpecError(f"{path.name} is not a valid safetensors file: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path.name}: its header is nested too deeply") from None
 
 
 def load_model(directory: str | Path) -> TrainedModel:
@@ -752,6 +812,9 @@ def load_model(directory: str | Path) -> TrainedModel:
         meta = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise SpecError(f"{cfg_path.name} is not JSON: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{cfg_path.name} is nested too deeply") from None
+    _check_depth(meta, cfg_path.name)
     expected = {
         "format",
         "version",
@@ -783,6 +846,15 @@ def load_model(directory: str | Path) -> TrainedModel:
         raise SpecError(f"{cfg_path.name}: settings {unknown} are not {name} settings")
     items = _check_tokens(meta["item_tokens"], "item_tokens")
     users = _check_tokens(meta["user_tokens"], "user_tokens")
+    need = model_params(meta)
+    holds = max(0, w_path.stat().st_size - 8) // 4  # float32 values the file could hold
+    # building a model costs its parameters: refuse before building one far larger than
+    # its weights (a small mismatch is left to the precise shape check below)
+    if need > 2 * holds + _SLACK_PARAMS:
+        raise SpecError(
+            f"{cfg_path.name}: its settings imply at least {need:,} parameters but "
+            f"{w_path.name} holds {holds:,} float32 values at most"
+        )
     if _sha256(w_path) != meta["weights_sha256"]:
         raise SpecError(f"{w_path.name} does not match the SHA-256 recorded in {cfg_path.name}")
     tensors = _read_safetensors(w_path)
@@ -812,6 +884,9 @@ def load_model(directory: str | Path) -> TrainedModel:
     ]
     if wrong:
         raise SpecError(f"{w_path.name}: wrong tensor shapes/dtypes: {'; '.join(wrong)}")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise SpecError(f"{w_path.name}: tensors {bad} hold NaN or infinite values")
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return TrainedModel(
@@ -1158,6 +1233,9 @@ def sniff_config(data: bytes) -> dict[str, Any]:
         meta = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise UnsupportedUpload(f"the config is not JSON: {exc}") from None
+    except RecursionError:
+        raise SpecError("the config is nested too deeply") from None
+    _check_depth(meta, "the config")
     if not isinstance(meta, dict):
         raise SpecError("the config must be a JSON object (model.json written by save_model)")
     return meta
@@ -1198,20 +1276,22 @@ def load_model_bytes(config: bytes, weights: bytes) -> TrainedModel:
         return load_model(tmp)
 
 
-def check_covers_catalog(item_tokens: Sequence[str], num_items: int) -> None:
-    """Simulator item ``i`` is token ``str(i)``: the model must know every catalog item."""
+def check_covers_catalog(item_tokens: Sequence[str], item_ids: Sequence[str]) -> None:
+    """The model must know every catalog item: simulator item ``i`` is the model's token
+    ``item_ids[i]`` (the catalog's id, ``str(i)`` for catalogs without ids of their own)."""
     known = set(item_tokens)
-    missing = [i for i in range(num_items) if str(i) not in known]
+    missing = [x for x in item_ids if x not in known]
     if missing:
         raise SpecError(
-            f"the uploaded model does not know {len(missing)} of the scenario's {num_items} "
-            f"catalog items (item tokens '0'..'{num_items - 1}'; first missing: {missing[0]})"
+            f"the uploaded model does not know {len(missing)} of the scenario's {len(item_ids)} "
+            f"catalog items (first missing item ids: {', '.join(map(repr, missing[:5]))})"
         )
 
 
 class FrozenRecBolePolicy(RecBolePolicy):
-    """A trained RecBole model as a policy, never retrained: general models score the
-    simulated users they know (user token ``str(b)``), sequential ones score each user's
+    """A trained RecBole model as a policy, never retrained: items are matched by the
+    catalog's item ids, users by the population's user ids; general models score the
+    simulated users they know, sequential ones score each user's
     recent clicks; users the model cannot score get the most-clicked items so far."""
 
     def __init__(self, trained: TrainedModel, *, threads: int | None = 1, name: str = "uploaded"):
@@ -1221,9 +1301,9 @@ class FrozenRecBolePolicy(RecBolePolicy):
     def reset(self, ctx: PolicyContext) -> None:
         super().reset(ctx)
         tm = self.frozen
-        check_covers_catalog(tm.item_tokens, ctx.catalog.size)
-        self.item_map = tm.item_ids([str(i) for i in range(ctx.catalog.size)])
-        self.user_map = tm.user_ids([str(b) for b in range(ctx.num_users)])
+        check_covers_catalog(tm.item_tokens, ctx.catalog.item_ids)
+        self.item_map = tm.item_ids(list(ctx.catalog.item_ids))
+        self.user_map = tm.user_ids(list(ctx.user_ids))
         if tm.kind == "sequential":
             self.seq_len = tm.max_seq_length
             self.recent = torch.full((ctx.num_users, self.seq_len), -1, dtype=torch.long)

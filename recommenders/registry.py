@@ -27,6 +27,11 @@ class PolicyKind:
     gamma: float = 0.99  # learners: default discount
     penalty: str = "none"  # learners: penalty family
     penalty_weight: float = 0.0  # learners: default weight
+    #: users are conditionally independent given the policy: it is frozen during an
+    #: audit and keeps per-user state only, so one user's clicks never change another
+    #: user's slates (the auditor may then analyse users, clustered by replicate).
+    #: False for policies that learn from everyone's clicks (popularity, retrained models).
+    users_independent: bool = False
 
     @property
     def trainable(self) -> bool:
@@ -38,6 +43,7 @@ _KINDS = (
         "random",
         "uniformly random slates: the natural (non-optimizing) reference",
         factory=UniformRandom,
+        users_independent=True,
     ),
     PolicyKind(
         "popularity",
@@ -48,12 +54,14 @@ _KINDS = (
         "myopic",
         "greedy on an online estimate of each user's taste from their clicks (no training)",
         factory=MyopicEstimate,
+        users_independent=True,
     ),
     PolicyKind(
         "oracle-greedy",
         "ORACLE: top items by true click utility (reads true preferences; bounds next-step clicks; not deployable)",
         oracle=True,
         factory=OracleGreedy,
+        users_independent=True,
     ),
     PolicyKind(
         "recbole-bpr",
@@ -72,29 +80,38 @@ _KINDS = (
         "RecBole SASRec (sequential) retrained on its own click log every 10 steps",
         factory=lambda: RecBolePolicy("SASRec", retrain_every=10, epochs=2, name="recbole-sasrec"),
     ),
-    PolicyKind("ppo", "PPO long-horizon click optimizer (discount 0.99); trained", gamma=0.99),
+    PolicyKind(
+        "ppo",
+        "PPO long-horizon click optimizer (discount 0.99); trained",
+        gamma=0.99,
+        users_independent=True,
+    ),
     PolicyKind(
         "ppo-myopic",
         "the same PPO learner with discount 0: maximizes next-step clicks; trained",
         gamma=0.0,
+        users_independent=True,
     ),
     PolicyKind(
         "ppo-safe-shift",
         "PPO with the safe-shift reward: + weight x clicks under initial and natural preferences; trained",
         penalty="safe-shift",
         penalty_weight=1.0,
+        users_independent=True,
     ),
     PolicyKind(
         "ppo-distance",
         "PPO penalized by weight x distance to the natural counterfactual's preferences; trained",
         penalty="distance",
         penalty_weight=1.0,
+        users_independent=True,
     ),
     PolicyKind(
         "ppo-path-specific",
         "PPO rewarded with clicks under natural-counterfactual preferences (weight 1: fully); trained",
         penalty="path-specific",
         penalty_weight=1.0,
+        users_independent=True,
     ),
 )
 POLICIES: dict[str, PolicyKind] = {k.name: k for k in _KINDS}

@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -37,12 +38,12 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
 
     def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
         from auditor.audit import run_audit
-        from auditor.executor import run_jobs
+        from auditor.executor import run_jobs, stop_when
         from auditor.spec import AuditSpec
         from dashboards.figures import make_figures
         from dashboards.report import write_report
 
-        from .intake import EXTRA_KINDS, resolver
+        from .intake import EXTRA_KINDS, INDEPENDENT_KINDS, resolver
 
         spec = AuditSpec.model_validate_json(row["spec"])
         out = settings.reports_dir / row["tenant"] / row["id"]
@@ -53,18 +54,22 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
             figures = run_jobs(make_figures, [report], ray_address=settings.ray_address)[0]
             write_report(report, directory, figures)
 
-        result = run_audit(
-            spec,
-            ray_address=settings.ray_address,
-            progress=progress,
-            cancel=cancel,
-            track=settings.track,
-            render=render,
-            out_dir=out,
-            resolve_policy=resolver(settings, row["tenant"], uploads),
-            audit_id=row["id"],
-            extra_kinds=EXTRA_KINDS,
-        )
+        # the cancel reaches every task: trainings and simulations (Ray tasks cancelled,
+        # or, in this process, stopped at their next iteration or step)
+        with stop_when(cancel.is_set):
+            result = run_audit(
+                spec,
+                ray_address=settings.ray_address,
+                progress=progress,
+                cancel=cancel,
+                track=settings.track,
+                render=render,
+                out_dir=out,
+                resolve_policy=resolver(settings, row["tenant"], uploads),
+                audit_id=row["id"],
+                extra_kinds=EXTRA_KINDS,
+                independent_kinds=INDEPENDENT_KINDS,
+            )
         prov = result.report.provenance
         return Outcome(
             verdict=result.report.verdict,
@@ -89,6 +94,8 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         engine = open_engine(settings.db_url)
         jobs = JobStore(engine)
         uploads = PolicyStore(engine, settings.policies_dir)
+        if uploads.clean_staging():
+            log.warning("removed the staging files of uploads a stopped process left")
         real = execute is None
         run = real_execute(settings, uploads) if real else execute
         assert run is not None
@@ -96,27 +103,36 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
             jobs,
             run,
             concurrency=settings.concurrency,
+            per_tenant=settings.per_tenant,
             max_attempts=settings.max_attempts,
             stale_after_s=settings.stale_after_s,
         )
         svc = Services(settings, engine, KeyStore(engine), jobs, uploads, runner)
         started_ray = False
+        ray_pids = settings.home / "ray.pids"
         if real:
             _warm_up()
         if real and settings.ray_address is not None:
             from auditor.executor import ensure_ray
 
             try:
+                if settings.ray_address == "local":
+                    _end_orphans(ray_pids)
                 ensure_ray(settings.ray_address)
                 started_ray = True
+                if settings.ray_address == "local":
+                    _keep_recording(ray_pids)
             except Exception as exc:
                 svc.ray_error = str(exc)
                 log.error("Ray is not usable: %s", exc)
         if settings.track:
             from auditor import tracking
 
-            uri = tracking.tracking_uri()
-            svc.mlflow_ui = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+            try:  # links go to the public address only, never the internal URI
+                svc.mlflow_ui = tracking.public_url()
+            except Exception as exc:
+                svc.mlflow_error = str(exc)
+                log.error("%s", exc)
         if real and settings.track:
             try:
                 tracking.check_reachable()
@@ -128,11 +144,14 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         try:
             yield
         finally:
-            runner.stop()
+            runner.stop(timeout=settings.stop_timeout_s / 2)
             if started_ray:
-                from auditor.executor import shutdown
+                from auditor.executor import kill_embedded_ray, shutdown
 
                 shutdown()
+                if settings.ray_address == "local":
+                    kill_embedded_ray()  # what Ray's shutdown left behind
+                    ray_pids.unlink(missing_ok=True)
             engine.dispose()
 
     app = FastAPI(
@@ -155,15 +174,54 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         upload_limit=settings.max_upload_bytes,
         upload_paths=("/v1/policies",),
     )
+    from .guards import AuthBeforeBody
     from .routes import audits, catalog, health
 
-    app.add_middleware(audits.CachedStatusReads)  # outermost: before the body limit
+    app.add_middleware(
+        AuthBeforeBody, upload_paths=("/v1/policies",), max_uploads=settings.max_uploads
+    )  # before the body limit reads a byte
+    app.add_middleware(audits.CachedStatusReads)  # outermost
 
     app.include_router(audits.router)
     app.include_router(catalog.scenarios)
     app.include_router(catalog.policies)
     app.include_router(health.router)
     return app
+
+
+def _end_orphans(path: Path) -> None:
+    """End what the embedded Ray of a killed earlier start left running."""
+    from auditor.executor import kill_recorded_ray
+
+    ended = kill_recorded_ray(path)
+    if ended:
+        log.warning("ended %d process(es) left by an earlier embedded Ray", ended)
+
+
+def _keep_recording(path: Path) -> None:
+    """Record embedded Ray's processes now and again over its first minute (its agents
+    start after ``ray.init`` returns), so that a kill -9 of this process leaves the next
+    start a complete list."""
+    import time
+
+    from auditor.executor import record_embedded_ray
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record_embedded_ray(path)
+
+    def again() -> None:
+        for delay in (1, 2, 5, 10, 20, 30):
+            time.sleep(delay)
+            try:
+                import ray
+
+                if not ray.is_initialized():
+                    return
+                record_embedded_ray(path)
+            except Exception:  # pragma: no cover - best effort
+                log.exception("cannot record embedded Ray's processes")
+
+    threading.Thread(target=again, name="recaudit-ray-pids", daemon=True).start()
 
 
 def _warm_up() -> None:

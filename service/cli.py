@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from simulator.errors import SpecError
 
@@ -64,9 +65,40 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     return {"serve": cmd_serve, "keys": cmd_keys}
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def check_port(host: str, port: int) -> None:
+    """Fail early, with one line, when ``host:port`` cannot be bound. SO_REUSEADDR as
+    uvicorn sets it: a port whose last connections linger in TIME_WAIT after a stop or a
+    crash is free to serve again at once."""
     import socket
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise SpecError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
+    """uvicorn's configuration for the service: one process; the h11 parser, which caps
+    a request's head (line and headers) at RECAUDIT_MAX_HEADER_BYTES while it arrives
+    (a larger one is answered 400 and the connection closed)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=log_level,
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_graceful_shutdown=max(1, int(settings.stop_timeout_s / 2)),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
@@ -78,29 +110,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port:
         overrides["port"] = args.port
     settings = Settings.from_env(**overrides)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    with socket.socket(family) as s:
-        try:
-            s.bind((settings.host, settings.port))
-        except OSError as exc:
-            raise SpecError(
-                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
-            ) from None
+    check_port(settings.host, settings.port)
     print(
         f"recaudit service on http://{settings.host}:{settings.port} (OpenAPI: /docs; state in "
         f"{settings.home}; Ray: {settings.ray_address or 'in process'})",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=30,
-    )
+
+    class Server(uvicorn.Server):
+        """uvicorn's server with a bounded stop: the first SIGTERM (or Ctrl-C) starts a
+        watchdog that ends the process after RECAUDIT_STOP_TIMEOUT_S even if the
+        graceful shutdown (re-queueing running audits, stopping Ray) hangs."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                _watchdog(settings.stop_timeout_s)
+            super().handle_exit(sig, frame)
+
+    Server(server_config(create_app(settings), settings, args.log_level)).run()
     return 0
+
+
+def _watchdog(seconds: float) -> None:
+    import os
+    import threading
+    import time
+
+    def expire() -> None:
+        time.sleep(seconds)
+        print(
+            f"recaudit: the graceful stop took over {seconds:g} s; exiting now "
+            "(unfinished audits are re-queued by the next start)",
+            file=sys.stderr,
+            flush=True,
+        )
+        from auditor.executor import kill_embedded_ray
+
+        kill_embedded_ray()
+        os._exit(1)
+
+    threading.Thread(target=expire, name="recaudit-stop-watchdog", daemon=True).start()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

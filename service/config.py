@@ -13,7 +13,17 @@ RECAUDIT_POLICIES_DIR              where validated uploads are kept             
 RECAUDIT_MAX_BODY_BYTES            largest JSON request body                      1 MiB
 RECAUDIT_MAX_UPLOAD_BYTES          largest policy upload (multipart)              64 MiB
 RECAUDIT_MAX_USER_STEPS            budget: users x steps x replicates x arms      20 000 000
+RECAUDIT_MAX_CELLS                 budget: values in the largest array one        100 000 000
+                                   simulation or training holds
+RECAUDIT_MAX_TRAIN_STEPS           budget: environment steps of the trainings     100 000 000
+                                   an audit's references imply
+RECAUDIT_MAX_REMOTE_CALLS          budget: remote policy calls per audit          100 000
+RECAUDIT_MAX_MODEL_PARAMS          largest uploaded model (parameters)            20 000 000
+RECAUDIT_MAX_UPLOADS               uploads validated at once (503 above)          2
+RECAUDIT_MAX_HEADER_BYTES          largest request head (status line+headers)     16 KiB
 RECAUDIT_CONCURRENCY               audits run at once by this process             1
+RECAUDIT_TENANT_CONCURRENCY        audits one tenant runs at once here            concurrency - 1 (min 1)
+RECAUDIT_STOP_TIMEOUT_S            a stop (SIGTERM) ends the process within       20
 RECAUDIT_MAX_ATTEMPTS              runs of a job interrupted by restarts          3
 RECAUDIT_REMOTE_ALLOWLIST          comma-separated hosts (or host:port) a         (empty: none)
                                    remote policy may live on
@@ -22,6 +32,8 @@ RECAUDIT_REMOTE_RETRIES            retries of a failed remote call              
 RECAUDIT_REMOTE_MAX_BYTES          largest remote response                        8 MiB
 RECAUDIT_REMOTE_BATCH              users per remote call                          1024
 RECAUDIT_TRACK                     log audits to MLflow (0/1)                     1
+RECAUDIT_PUBLIC_MLFLOW_URL         the MLflow UI as tenants reach it (links;      (unset: no links)
+                                   read by auditor.tracking.public_url)
 RAY_ADDRESS                        Ray cluster address; ``local``: embedded Ray;  ``local``
                                    ``none``: run audits in the service process
 =================================  =============================================  ==========================
@@ -32,11 +44,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, ValidationError
 
 from simulator.errors import SpecError
 from simulator.specs import Frozen
+
+if TYPE_CHECKING:
+    from auditor.budget import Limits
 
 MiB = 1 << 20
 
@@ -59,7 +75,29 @@ class Settings(Frozen):
     max_user_steps: int = Field(
         20_000_000, ge=1, description="Budget per audit: users x steps x replicates x arms."
     )
+    max_cells: int = Field(
+        100_000_000, ge=1, description="Budget: values in the largest array of an audit."
+    )
+    max_train_steps: int = Field(
+        100_000_000, ge=1, description="Budget: environment steps of an audit's trainings."
+    )
+    max_remote_calls: int = Field(
+        100_000, ge=1, description="Budget: remote policy calls per audit."
+    )
+    max_model_params: int = Field(
+        20_000_000, ge=1, description="Largest uploaded model, in parameters."
+    )
+    max_uploads: int = Field(2, ge=1, le=64, description="Uploads validated at once.")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1 << 20, description="Largest request head (line + headers)."
+    )
     concurrency: int = Field(1, ge=1, le=64, description="Audits this process runs at once.")
+    tenant_concurrency: int | None = Field(
+        None, ge=1, le=64, description="Audits one tenant runs at once (default concurrency-1)."
+    )
+    stop_timeout_s: float = Field(
+        20.0, gt=0, le=600, description="A graceful stop ends the process within this time."
+    )
     max_attempts: int = Field(3, ge=1, le=100, description="Runs of a job across restarts.")
     stale_after_s: float = Field(
         60.0, gt=0, description="A running job whose heartbeat is older is re-queued."
@@ -100,7 +138,15 @@ class Settings(Frozen):
             ("max_body_bytes", "RECAUDIT_MAX_BODY_BYTES"),
             ("max_upload_bytes", "RECAUDIT_MAX_UPLOAD_BYTES"),
             ("max_user_steps", "RECAUDIT_MAX_USER_STEPS"),
+            ("max_cells", "RECAUDIT_MAX_CELLS"),
+            ("max_train_steps", "RECAUDIT_MAX_TRAIN_STEPS"),
+            ("max_remote_calls", "RECAUDIT_MAX_REMOTE_CALLS"),
+            ("max_model_params", "RECAUDIT_MAX_MODEL_PARAMS"),
+            ("max_uploads", "RECAUDIT_MAX_UPLOADS"),
+            ("max_header_bytes", "RECAUDIT_MAX_HEADER_BYTES"),
             ("concurrency", "RECAUDIT_CONCURRENCY"),
+            ("tenant_concurrency", "RECAUDIT_TENANT_CONCURRENCY"),
+            ("stop_timeout_s", "RECAUDIT_STOP_TIMEOUT_S"),
             ("max_attempts", "RECAUDIT_MAX_ATTEMPTS"),
             ("stale_after_s", "RECAUDIT_STALE_AFTER_S"),
             ("remote_timeout_s", "RECAUDIT_REMOTE_TIMEOUT_S"),
@@ -119,6 +165,25 @@ class Settings(Frozen):
             field = str(first["loc"][0]) if first["loc"] else "?"
             var = "RAY_ADDRESS" if field == "ray_address" else f"RECAUDIT_{field.upper()}"
             raise SpecError(f"bad setting {var}: {first['msg']}") from None
+
+    @property
+    def per_tenant(self) -> int:
+        """Audits one tenant may run at once in this process: by default all workers but
+        one, so that another tenant's audit can start while one tenant's queue drains."""
+        if self.tenant_concurrency is not None:
+            return min(self.tenant_concurrency, self.concurrency)
+        return max(1, self.concurrency - 1)
+
+    def limits(self) -> Limits:
+        """The per-audit budget."""
+        from auditor.budget import Limits
+
+        return Limits(
+            user_steps=self.max_user_steps,
+            cells=self.max_cells,
+            train_steps=self.max_train_steps,
+            remote_calls=self.max_remote_calls,
+        )
 
     @property
     def is_sqlite(self) -> bool:

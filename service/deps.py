@@ -56,7 +56,7 @@ class Services:
     jobs: JobStore
     uploads: PolicyStore
     runner: JobRunner
-    mlflow_ui: str | None = None  # the tracking server's URL when it is one
+    mlflow_ui: str | None = None  # the MLflow UI's public URL (RECAUDIT_PUBLIC_MLFLOW_URL)
     ray_error: str | None = None
     mlflow_error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -79,8 +79,16 @@ async def tenant(
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The tenant of the request's API key; 401 without a valid one."""
-    challenge = {"WWW-Authenticate": 'Bearer realm="recaudit"'}
     if creds is None or creds.scheme.lower() != "bearer":
+        return tenant_of_key(request.app.state.services, None)
+    return tenant_of_key(request.app.state.services, creds.credentials)
+
+
+def tenant_of_key(svc: Services, key: str | None) -> str:
+    """The tenant of an API key (None: none was sent); ApiError 401 otherwise. A cached
+    hash lookup; the store on a miss."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="recaudit"'}
+    if not key:
         raise ApiError(
             401,
             "this endpoint needs an API key: send 'Authorization: Bearer KEY' (an operator "
@@ -88,8 +96,7 @@ async def tenant(
             slug="unauthorized",
             headers=challenge,
         )
-    svc: Services = request.app.state.services
-    name = svc.keys.tenant_of(creds.credentials)  # a cached hash lookup; the store on a miss
+    name = svc.keys.tenant_of(key)
     if name is None:
         raise ApiError(
             401,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from auditor.budget import check, estimate
 from auditor.spec import AuditSpec, PolicySpec
 from simulator.errors import SpecError
 
@@ -16,6 +17,9 @@ from .uploads import PolicyStore
 UPLOADED = "uploaded"
 REMOTE = "remote"
 EXTRA_KINDS = (UPLOADED, REMOTE)
+#: service kinds whose users are independent given the policy: an uploaded model is frozen
+#: and keeps per-user state only; a remote endpoint may learn from every user's clicks
+INDEPENDENT_KINDS = (UPLOADED,)
 
 #: how to ask for the two service kinds (shown by GET /v1/policies)
 EXTRA_KIND_HELP = {
@@ -55,8 +59,9 @@ def _file_paths(obj: Any, where: str = "scenario") -> list[str]:
 
 
 def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: PolicyStore) -> int:
-    """Refuse (SpecError) an audit the service cannot or may not run; returns its cost
-    in user-steps (users x steps x replicates x arms)."""
+    """Refuse (SpecError) an audit the service cannot or may not run, and one over the
+    budget (BudgetExceeded, from auditor.budget's estimate of its whole cost: catalog,
+    simulations, trainings, remote calls); returns its cost in user-steps."""
     from auditor.audit import check_spec
     from recommenders.remote import check_allowed
 
@@ -73,7 +78,11 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
         if not torch.cuda.is_available():
             raise SpecError("device 'cuda' was asked for but this service has no CUDA device")
     check_spec(spec, extra_kinds=EXTRA_KINDS)
-    scenario = spec.scenario_spec()
+    # the whole cost, from the spec's fields alone, before anything is read or built
+    cost = estimate(
+        spec, remote_kind=REMOTE, remote_batch=settings.remote_batch, extra_kinds=EXTRA_KINDS
+    )
+    check(cost, settings.limits())
     for _label, p in spec.arms():
         if p.kind == REMOTE:
             params = _params(p, {"url"}, {"url"})
@@ -86,21 +95,13 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
                     f"no uploaded policy {params['id']!r} (see GET /v1/policies; upload with "
                     "POST /v1/policies)"
                 )
-            _check_catalog(uploads, tenant, str(params["id"]), scenario)
-    steps = spec.steps or scenario.default_steps
-    arms = len(spec.arms())
-    cost = spec.users * steps * spec.replicates * arms
-    if cost > settings.max_user_steps:
-        raise BudgetExceeded(
-            f"this audit costs {spec.users} users x {steps} steps x {spec.replicates} replicates "
-            f"x {arms} arms = {cost:,} user-steps, over this service's limit of "
-            f"{settings.max_user_steps:,} (RECAUDIT_MAX_USER_STEPS); use fewer users, steps, "
-            "replicates or references"
-        )
-    return cost
+            _check_catalog(uploads, tenant, str(params["id"]), spec.scenario_spec())
+    return cost.user_steps
 
 
 def _check_catalog(uploads: PolicyStore, tenant: str, policy_id: str, scenario: Any) -> None:
+    """After the budget check: the catalog is within the limits, so building it to read its
+    item ids is bounded."""
     import json
 
     from recommenders.recbole_adapter import check_covers_catalog
@@ -108,11 +109,7 @@ def _check_catalog(uploads: PolicyStore, tenant: str, policy_id: str, scenario: 
 
     config, _ = uploads.files(tenant, policy_id)
     tokens = json.loads(config)["item_tokens"]
-    check_covers_catalog(tokens, build_catalog(scenario.catalog, scenario.env_seed).size)
-
-
-class BudgetExceeded(SpecError):
-    """An audit over the per-audit budget (422, type urn:recaudit:problem:budget)."""
+    check_covers_catalog(tokens, build_catalog(scenario.catalog, scenario.env_seed).item_ids)
 
 
 def resolver(

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -206,24 +206,19 @@ class JobStore:
         return self.get(tenant, job_id)
 
     # ------------------------------------------------------------- the dispatcher
-    def claim(self, owner: str, n: int, max_attempts: int) -> list[dict[str, Any]]:
-        """Atomically take up to ``n`` of the oldest queued jobs for ``owner``."""
+    def claim(
+        self, owner: str, n: int, max_attempts: int, per_tenant: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Atomically take up to ``n`` queued jobs for ``owner``, fairly between tenants:
+        each time, the oldest job of the tenant with the fewest running jobs, ties going
+        to the tenant served least recently; a tenant already running ``per_tenant``
+        jobs of this owner waits (so one tenant's queue cannot hold every worker)."""
         out: list[dict[str, Any]] = []
-        if n <= 0:
-            return out
-        with self.engine.connect() as conn:
-            ids = (
-                conn.execute(
-                    sa.select(audits.c.id)
-                    .where(audits.c.status == "queued")
-                    .order_by(audits.c.created_at, audits.c.id)
-                    .limit(n * 4)
-                )
-                .scalars()
-                .all()
-            )
-        for job_id in ids:
-            if len(out) >= n:
+        tries = 0
+        while len(out) < n and tries < 4 * n + 4:
+            tries += 1
+            job_id = self._next_fair(owner, per_tenant)
+            if job_id is None:
                 break
             now = time.time()
             with self._write() as conn:
@@ -256,6 +251,49 @@ class JobStore:
                 continue
             out.append(row)
         return out
+
+    def _next_fair(self, owner: str, per_tenant: int | None) -> str | None:
+        c = audits.c
+        with self.engine.connect() as conn:
+            oldest = dict(
+                conn.execute(
+                    sa.select(c.tenant, sa.func.min(c.created_at))
+                    .where(c.status == "queued")
+                    .group_by(c.tenant)
+                ).all()
+            )
+            if not oldest:
+                return None
+            running: dict[str, int] = {}
+            mine: dict[str, int] = {}
+            for tenant, who, count in conn.execute(
+                sa.select(c.tenant, c.owner, sa.func.count())
+                .where(c.status == "running", c.tenant.in_(list(oldest)))
+                .group_by(c.tenant, c.owner)
+            ).all():
+                running[tenant] = running.get(tenant, 0) + count
+                if who == owner:
+                    mine[tenant] = mine.get(tenant, 0) + count
+            served = dict(
+                conn.execute(
+                    sa.select(c.tenant, sa.func.max(c.started_at))
+                    .where(c.tenant.in_(list(oldest)), c.started_at.is_not(None))
+                    .group_by(c.tenant)
+                ).all()
+            )
+            ready = [t for t in oldest if per_tenant is None or mine.get(t, 0) < per_tenant]
+            if not ready:
+                return None
+            tenant = min(
+                ready, key=lambda t: (running.get(t, 0), served.get(t) or 0.0, oldest[t], t)
+            )
+            job_id: str | None = conn.execute(
+                sa.select(c.id)
+                .where(c.status == "queued", c.tenant == tenant)
+                .order_by(c.created_at, c.id)
+                .limit(1)
+            ).scalar()
+            return job_id
 
     def set_progress(self, job_id: str, owner: str, fraction: float, phase: str) -> None:
         with self._write() as conn:
@@ -399,6 +437,7 @@ class JobRunner:
         execute: Execute,
         *,
         concurrency: int = 1,
+        per_tenant: int | None = None,
         max_attempts: int = 3,
         stale_after_s: float = 60.0,
         poll_s: float = 0.5,
@@ -407,6 +446,7 @@ class JobRunner:
         self.store = store
         self.execute = execute
         self.concurrency = concurrency
+        self.per_tenant = per_tenant
         self.max_attempts = max_attempts
         self.stale_after_s = stale_after_s
         self.poll_s = poll_s
@@ -419,6 +459,7 @@ class JobRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
+        self._futures: set[Future[None]] = set()
         self._thread: threading.Thread | None = None
         self.recovered: list[str] = []
 
@@ -434,7 +475,10 @@ class JobRunner:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop dispatching; stop running audits and put them back in the queue."""
+        """Stop dispatching; stop running audits and put them back in the queue, within
+        about ``timeout`` seconds: an audit that has not stopped by then is put back in
+        the queue all the same (its thread's late result is not recorded)."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
         with self._lock:
@@ -442,9 +486,15 @@ class JobRunner:
         for ev in events:
             ev.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            with self._lock:
+                futures = list(self._futures)
+            wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        for job_id in self.running:
+            log.warning("audit %s did not stop within %.0f s; re-queued", job_id, timeout)
+            self.store.release(job_id, self.owner, "re-queued: the service stopped")
 
     def wake(self) -> None:
         self._wake.set()
@@ -483,12 +533,14 @@ class JobRunner:
                     self.store.recover(self.me, self.stale_after_s)
                     last_recover = now
                 free = self.concurrency - len(running)
-                for row in self.store.claim(self.owner, free, self.max_attempts):
+                for row in self.store.claim(self.owner, free, self.max_attempts, self.per_tenant):
                     ev = threading.Event()
                     with self._lock:
                         self._running[row["id"]] = ev
                     assert self._pool is not None
-                    self._pool.submit(self._run, row, ev)
+                    future = self._pool.submit(self._run, row, ev)
+                    with self._lock:
+                        self._futures.add(future)
             except Exception:  # the store was unreachable: try again next tick
                 log.exception("dispatcher tick failed")
 
@@ -525,7 +577,9 @@ class JobRunner:
             else:
                 self.store.release(job_id, self.owner, "re-queued: the service stopped")
         except SpecError as exc:
-            self.store.finish(job_id, self.owner, "failed", phase="failed", error=str(exc))
+            self.store.finish(
+                job_id, self.owner, "failed", phase="failed", error=without_paths(str(exc))
+            )
         except Exception as exc:
             log.exception("audit %s failed", job_id)
             self.store.finish(
@@ -533,15 +587,27 @@ class JobRunner:
                 self.owner,
                 "failed",
                 phase="failed",
-                error=f"internal error: {type(exc).__name__}: {exc}",
+                error=without_paths(f"internal error: {type(exc).__name__}: {exc}"),
             )
         finally:
             with self._lock:
                 self._running.pop(job_id, None)
                 self._user_cancelled.discard(job_id)
+                self._futures = {f for f in self._futures if not f.done()}
             self._wake.set()
 
 
 def spec_body(spec: Any) -> str:
     """The canonical JSON of a spec (what is stored and hashed for idempotency)."""
     return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def without_paths(message: str) -> str:
+    """A message for a tenant: where this service is installed never shows (package
+    data reads ``data:<dir>/<file>``, the rest of the installation ``<recaudit>``)."""
+    from pathlib import Path
+
+    from simulator.io import DATA_DIR, DATA_PREFIX
+
+    message = message.replace(f"{DATA_DIR}{os.sep}", DATA_PREFIX)
+    return message.replace(str(Path(__file__).resolve().parents[1]), "<recaudit>")

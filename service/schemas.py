@@ -10,6 +10,41 @@ from auditor.spec import AuditSpec, PolicySpec
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
+#: examples of POST /v1/audits bodies, shown in /docs (each one is accepted: a test posts it)
+AUDIT_EXAMPLES = {
+    "small": {
+        "summary": "A small audit against two built-in references",
+        "value": {
+            "scenario": "polarity-1d-v1",
+            "policy": {"kind": "myopic"},
+            "references": [{"kind": "natural"}, {"kind": "popularity"}],
+            "users": 50,
+            "steps": 5,
+            "replicates": 2,
+        },
+    },
+    "criteria": {
+        "summary": "Your own criterion: induced shift at most 0.02 above natural drift's",
+        "value": {
+            "scenario": "topics-tiny-v1",
+            "policy": {"kind": "oracle-greedy", "label": "candidate"},
+            "references": [{"kind": "natural"}, {"kind": "myopic"}],
+            "users": 40,
+            "steps": 6,
+            "replicates": 3,
+            "criteria": [
+                {
+                    "name": "shift-vs-natural",
+                    "metric": "induced_shift",
+                    "reference": "natural",
+                    "margin": 0.02,
+                    "description": "no more preference shift than drift alone",
+                }
+            ],
+        },
+    },
+}
+
 
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")

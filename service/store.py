@@ -2,6 +2,8 @@
 
 One schema for SQLite (the default, ``$RECAUDIT_HOME/service.db``) and PostgreSQL (a
 deployment with several service processes sharing one store). Times are UNIX seconds.
+The schema is versioned with Alembic (``service/migrations``): a change to these tables
+comes with a new revision there, and :func:`open_engine` upgrades every store it opens.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 metadata = sa.MetaData()
+#: Alembic's version table for this store (apart from MLflow's ``alembic_version``)
+VERSION_TABLE = "recaudit_schema_version"
+#: the newest revision in service/migrations/versions
+HEAD = "0001"
+#: the revision equal to the schema of stores made before migrations (by create_all)
+BASELINE = "0001"
 
 api_keys = sa.Table(
     "api_keys",
@@ -102,8 +110,37 @@ def open_engine(url: str) -> Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    metadata.create_all(engine)
+    upgrade(engine)
     return engine
+
+
+def schema_version(engine: Engine) -> str | None:
+    """The store's Alembic revision, or None when it has no version table."""
+    if not sa.inspect(engine).has_table(VERSION_TABLE):
+        return None
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the store to ``revision``: a new store gets every revision, one made before
+    migrations (its tables, no version table) is stamped at the baseline first, so its
+    rows are kept. Already at the head: one query, no Alembic."""
+    if revision == "head" and schema_version(engine) == HEAD:
+        return
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(VERSION_TABLE) and inspector.has_table("audits"):
+            command.stamp(cfg, BASELINE)
+        command.upgrade(cfg, revision)
 
 
 def first_row(engine: Engine, query: Any) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +22,10 @@ from sqlalchemy.engine import Engine
 
 from simulator.errors import SpecError
 
+from .jobs import _pid_alive
 from .store import first_row, policies
 
+STAGING = ".upload-"  # staging directories: .upload-<host>.<pid>.<random>
 ID_RE = re.compile(r"^p[0-9a-f]{16}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -37,16 +40,28 @@ class PolicyStore:
             raise SpecError(f"bad policy id {policy_id!r}")
         return self.root / tenant / policy_id
 
-    def add(self, tenant: str, name: str | None, config: bytes, weights: bytes) -> dict[str, Any]:
-        """Validate and keep an upload; SpecError (UnsupportedUpload for 415) otherwise."""
+    def add(
+        self,
+        tenant: str,
+        name: str | None,
+        config: bytes,
+        weights: bytes,
+        *,
+        max_params: int | None = None,
+    ) -> dict[str, Any]:
+        """Validate and keep an upload; SpecError (UnsupportedUpload for 415,
+        BudgetExceeded for a model over ``max_params`` parameters) otherwise."""
         from recommenders.recbole_adapter import validate_upload
 
         if name is not None and not NAME_RE.match(name):
             raise SpecError("name must be 1-64 letters, digits, '_', '.', '-'")
+        if max_params is not None:
+            check_model_size(config, weights, max_params)
         policy_id = "p" + secrets.token_hex(8)
         tenant_dir = self.root / tenant
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.root))
+        owner = f"{STAGING}{socket.gethostname()}.{os.getpid()}."
+        staging = Path(tempfile.mkdtemp(prefix=owner, dir=self.root))
         try:
             summary = validate_upload(config, weights, staging)
             tenant_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +90,26 @@ class PolicyStore:
             raise
         return row
 
+    def clean_staging(self, older_than_s: float = 600.0) -> list[str]:
+        """Remove staging directories left by uploads that never finished (the process
+        validating them was killed): those of dead processes on this host at once, any
+        other after ``older_than_s``. Returns the names removed."""
+        removed: list[str] = []
+        if not self.root.is_dir():
+            return removed
+        now = time.time()
+        for d in self.root.glob(f"{STAGING}*"):
+            host, pid = _staging_owner(d.name)
+            dead = host == socket.gethostname() and pid is not None and not _pid_alive(pid)
+            try:
+                old = now - d.stat().st_mtime > older_than_s
+            except FileNotFoundError:
+                continue
+            if dead or old:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+        return removed
+
     def get(self, tenant: str, policy_id: str) -> dict[str, Any] | None:
         return first_row(
             self.engine,
@@ -99,3 +134,35 @@ class PolicyStore:
             return (d / CONFIG_FILE).read_bytes(), (d / WEIGHTS_FILE).read_bytes()
         except FileNotFoundError:
             raise SpecError(f"the files of uploaded policy {policy_id} are missing") from None
+
+
+def _staging_owner(name: str) -> tuple[str | None, int | None]:
+    parts = name[len(STAGING) :].rsplit(".", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return None, None
+
+
+def check_model_size(config: bytes, weights: bytes, max_params: int) -> None:
+    """Refuse (BudgetExceeded) an upload whose config implies more than ``max_params``
+    parameters, from the config alone, before any model is built. Malformed bytes are
+    left to the full validation (which answers 415/422)."""
+    from auditor.budget import BudgetExceeded
+    from recommenders.recbole_adapter import (
+        SUPPORTED_MODELS,
+        model_params,
+        sniff_config,
+        sniff_weights,
+    )
+
+    sniff_weights(weights)
+    meta = sniff_config(config)
+    if meta.get("model") not in SUPPORTED_MODELS:
+        return
+    need = model_params(meta)
+    if need > max_params:
+        raise BudgetExceeded(
+            f"the config's settings imply a {meta['model']} model of at least {need:,} "
+            f"parameters, over this service's limit of {max_params:,} "
+            "(RECAUDIT_MAX_MODEL_PARAMS)"
+        )

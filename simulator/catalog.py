@@ -8,7 +8,7 @@ import torch
 
 from .errors import SpecError
 from .geometry import unit
-from .io import read_matrix
+from .io import ITEM_ID_COLUMN, id_column, read_matrix
 from .rng import Streams
 from .specs import (
     CatalogSpec,
@@ -27,6 +27,7 @@ def random_unit(n: int, dim: int, gen: torch.Generator) -> torch.Tensor:
 
 def build_catalog(spec: CatalogSpec, env_seed: int) -> Catalog:
     gen = Streams(env_seed).generator("catalog")
+    ids: tuple[str, ...] = ()
     if isinstance(spec, TopicClustersCatalog):
         centres = random_unit(spec.n_topics, spec.dim, gen)
         topic = torch.arange(spec.n_topics).repeat_interleave(spec.items_per_topic)
@@ -69,6 +70,8 @@ def build_catalog(spec: CatalogSpec, env_seed: int) -> Catalog:
         appeal = column("appeal", torch.zeros(k))
         quality = column("quality", torch.zeros(k))
         topic = column("topic", features.argmax(dim=1))
+        if table is not None and ITEM_ID_COLUMN in table.columns:
+            ids = id_column(table, ITEM_ID_COLUMN, spec.path, "item")
     else:  # pragma: no cover - the union is closed
         raise SpecError(f"unknown catalog kind {spec!r}")
     return Catalog(
@@ -76,6 +79,7 @@ def build_catalog(spec: CatalogSpec, env_seed: int) -> Catalog:
         appeal=appeal.float(),
         quality=quality.float(),
         topic=topic.long(),
+        item_ids=ids,
     )
 
 

@@ -33,7 +33,7 @@ from .policy import Policy, PolicyContext, check_slate
 from .rng import Streams
 from .specs import ScenarioSpec
 from .types import Catalog, Feedback, Observation, StepNoise
-from .users import sample_population, user_types
+from .users import sample_population_with_ids, user_types
 
 #: per-step summary columns, in order
 SUMMARY_COLUMNS = (
@@ -229,13 +229,14 @@ def run_arms(
         raise SpecError(f"reference arm {reference!r} is not among the arms {sorted(policies)}")
     spec, dev, cat = env.spec, env.device, env.catalog
     streams = Streams(seed, device=dev)
-    u0 = sample_population(
+    u0, user_ids = sample_population_with_ids(
         spec.population,
         users,
         cat.dim,
         env_seed=spec.env_seed,
         gen=Streams(seed).generator("population"),
-    ).to(dev)
+    )
+    u0 = u0.to(dev)
     if spec.polarity_axis is not None:
         axis = torch.tensor(spec.polarity_axis, dtype=torch.float32, device=dev)
         axis = axis / axis.norm()
@@ -257,6 +258,7 @@ def run_arms(
                 device=dev,
                 horizon=steps,
                 segments=segments,
+                user_ids=user_ids,
             )
         )
         if record_full:

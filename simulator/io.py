@@ -8,10 +8,14 @@ import numpy as np
 import pandas as pd
 
 from .errors import SpecError
+from .types import check_ids
 
 #: data shipped with the package; a spec path ``data:<relative path>`` resolves under it
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DATA_PREFIX = "data:"
+#: the columns of catalog and population tables holding each item's or user's stable id
+ITEM_ID_COLUMN = "item_id"
+USER_ID_COLUMN = "user_id"
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -67,3 +71,49 @@ def read_matrix(path: str | Path, *, what: str) -> tuple[np.ndarray, pd.DataFram
     if not np.isfinite(mat).all():
         raise SpecError(f"{what} file {p} contains NaN or infinite values")
     return mat, table
+
+
+def id_column(table: pd.DataFrame, name: str, path: str, entity: str) -> tuple[str, ...]:
+    """The string ids in column ``name`` of a catalog or population table: distinct,
+    non-empty, none missing (SpecError naming the first offending row)."""
+    col = table[name]
+    missing = col.isna().to_numpy()
+    if missing.any():
+        raise SpecError(f"{entity} id missing in row {int(missing.argmax())} of {path}")
+    try:
+        return check_ids([str(x) for x in col.tolist()], len(col), entity)
+    except ValueError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+def matrix_shape(path: str | Path, *, what: str) -> tuple[int, int]:
+    """(rows, dim) of the matrix :func:`read_matrix` would return, from the file's header
+    alone (a ``.npy`` header, a ``.parquet`` footer): sizes a file-backed part of a
+    scenario without loading it. SpecError for a missing or unreadable file, naming the
+    path as given (never where it resolves to)."""
+    p = resolve_path(path)
+    if not p.is_file():
+        raise SpecError(f"{what} file {str(path)!r} not found")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            with p.open("rb") as f:
+                fmt = np.lib.format
+                major, _ = fmt.read_magic(f)
+                read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+                shape, _, _ = read(f)
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            meta = pq.read_metadata(p)
+            cols = [c for c in meta.schema.names if c.startswith("f") and c[1:].isdigit()]
+            shape = (meta.num_rows, len(cols))
+        else:
+            raise SpecError(f"{what} file must be .npy or .parquet, not {p.name}")
+    except SpecError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise SpecError(f"cannot read {what} file {str(path)!r}: {type(exc).__name__}") from None
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise SpecError(f"{what} file {str(path)!r} must hold a 2-D matrix, got shape {shape}")
+    return int(shape[0]), int(shape[1])

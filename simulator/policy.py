@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from .errors import SpecError
-from .types import Catalog, Feedback, Observation
+from .types import Catalog, Feedback, Observation, check_ids
 
 #: scoring works on blocks of at most this many user x item scores (4 MiB of float32:
 #: small enough to be reused by the allocator instead of mapped afresh every block)
@@ -29,6 +29,8 @@ class PolicyContext:
     ``segments`` is coarse side information a platform has about its users ([B, S]
     one-hot, e.g. a declared audience segment): for populations made of user types it is
     the type, otherwise None. ``horizon`` is the number of steps of the run.
+    ``user_ids`` are the users' stable string ids at the boundary (default ``str(index)``;
+    a file population's ``user_id`` column); inside the engine a user is its index.
     """
 
     num_users: int
@@ -38,6 +40,10 @@ class PolicyContext:
     device: torch.device
     horizon: int = 0
     segments: torch.Tensor | None = None
+    user_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_ids", check_ids(self.user_ids, self.num_users, "user"))
 
 
 @runtime_checkable

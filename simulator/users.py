@@ -13,7 +13,7 @@ import torch
 
 from .errors import SpecError
 from .geometry import random_unit, unit
-from .io import read_matrix
+from .io import USER_ID_COLUMN, id_column, read_matrix
 from .rng import Streams
 from .specs import (
     FilePopulation,
@@ -41,6 +41,24 @@ def sample_population(
     spec: PopulationSpec, n: int, dim: int, *, env_seed: int, gen: torch.Generator
 ) -> torch.Tensor:
     """[n, dim] float32 initial preferences. ``gen`` is the run's CPU population stream."""
+    return sample_population_with_ids(spec, n, dim, env_seed=env_seed, gen=gen)[0]
+
+
+def sample_population_with_ids(
+    spec: PopulationSpec, n: int, dim: int, *, env_seed: int, gen: torch.Generator
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """:func:`sample_population` and the users' string ids: a file population's
+    ``user_id`` column where it has one (a row drawn again, when the file has fewer rows
+    than users, is ``<id>#<user index>`` so ids stay distinct), else ``str(index)``
+    (returned as ``()``, the default of :class:`~simulator.policy.PolicyContext`)."""
+    if isinstance(spec, FilePopulation):
+        return _file_population(spec, n, dim, gen)
+    return _sample(spec, n, dim, env_seed=env_seed, gen=gen), ()
+
+
+def _sample(
+    spec: PopulationSpec, n: int, dim: int, *, env_seed: int, gen: torch.Generator
+) -> torch.Tensor:
     if isinstance(spec, UniformSpherePopulation):
         return random_unit(n, dim, gen)
     if isinstance(spec, MixturePopulation):
@@ -72,18 +90,33 @@ def sample_population(
         type_idx = type_idx[torch.randperm(n, generator=gen)]
         table = torch.tensor([t.preferences for t in spec.types], dtype=torch.float32)
         return table[type_idx].contiguous()
-    if isinstance(spec, FilePopulation):
-        mat, _ = read_matrix(spec.path, what="population")
-        if mat.shape[1] != dim:
-            raise SpecError(
-                f"population file {spec.path} has dimension {mat.shape[1]}, the catalog {dim}"
-            )
-        rows = torch.from_numpy(mat)
-        if rows.shape[0] >= n:
-            return rows[:n].clone()
-        idx = torch.randint(rows.shape[0], (n,), generator=gen)
-        return rows[idx].contiguous()
     raise SpecError(f"unknown population kind {spec!r}")  # pragma: no cover
+
+
+def _file_population(
+    spec: FilePopulation, n: int, dim: int, gen: torch.Generator
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    mat, table = read_matrix(spec.path, what="population")
+    if mat.shape[1] != dim:
+        raise SpecError(
+            f"population file {spec.path} has dimension {mat.shape[1]}, the catalog {dim}"
+        )
+    rows = torch.from_numpy(mat)
+    file_ids: tuple[str, ...] = ()
+    if table is not None and USER_ID_COLUMN in table.columns:
+        file_ids = id_column(table, USER_ID_COLUMN, spec.path, "user")
+    if rows.shape[0] >= n:
+        return rows[:n].clone(), file_ids[:n]
+    idx = torch.randint(rows.shape[0], (n,), generator=gen)
+    ids: tuple[str, ...] = ()
+    if file_ids:
+        seen: set[int] = set()
+        out = []
+        for b, r in enumerate(idx.tolist()):
+            out.append(file_ids[r] if r not in seen else f"{file_ids[r]}#{b}")
+            seen.add(r)
+        ids = tuple(out)
+    return rows[idx].contiguous(), ids
 
 
 def user_types(spec: PopulationSpec, initial: torch.Tensor) -> torch.Tensor | None:

@@ -455,3 +455,22 @@ def test_derive_movielens_reproduces_the_shipped_files(tmp_path):
     for name in ("items.parquet", "users.parquet"):
         shipped = pd.read_parquet(resolve_path(f"data:movielens-100k-v1/{name}"))
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / name), shipped)
+
+
+def test_a_model_trained_on_ml100k_matches_movielens_by_token(ml100k_bpr):
+    """Simulator item i of movielens-100k-v1 is movie id i + 1: the model's token for
+    item 0 is "1", for user 0 "1", and the frozen policy's slates are the model's top-k
+    by those tokens."""
+    tm = ml100k_bpr
+    spec = get_scenario("movielens-100k-v1")
+    env = build_environment(spec)
+    assert env.catalog.item_ids[0] == "1"
+    pol = ra.FrozenRecBolePolicy(tm)
+    res = run_arms(env, {"m": pol}, users=5, steps=1, seed=0, record_full=True)
+    slates = res.arms["m"].slates
+    assert slates is not None
+    assert pol.ctx.user_ids[:5] == ("1", "2", "3", "4", "5")
+    scores = tm.score_users(tm.user_ids(["1", "2", "3", "4", "5"]))
+    top = scores[:, 1:].topk(spec.slate_size, dim=1).indices + 1  # internal ids, no [PAD]
+    tokens = [[tm.item_tokens[int(j)] for j in row] for row in top]
+    assert [[str(int(i) + 1) for i in row] for row in slates[0]] == tokens

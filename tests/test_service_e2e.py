@@ -103,6 +103,7 @@ def test_audits_over_http_on_a_ray_cluster_tracked_in_an_mlflow_server(
         env.update(
             RAY_ADDRESS=ray_head,
             MLFLOW_TRACKING_URI=mlflow_server,
+            RECAUDIT_PUBLIC_MLFLOW_URL=mlflow_server,
             RECAUDIT_REMOTE_ALLOWLIST=f"127.0.0.1:{policy_server.port}",
         )
         proc = start_group(serve_cmd(port), env, tmp_path / "serve.log")

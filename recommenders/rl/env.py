@@ -16,7 +16,7 @@ from simulator.engine import Environment, draw_noise, segment_matrix, step_users
 from simulator.policy import Policy, PolicyContext
 from simulator.rng import Streams
 from simulator.types import Feedback, Observation
-from simulator.users import sample_population, user_types
+from simulator.users import sample_population_with_ids, user_types
 
 from ..baselines import UniformRandom
 from ..features import HistoryFeatures
@@ -38,13 +38,14 @@ class SlateEnv:
     def reset(self, seed: int, natural: Policy | None = None) -> torch.Tensor:
         spec, dev = self.env.spec, self.env.device
         streams = Streams(seed, device=dev)
-        self.u0 = sample_population(
+        u0, user_ids = sample_population_with_ids(
             spec.population,
             self.users,
             self.env.dim,
             env_seed=spec.env_seed,
             gen=Streams(seed).generator("population"),
-        ).to(dev)
+        )
+        self.u0 = u0.to(dev)
         self.u = self.u0
         self.u_nat = self.u0
         self.gens = {n: streams.generator(n) for n in ("choice", "dynamics", "drift")}
@@ -57,6 +58,7 @@ class SlateEnv:
             device=dev,
             horizon=self.horizon,
             segments=segment_matrix(spec, user_types(spec.population, self.u0)),
+            user_ids=user_ids,
         )
         self.natural = natural if natural is not None else UniformRandom()
         self.natural.reset(ctx)

@@ -9,18 +9,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.security.utils import get_authorization_scheme_param
 
+from auditor.budget import BudgetExceeded
 from auditor.spec import AuditSpec
+from auditor.tracking import run_link
 
 from ..deps import Svc, Tenant
-from ..intake import BudgetExceeded, check_audit
+from ..intake import check_audit
 from ..jobs import STATUSES, IdempotencyConflict, spec_body
 from ..problems import MEDIA_TYPE, ApiError, Problem
-from ..schemas import Audit, AuditLinks, AuditPage, AuditSummary, AuditTimings, Figures
+from ..schemas import (
+    AUDIT_EXAMPLES,
+    Audit,
+    AuditLinks,
+    AuditPage,
+    AuditSummary,
+    AuditTimings,
+    Figures,
+)
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
@@ -47,7 +57,7 @@ def _links(row: dict[str, Any], mlflow_ui: str | None) -> AuditLinks:
         report=f"{base}/report",
         report_html=f"{base}/report.html",
         figures=f"{base}/figures",
-        mlflow=f"{mlflow_ui}/#/experiments/{exp}/runs/{run}" if mlflow_ui and exp and run else None,
+        mlflow=run_link(exp, run, mlflow_ui or ""),  # public URL only
     )
 
 
@@ -112,7 +122,7 @@ def _get(svc: Svc, tenant: str, audit_id: str) -> dict[str, Any]:
     responses=_problems(401, 413, 422),
 )
 def submit(
-    spec: AuditSpec,
+    spec: Annotated[AuditSpec, Body(openapi_examples=AUDIT_EXAMPLES)],
     svc: Svc,
     tenant: Tenant,
     response: Response,

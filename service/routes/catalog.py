@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from auditor.budget import BudgetExceeded
 from auditor.spec import PolicySpec
 from simulator.errors import SpecError
 
@@ -137,9 +138,11 @@ def upload_policy(
     w = weights.file.read()
     c = config.file.read()
     try:
-        row = svc.uploads.add(tenant, name, c, w)
+        row = svc.uploads.add(tenant, name, c, w, max_params=svc.settings.max_model_params)
     except UnsupportedUpload as exc:
         raise ApiError(415, str(exc), slug="unsupported-upload") from None
+    except BudgetExceeded as exc:
+        raise ApiError(422, str(exc), slug="budget") from None
     except SpecError as exc:
         raise ApiError(422, str(exc), slug="invalid-upload") from None
     return _uploaded(row)

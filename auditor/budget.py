@@ -1,0 +1,225 @@
+"""What an audit will cost, estimated from its spec alone, and the limits it must fit.
+
+:func:`estimate` is the one place that sizes an audit before anything runs: it computes
+the catalog's size and dimension from the scenario's fields (reading no more than a
+file's header, building nothing), the simulations (users x steps x replicates x arms),
+the largest array any simulation or training will hold, every training the references
+imply (iterations x users x horizon) and the calls to remote policies. :func:`check`
+refuses a cost over its :class:`Limits` with :class:`BudgetExceeded`, which states the
+estimate and the limit. The service calls both on every submission; the CLI may too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from simulator.errors import SpecError
+from simulator.specs import (
+    CatalogSpec,
+    FileCatalog,
+    FilePopulation,
+    MixturePopulation,
+    OneHotTopicsCatalog,
+    PolarityCatalog,
+    ScenarioSpec,
+    TopicClustersCatalog,
+)
+
+from .spec import NATURAL, AuditSpec, PolicySpec
+
+#: users whose consumed-item sets are kept for the Jaccard metric (auditor.measure)
+_JACCARD_USERS = 4096
+#: users of the evaluation run after a training (auditor.train.TrainJob.eval_users)
+_EVAL_USERS = 2000
+
+
+class BudgetExceeded(SpecError):
+    """An audit (or upload) over a limit (the service answers 422, type
+    urn:recaudit:problem:budget)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most one audit may cost. Defaults are the service's (docs/service.md)."""
+
+    user_steps: int = 20_000_000
+    cells: int = 100_000_000
+    train_steps: int = 100_000_000
+    remote_calls: int = 100_000
+    #: where each limit comes from, named in refusals
+    names: dict[str, str] = field(
+        default_factory=lambda: {
+            "user_steps": "RECAUDIT_MAX_USER_STEPS",
+            "cells": "RECAUDIT_MAX_CELLS",
+            "train_steps": "RECAUDIT_MAX_TRAIN_STEPS",
+            "remote_calls": "RECAUDIT_MAX_REMOTE_CALLS",
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Cost:
+    """An audit's estimated cost (see :func:`estimate`)."""
+
+    users: int
+    steps: int
+    replicates: int
+    arms: int
+    n_items: int
+    dim: int
+    user_steps: int  # users x steps x replicates x arms
+    cells: int  # elements of the largest array one simulation or training holds
+    cells_what: str  # what that array is
+    train_steps: int  # environment steps of every training the references imply
+    trainings: int
+    remote_calls: int
+
+
+def catalog_shape(spec: CatalogSpec) -> tuple[int, int, int]:
+    """(items, dimension, topics) of a catalog from its fields; a file catalog's from the
+    file's header. Builds nothing."""
+    if isinstance(spec, TopicClustersCatalog):
+        return spec.n_topics * spec.items_per_topic, spec.dim, spec.n_topics
+    if isinstance(spec, PolarityCatalog):
+        return spec.n_items, 1 + spec.n_topic_dims, 10
+    if isinstance(spec, OneHotTopicsCatalog):
+        return spec.n_topics * spec.items_per_topic, spec.n_topics, spec.n_topics
+    if isinstance(spec, FileCatalog):
+        from simulator.io import matrix_shape
+
+        rows, dim = matrix_shape(spec.path, what="catalog")
+        return rows, dim, dim
+    raise SpecError(f"unknown catalog kind {spec!r}")  # pragma: no cover - closed union
+
+
+def _trainable(kind: str) -> bool:
+    from recommenders.registry import POLICIES
+
+    k = POLICIES.get(kind)
+    return bool(k is not None and k.trainable)
+
+
+def _train_shape(p: PolicySpec, scenario: ScenarioSpec) -> tuple[int, int, int]:
+    """(iterations, users, horizon) of the training a trainable reference implies."""
+    from .train import default_config
+
+    cfg = default_config(p.kind, **dict(p.params))
+    return cfg.iterations, cfg.users, cfg.steps or scenario.default_steps
+
+
+def estimate(
+    spec: AuditSpec,
+    *,
+    remote_kind: str = "remote",
+    remote_batch: int = 1024,
+    extra_kinds: Collection[str] = (),
+) -> Cost:
+    """The whole cost of ``spec``, from its fields alone (call after the spec's own
+    checks: unknown kinds and bad training parameters raise SpecError here too)."""
+    scenario = spec.scenario_spec()
+    steps = spec.steps or scenario.default_steps
+    arms = spec.arms()
+    n_items, dim, topics = catalog_shape(scenario.catalog)
+    if isinstance(scenario.population, FilePopulation):
+        from simulator.io import matrix_shape
+
+        matrix_shape(scenario.population.path, what="population")
+    users = spec.users
+    terms: dict[str, int] = {
+        f"the catalog ({n_items:,} items x {dim} dimensions)": n_items * dim,
+        f"the users' preferences ({users:,} users x {dim} dimensions)": users * dim,
+        f"consumed-item sets ({min(users, _JACCARD_USERS):,} users x {n_items:,} items)": min(
+            users, _JACCARD_USERS
+        )
+        * n_items,
+        f"topic counts ({users:,} users x {topics:,} topics)": users * topics,
+    }
+    if isinstance(scenario.catalog, TopicClustersCatalog):
+        c = scenario.catalog
+        terms[f"topic centres ({c.n_topics:,} x {dim})"] = c.n_topics * dim
+    if isinstance(scenario.population, MixturePopulation):
+        m = scenario.population
+        terms[f"mixture centres ({m.n_components:,} x {dim})"] = m.n_components * dim
+    train_steps = trainings = remote_calls = 0
+    seen: set[str] = set()
+    for _label, p in arms:
+        kind = scenario.natural_policy if p.kind == NATURAL else p.kind
+        if p.kind == remote_kind:
+            batches = -(-users // max(1, remote_batch))
+            remote_calls += spec.replicates * steps * batches
+            continue
+        if kind in extra_kinds or not _trainable(kind):
+            continue
+        # a learned policy scores every item for every user at each step
+        terms[f"a learned policy's scores ({users:,} users x {n_items:,} items)"] = users * n_items
+        key = f"{kind}:{sorted(p.params.items())}"
+        if key in seen:  # the same configuration is trained once
+            continue
+        seen.add(key)
+        iterations, t_users, horizon = _train_shape(p, scenario)
+        trainings += 1
+        train_steps += iterations * t_users * horizon + 2 * _EVAL_USERS * horizon
+        obs = 3 * dim + 2 + len(getattr(scenario.population, "types", ()))
+        terms[f"training buffers ({horizon:,} steps x {t_users:,} users x {obs} features)"] = (
+            horizon * t_users * obs
+        )
+        terms[f"training scores ({t_users:,} users x {n_items:,} items)"] = t_users * n_items
+    what, cells = max(terms.items(), key=lambda kv: kv[1])
+    return Cost(
+        users=users,
+        steps=steps,
+        replicates=spec.replicates,
+        arms=len(arms),
+        n_items=n_items,
+        dim=dim,
+        user_steps=users * steps * spec.replicates * len(arms),
+        cells=cells,
+        cells_what=what,
+        train_steps=train_steps,
+        trainings=trainings,
+        remote_calls=remote_calls,
+    )
+
+
+def check(cost: Cost, limits: Limits) -> None:
+    """Refuse (BudgetExceeded) a cost over any limit, stating the estimate and the limit."""
+    n = limits.names
+    if cost.user_steps > limits.user_steps:
+        raise BudgetExceeded(
+            f"this audit costs {cost.users} users x {cost.steps} steps x {cost.replicates} "
+            f"replicates x {cost.arms} arms = {cost.user_steps:,} user-steps, over this "
+            f"service's limit of {limits.user_steps:,} ({n['user_steps']}); use fewer users, "
+            "steps, replicates or references"
+        )
+    if cost.cells > limits.cells:
+        raise BudgetExceeded(
+            f"this audit would hold {_cells(cost.cells)} in one array, {cost.cells_what}, "
+            f"over this service's limit of {limits.cells:,} values ({n['cells']}); use a "
+            "smaller catalog, fewer users or smaller training settings"
+        )
+    if cost.train_steps > limits.train_steps:
+        raise BudgetExceeded(
+            f"the {cost.trainings} training(s) this audit's references imply cost "
+            f"{cost.train_steps:,} environment steps (iterations x users x horizon, plus "
+            f"evaluation), over this service's limit of {limits.train_steps:,} "
+            f"({n['train_steps']}); lower the references' iterations, users or steps"
+        )
+    if cost.remote_calls > limits.remote_calls:
+        raise BudgetExceeded(
+            f"this audit makes {cost.remote_calls:,} calls to remote policies (replicates x "
+            f"steps x user batches), over this service's limit of {limits.remote_calls:,} "
+            f"({n['remote_calls']}); use fewer users, steps or replicates"
+        )
+
+
+def _cells(n: int) -> str:
+    return f"{n:,} values (about {_bytes(4 * n)} as float32)"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
