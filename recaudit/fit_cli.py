@@ -68,40 +68,30 @@ def add_parser(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
 
 def _catalog(text: str, temperature: float | None) -> tuple[Any, Any, list[str], Path | None]:
     """(Items, choice spec, item ids, scenario directory or None)."""
-    import pandas as pd
-    import torch
     from pydantic import TypeAdapter, ValidationError
 
     from simulator.catalog import build_catalog
     from simulator.fitting.likelihood import Items
-    from simulator.io import read_matrix, resolve_path
     from simulator.scenarios import get_scenario
     from simulator.specs import ChoiceSpec, FileCatalog, MNLChoice
 
-    def from_table(path: Path) -> tuple[Any, list[str]]:
-        mat, table = read_matrix(path, what="catalog")
-        if table is None or "item_id" not in table.columns:
-            raise SpecError(f"catalog {path} needs an item_id column")
-        ids = table["item_id"].astype(str).tolist()
-        if len(set(ids)) != len(ids):
-            raise SpecError(f"catalog {path} has duplicate item ids")
-        appeal = (
-            torch.tensor(table["appeal"].to_numpy(), dtype=torch.float32)
-            if "appeal" in table.columns
-            else torch.zeros(len(ids))
-        )
-        return Items(torch.from_numpy(mat), appeal), ids
+    def from_file(path: Path) -> tuple[Any, list[str]]:
+        catalog = build_catalog(FileCatalog(path=str(path)), 0)
+        return Items(catalog.features, catalog.appeal), list(catalog.item_ids)
 
     p = Path(text)
     if p.is_dir():
         spec_path = p / SCENARIO_FILE
         if not spec_path.is_file():
             raise SpecError(f"{p} is not a scenario directory (no {SCENARIO_FILE})")
-        data = json.loads(spec_path.read_text(encoding="utf-8"))
-        cat = data.get("catalog", {})
+        try:
+            data = json.loads(spec_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise SpecError(f"{spec_path} is not JSON: {exc}") from None
+        cat = data.get("catalog") if isinstance(data, dict) else None
         if not isinstance(cat, dict) or cat.get("kind") != "file":
             raise SpecError(f"{spec_path}: the catalog must be a file catalog")
-        items, ids = from_table(p / Path(str(cat.get("path"))).name)
+        items, ids = from_file(p / Path(str(cat.get("path"))).name)
         try:
             choice = TypeAdapter(ChoiceSpec).validate_python(data.get("choice"))
         except ValidationError as exc:
@@ -110,16 +100,11 @@ def _catalog(text: str, temperature: float | None) -> tuple[Any, Any, list[str],
             ) from None
         return items, choice, ids, p
     if p.suffix.lower() == ".parquet":
-        items, ids = from_table(p)
+        items, ids = from_file(p)
         return items, MNLChoice(temperature=temperature or 0.1), ids, None
     spec = get_scenario(text)
     catalog = build_catalog(spec.catalog, spec.env_seed)
-    ids = [str(i) for i in range(catalog.size)]
-    if isinstance(spec.catalog, FileCatalog) and spec.catalog.path.endswith(".parquet"):
-        table = pd.read_parquet(resolve_path(spec.catalog.path))
-        if "item_id" in table.columns:
-            ids = table["item_id"].astype(str).tolist()
-    return Items(catalog.features, catalog.appeal), spec.choice, ids, None
+    return Items(catalog.features, catalog.appeal), spec.choice, list(catalog.item_ids), None
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

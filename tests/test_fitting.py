@@ -231,3 +231,55 @@ def test_static_data_select_static():
     r = _recover("static", 300, 40, ("static", "trecs"))
     assert r["selected"] == "static"
     assert r["candidates"]["trecs"] < 0.01
+
+
+def test_cli_fit_updates_a_scenario_directory(tmp_path):
+    """A scenario directory gets the selected dynamics and the fit section; the log's
+    item ids are matched to the catalog's item_id column."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from recaudit.cli import main
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(12, 3))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    table = pd.DataFrame({f"f{i}": feats[:, i] for i in range(3)})
+    table["item_id"] = [f"sku{i}" for i in range(12)]
+    table.to_parquet(tmp_path / "items.parquet")
+    scenario = {
+        "id": "team-v1",
+        "catalog": {"kind": "file", "path": "items.parquet"},
+        "choice": {"kind": "mnl", "temperature": 0.2},
+        "dynamics": {"kind": "trecs"},
+    }
+    (tmp_path / "scenario.json").write_text(json.dumps(scenario))
+    rows = [(f"u{u}", f"sku{rng.integers(0, 12)}", t) for u in range(8) for t in range(6)]
+    pd.DataFrame(rows, columns=["user", "item", "timestamp"]).to_csv(
+        tmp_path / "log.csv", index=False
+    )
+    out = tmp_path / "fit.json"
+    code = main(
+        [
+            "fit",
+            str(tmp_path / "log.csv"),
+            "--catalog",
+            str(tmp_path),
+            "--candidates",
+            "static",
+            "--slate-size",
+            "4",
+            "--replicates",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    fit = json.loads(out.read_text())
+    assert fit["family"] == "static" and fit["data"]["events"] == 48
+    assert "most consumed before it" in fit["data"]["exposures"]
+    updated = json.loads((tmp_path / "scenario.json").read_text())
+    assert updated["dynamics"] == {"kind": "none"} and updated["fit"] == fit
