@@ -179,6 +179,15 @@ def fit_log(
             "the sphere); its random walk is not identifiable with a deterministic state and "
             "is not fitted",
             *assumptions,
+            *(
+                (
+                    "the scenario's dynamics need a number for every parameter: for those not "
+                    "identified (" + ", ".join(r.name for r in results if r.status == NOT) + ") "
+                    "it uses the profile maximum, which the data do not pin down",
+                )
+                if any(r.status == NOT for r in results)
+                else ()
+            ),
         ),
         seconds=round(time.perf_counter() - start_time, 2),
     )
