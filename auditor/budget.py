@@ -68,7 +68,7 @@ class Cost:
     arms: int
     n_items: int
     dim: int
-    user_steps: int  # users x steps x replicates x arms
+    user_steps: int  # users x steps x replicates x arm runs
     cells: int  # elements of the largest array one simulation or training holds
     cells_what: str  # what that array is
     train_steps: int  # environment steps of every training the references imply
@@ -173,7 +173,7 @@ def estimate(
         arms=len(arms),
         n_items=n_items,
         dim=dim,
-        user_steps=users * steps * spec.replicates * len(arms),
+        user_steps=users * steps * spec.replicates * arm_runs(len(arms)),
         cells=cells,
         cells_what=what,
         train_steps=train_steps,
@@ -182,13 +182,20 @@ def estimate(
     )
 
 
+def arm_runs(arms: int) -> int:
+    """Arm simulations per replicate: every arm but the natural one runs beside the
+    natural counterfactual in lockstep (auditor.measure, for mediated engagement)."""
+    return 2 * arms - 1
+
+
 def check(cost: Cost, limits: Limits) -> None:
     """Refuse (BudgetExceeded) a cost over any limit, stating the estimate and the limit."""
     n = limits.names
     if cost.user_steps > limits.user_steps:
         raise BudgetExceeded(
             f"this audit costs {cost.users} users x {cost.steps} steps x {cost.replicates} "
-            f"replicates x {cost.arms} arms = {cost.user_steps:,} user-steps, over this "
+            f"replicates x {cost.arms} arms ({arm_runs(cost.arms)} arm runs, each arm beside "
+            f"the natural counterfactual) = {cost.user_steps:,} user-steps, over this "
             f"service's limit of {limits.user_steps:,} ({n['user_steps']}); use fewer users, "
             "steps, replicates or references"
         )

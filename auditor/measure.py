@@ -10,7 +10,6 @@ noise the audited arm saw. Workers return data; the driver compares arms.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,36 +19,21 @@ import torch
 
 from simulator import metrics
 from simulator.engine import Environment, StepView, build_environment, run_arms
+from simulator.metric_registry import (
+    ENGINE_SERIES,
+    REGISTRY,
+    STEP_SERIES,
+    RunMeasures,
+    StepMeasures,
+)
 from simulator.policy import Policy
 from simulator.rng import Streams
 from simulator.specs import ScenarioSpec
 
 from .executor import check_stop
 
-#: per-step measurements, in addition to the engine's streamed summaries
-STEP_METRICS = (
-    "engagement",
-    "expected_engagement",
-    "initial_pref_engagement",
-    "welfare",
-    "shift",
-    "polarity_mean",
-    "polarization",
-    "esteban_ray",
-    "bimodality",
-    "mean_pairwise_distance",
-    "extreme_share",
-    "dispersion",
-)
-_ENGINE_NAMES = {
-    "click_rate": "engagement",
-    "expected_clicks": "expected_engagement",
-    "initial_pref_engagement": "initial_pref_engagement",
-    "welfare": "welfare",
-    "shift": "shift",
-    "polarity_mean": "polarity_mean",
-    "polarization": "polarization",
-}
+#: per-step series of an arm (the curves), from the metric registry
+STEP_METRICS = STEP_SERIES
 _COUNTERFACTUAL = "\x00natural-counterfactual"  # an arm name no audit label can take
 HIST_BINS = 40
 JACCARD_USERS = 4096  # consumed-set similarity is measured on (at most) this many users
@@ -107,40 +91,6 @@ class ArmOutcome:
     seconds: float = 0.0
 
 
-def gini(x: torch.Tensor) -> float:
-    """Gini coefficient of non-negative values (0: all equal; 0 for an all-zero vector)."""
-    v = x.double().flatten().sort().values
-    n, total = v.numel(), float(v.sum())
-    if n == 0 or total == 0.0:
-        return 0.0
-    i = torch.arange(1, n + 1, dtype=torch.float64, device=v.device)
-    return float((2 * (i * v).sum()) / (n * total) - (n + 1) / n)
-
-
-def mean_jaccard(consumed: torch.Tensor, pairs: torch.Tensor) -> float:
-    """Mean Jaccard similarity |A & B| / |A | B| of consumed-item sets over user pairs
-    (T-RECS' interaction similarity); pairs where both sets are empty are left out."""
-    a, b = consumed[pairs[:, 0]], consumed[pairs[:, 1]]
-    inter = (a & b).sum(dim=1).double()
-    union = (a | b).sum(dim=1).double()
-    ok = union > 0
-    if not bool(ok.any()):
-        return math.nan
-    return float((inter[ok] / union[ok]).mean())
-
-
-def mean_topic_entropy(topic_counts: torch.Tensor) -> float:
-    """Mean over users with at least one click of the entropy (bits) of their consumed
-    topics."""
-    n = topic_counts.sum(dim=1, keepdim=True)
-    ok = n.squeeze(1) > 0
-    if not bool(ok.any()):
-        return math.nan
-    p = topic_counts[ok] / n[ok]
-    h = -torch.special.xlogy(p.double(), p.double()).sum(dim=1) / math.log(2.0)
-    return float(h.mean())
-
-
 class _Mediation:
     """Expected clicks of the arm's slates under the users' actual preferences and under
     their natural-counterfactual preferences (the natural arm's state at the same step of
@@ -185,9 +135,8 @@ class _Meter:
     def __init__(self, job: ArmJob, n_items: int, topics: torch.Tensor, dev: torch.device):
         self.job = job
         self.lo, self.hi = axis_range(job.scenario.space)
-        self.per_step: dict[str, list[float]] = {
-            m: [] for m in STEP_METRICS if m not in _ENGINE_NAMES.values()
-        }
+        self.step_metrics = [m for m in REGISTRY.values() if m.step is not None]
+        self.per_step: dict[str, list[float]] = {m.name: [] for m in self.step_metrics}
         self.snap_at = set(job.checkpoints)
         self.snapshots: list[torch.Tensor] = []
         self.exposure = torch.zeros(n_items, dtype=torch.float64, device=dev)
@@ -203,13 +152,16 @@ class _Meter:
             self.axis = v.axis
             if 0 in self.snap_at:
                 self.snapshots.append(v.u0.float().cpu())
-        z = metrics.polarity(v.u, v.axis)
-        s = self.per_step
-        s["esteban_ray"].append(metrics.esteban_ray(z, lo=self.lo, hi=self.hi))
-        s["bimodality"].append(metrics.bimodality_coefficient(z) if z.numel() >= 4 else math.nan)
-        s["mean_pairwise_distance"].append(metrics.mean_pairwise_distance(z))
-        s["extreme_share"].append(metrics.extreme_share(z, self.job.extreme_threshold))
-        s["dispersion"].append(float(v.u.double().var(dim=0, unbiased=False).sum()))
+        sm = StepMeasures(
+            u=v.u,
+            z=metrics.polarity(v.u, v.axis),
+            lo=self.lo,
+            hi=self.hi,
+            extreme_threshold=self.job.extreme_threshold,
+        )
+        for m in self.step_metrics:
+            assert m.step is not None
+            self.per_step[m.name].append(m.step(sm))
         if v.t + 1 in self.snap_at:
             self.snapshots.append(v.u.float().cpu())
         self.exposure += torch.bincount(v.slate.flatten(), minlength=self.exposure.numel())
@@ -249,41 +201,35 @@ def run_arm(job: ArmJob) -> ArmOutcome:
     )
     rec = result.arms[job.label]
     assert rec.final is not None and rec.clicks is not None
-    per_step = {_ENGINE_NAMES[k]: list(v) for k, v in rec.summaries.items() if k in _ENGINE_NAMES}
+    per_step = {ENGINE_SERIES[k]: list(v) for k, v in rec.summaries.items() if k in ENGINE_SERIES}
     per_step.update(meter.per_step)
     per_step = {m: per_step[m] for m in STEP_METRICS}
-
-    u0, uT = result.initial.double(), rec.final.double()
-    z0 = metrics.polarity(result.initial, result.axis)
-    cos = (u0 * uT).sum(dim=1) / (u0.norm(dim=1) * uT.norm(dim=1)).clamp_min(1e-12)
+    natural = result.arms[_COUNTERFACTUAL] if job.counterfactual is not None else rec
+    assert natural.final is not None
     gen = Streams(job.seed).generator("audit-pairs")
     perm = torch.randperm(meter.jac_users, generator=gen).to(env.device)
     half = meter.jac_users // 2
-    pairs = torch.stack([perm[:half], perm[half : 2 * half]], dim=1)
-    final = {m: per_step[m][-1] for m in STEP_METRICS}
-    final.update(
-        engagement=float(np.mean(per_step["engagement"])),
-        expected_engagement=float(np.mean(per_step["expected_engagement"])),
-        initial_pref_engagement=float(np.mean(per_step["initial_pref_engagement"])),
-        welfare=float(np.mean(per_step["welfare"])),
-        cumulative_clicks=float(rec.clicks.double().mean()),
-        shift_angle=float(torch.arccos(cos.clamp(-1.0, 1.0)).mean()),
-        polarization_change=per_step["polarization"][-1] - metrics.variance_index(z0),
-        jaccard=mean_jaccard(meter.consumed, pairs),
-        topic_entropy=mean_topic_entropy(meter.topic_counts),
-        coverage=float((meter.exposure > 0).double().mean()),
-        exposure_gini=gini(meter.exposure),
+    measures = RunMeasures(
+        steps=job.steps,
+        series=per_step,
+        u0=result.initial,
+        u=rec.final,
+        u_natural=natural.final,
+        axis=result.axis,
+        clicks=rec.clicks,
+        exposure=meter.exposure,
+        consumed=meter.consumed,
+        pairs=torch.stack([perm[:half], perm[half : 2 * half]], dim=1),
+        topic_counts=meter.topic_counts,
+        expected_actual=mediation.actual,
+        expected_natural=mediation.natural,
     )
-    clicks = rec.clicks.double().cpu()
+    final = {name: m.final(measures) for name, m in REGISTRY.items()}
     per_user = {
-        "engagement": (clicks / job.steps).numpy(),
-        "cumulative_clicks": clicks.numpy(),
-        "shift": (uT - u0).norm(dim=1).cpu().numpy(),
-        "mediated_engagement": ((mediation.actual - mediation.natural) / job.steps).cpu().numpy(),
+        name: np.asarray(m.user(measures), dtype=np.float64)
+        for name, m in REGISTRY.items()
+        if m.user is not None
     }
-    actual, natural = float(mediation.actual.sum()), float(mediation.natural.sum())
-    final["mediated_engagement"] = float(per_user["mediated_engagement"].mean())
-    final["mediated_share"] = 1.0 - natural / actual if actual > 0 else math.nan
     snaps = torch.stack(meter.snapshots)  # [K, B, d]
     lo, hi = axis_range(job.scenario.space)
     z = (snaps @ (result.axis / result.axis.norm()).float().cpu()).double().clamp(lo, hi)

@@ -13,42 +13,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from simulator.metric_registry import DESCRIPTIONS, USER_METRICS
 from simulator.specs import Frozen, ScenarioSpec, fingerprint
 
-#: metrics an audit measures per arm and replicate (see auditor.measure)
-METRICS: dict[str, str] = {
-    "engagement": "clicks per user-step (share of users who clicked, averaged over steps)",
-    "expected_engagement": "mean click probability per user-step (lower-variance engagement)",
-    "cumulative_clicks": "total clicks per user over the horizon",
-    "initial_pref_engagement": "click probability of the shown slates under the users' initial preferences",
-    "welfare": "mean value of consumed items per user-step: <u, x> + quality (0 without a click)",
-    "shift": "mean distance ||u_T - u_0|| of final from initial preferences",
-    "shift_angle": "mean angle (radians) between final and initial preferences",
-    "induced_shift": "mean distance ||u_T - u_T(natural)|| from the same user's natural counterfactual",
-    "polarization": "variance of final positions on the polarity axis (Musco et al. 2018, per user)",
-    "polarization_change": "polarization at the end minus at the start",
-    "esteban_ray": "Esteban-Ray polarization (alpha 1.6, 20 bins of [-1, 1]) of final positions",
-    "bimodality": "bimodality coefficient of final positions (above 5/9 suggests two camps)",
-    "mean_pairwise_distance": "mean |z_i - z_j| of final positions on the polarity axis",
-    "extreme_share": "share of users beyond the extremity threshold on the polarity axis",
-    "dispersion": "total variance of the final preference vectors (trace of the covariance; all directions)",
-    "jaccard": "mean Jaccard similarity of consumed-item sets of random user pairs (homogenization)",
-    "topic_entropy": "mean entropy (bits) of each user's consumed topics (diversity)",
-    "coverage": "share of the catalog shown at least once",
-    "exposure_gini": "Gini coefficient of item exposure counts (0: even exposure)",
-    "mediated_engagement": (
-        "expected clicks per user-step that the shift bought: under the actual preferences "
-        "minus under the natural counterfactual's, for the same slates"
-    ),
-    "mediated_share": (
-        "share of expected engagement mediated by the induced shift: 1 - E[clicks | natural "
-        "preferences] / E[clicks | actual preferences], same slates and random numbers"
-    ),
-}
+__all__ = ["METRICS", "USER_METRICS", "AuditSpec", "Criterion", "PolicySpec"]
 
-#: metrics that are a mean over users of a per-user value (the others are population
-#: figures): they admit a user-level analysis when users are independent given the policy
-USER_METRICS = ("engagement", "cumulative_clicks", "shift", "induced_shift", "mediated_engagement")
+#: metrics an audit measures per arm and replicate: name -> description (the registry's)
+METRICS: dict[str, str] = DESCRIPTIONS
 
 #: roles a reference can play; criteria name a role or an arm label
 ROLES = ("natural", "myopic", "rl", "penalized", "other")

@@ -239,7 +239,8 @@ def curves_figure(report: AuditReport) -> Figure:
         return fig
     colours = arm_colours(report)
     axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={"hspace": 0.45, "wspace": 0.25})
-    fig.subplots_adjust(left=0.06, right=0.98, top=1 - 0.55 / height, bottom=1.05 / height)
+    # a band of 0.95 in above the panels: the figure title, then the panels' own titles
+    fig.subplots_adjust(left=0.06, right=0.98, top=1 - 0.95 / height, bottom=1.05 / height)
     handles: dict[str, Any] = {}
     for k, metric in enumerate(metrics):
         ax = axes[k // ncols][k % ncols]
@@ -281,7 +282,9 @@ def curves_figure(report: AuditReport) -> Figure:
             ncol=min(6, len(handles)),
             frameon=False,
         )
-    fig.suptitle(f"Per-step means with {1 - report.alpha:.0%} bootstrap bands")
+    fig.suptitle(
+        f"Per-step means with {1 - report.alpha:.0%} bootstrap bands", y=1 - 0.12 / height, va="top"
+    )
     return fig
 
 

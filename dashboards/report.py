@@ -298,7 +298,7 @@ def render_html(report: AuditReport, figures: Mapping[str, bytes]) -> str:
         "<h2>Metrics per arm</h2>",
         f"<p>Mean over replicates [{_e(fmt(100 * (1 - report.alpha)))}% bootstrap interval].</p>",
         _metrics(report),
-        render_fit(scenario_fit(report.spec.scenario)),
+        render_fit(scenario_fit(report.spec.scenario_spec())),
         "<h2>Provenance</h2>",
         _provenance(report),
         "</body></html>",

@@ -188,11 +188,11 @@ def render_table(report: Any) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from auditor.audit import check_spec, run_audit
+    from auditor.audit import plan_audit, run_audit
     from auditor.executor import resolve_ray_address
 
     spec = build_spec(args)
-    check_spec(spec)
+    plan = plan_audit(spec)  # checked and resolved once
     if args.in_process and args.ray_address:
         raise SpecError("--in-process and --ray-address exclude each other")
     out: Path | None = args.out
@@ -227,6 +227,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             track=not args.no_track,
             render=write_report,
             out_dir=out,
+            plan=plan,
         )
     finally:
         bar.close()

@@ -62,7 +62,7 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
     """Refuse (SpecError) an audit the service cannot or may not run, and one over the
     budget (BudgetExceeded, from auditor.budget's estimate of its whole cost: catalog,
     simulations, trainings, remote calls); returns its cost in user-steps."""
-    from auditor.audit import check_spec
+    from auditor.plan import plan_audit
     from recommenders.remote import check_allowed
 
     if not isinstance(spec.scenario, str):
@@ -77,9 +77,9 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
 
         if not torch.cuda.is_available():
             raise SpecError("device 'cuda' was asked for but this service has no CUDA device")
-    check_spec(spec, extra_kinds=EXTRA_KINDS)
+    plan = plan_audit(spec, extra_kinds=EXTRA_KINDS, independent_kinds=INDEPENDENT_KINDS)
     # the whole cost, from the spec's fields alone, before anything is read or built
-    cost = estimate(
+    cost = plan.cost = estimate(
         spec, remote_kind=REMOTE, remote_batch=settings.remote_batch, extra_kinds=EXTRA_KINDS
     )
     check(cost, settings.limits())

@@ -13,10 +13,11 @@ import torch
 from pydantic import ValidationError
 
 from auditor.audit import BuiltinPolicy, Cancelled, check_spec, run_audit
-from auditor.measure import checkpoints, gini, mean_jaccard, mean_topic_entropy
+from auditor.measure import checkpoints
 from auditor.spec import AuditSpec, Criterion
 from simulator.engine import build_environment, run_arms
 from simulator.errors import SpecError
+from simulator.metric_registry import gini, mean_jaccard, mean_topic_entropy
 from simulator.scenarios import get_scenario
 from simulator.specs import with_overrides
 

@@ -427,3 +427,23 @@ def test_history_html_is_self_contained_with_a_chart(store: dict[str, Any]) -> N
     empty = render_history_html(store["empty"], "none")
     _self_contained(empty)
     assert "No audits recorded." in empty and not _images(empty)
+
+
+@pytest.mark.parametrize("panels", [2, 5])
+def test_curves_figure_title_clears_the_panel_titles(panels):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from dashboards.figures import curves_figure
+    from tests.report_sample import sample_report
+
+    report = sample_report()
+    curves = {a: dict(list(v.items())[:panels]) for a, v in report.curves.items()}
+    fig = curves_figure(report.model_copy(update={"curves": curves}))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # places the titles
+    renderer = canvas.get_renderer()
+    top = fig._suptitle.get_window_extent(renderer)
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert len(titles) == panels
+    # every panel title lies clearly below the figure's (0.15 in of space at least)
+    assert all(t.y1 + 0.15 * fig.dpi < top.y0 for t in titles)

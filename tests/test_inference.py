@@ -188,3 +188,28 @@ def test_each_criterion_says_its_analysis_its_detectable_effect_and_what_would_d
     # the descriptive table uses the same analysis and carries no p-values
     e = next(e for e in report.effects if e.metric == "induced_shift" and e.reference == "myopic")
     assert e.analysis == "user" and e.p_value is None and e.p_holm is None
+
+
+# ------------------------------------------------------------------------- the plan
+def test_the_plan_resolves_every_arm_once_without_building_a_catalog(monkeypatch):
+    import simulator.catalog
+    from auditor.plan import plan_audit
+
+    def no_catalog(*a, **k):
+        raise AssertionError("the plan built a catalog")
+
+    monkeypatch.setattr(simulator.catalog, "build_catalog", no_catalog)
+    s = spec(references=[{"kind": "natural"}, {"kind": "popularity"}, {"kind": "ppo-myopic"}])
+    plan = plan_audit(s)
+    assert [(a.label, a.kind, a.role) for a in plan.arms] == [
+        ("policy", "oracle-greedy", "audited"),
+        ("natural", "random", "natural"),
+        ("popularity", "popularity", "other"),
+        ("ppo-myopic", "ppo-myopic", "myopic"),
+    ]
+    assert [a.label for a in plan.trainings] == ["ppo-myopic"]
+    assert [a.users_independent for a in plan.arms] == [True, True, False, True]
+    assert plan.arms[0].oracle and plan.steps == 6 and plan.checkpoints == tuple(range(7))
+    assert plan.cost is None and plan_audit(s, estimate=True).cost.arms == 4
+    with pytest.raises(RuntimeError, match="no policy factory"):
+        plan.jobs()
