@@ -292,3 +292,48 @@ def test_cli_fit_updates_a_scenario_directory(tmp_path):
     assert "most consumed before it" in fit["data"]["exposures"]
     updated = json.loads((tmp_path / "scenario.json").read_text())
     assert updated["dynamics"] == {"kind": "none"} and updated["fit"] == fit
+
+
+@pytest.mark.slow
+def test_proxy_sensitivity_refits_the_selected_family_under_the_other_proxy():
+    import numpy as np
+    import pandas as pd
+
+    from simulator.fitting.likelihood import ChoiceForm, Items
+    from simulator.fitting.log import from_interactions
+    from simulator.fitting.report import FitSection, ParameterFit
+    from simulator.fitting.select import proxy_sensitivity
+    from simulator.specs import MNLChoice
+
+    rng = np.random.default_rng(1)
+    feats = unit(torch.tensor(rng.normal(size=(20, 3)), dtype=torch.float32))
+    items = Items(feats, torch.zeros(20))
+    rows = [(f"u{u}", str(int(rng.integers(0, 20))), t) for u in range(20) for t in range(8)]
+    log = pd.DataFrame(rows, columns=["user", "item", "timestamp"])
+    ids = [str(i) for i in range(20)]
+    alt, _ = from_interactions(log, ids, proxy="sampled", slate_size=4, seed=0)
+    section = FitSection(
+        family="trecs",
+        dynamics={"kind": "trecs", "delta": 0.1},
+        parameters=(
+            ParameterFit(
+                name="delta",
+                status="identified",
+                estimate=0.1,
+                interval=(0.05, 0.15),
+                relative_se=0.1,
+            ),
+        ),
+        vs_static=0.0,
+        vs_static_interval=(0.0, 0.0),
+        candidates=(),
+        selection_rule="",
+        method="",
+        data={},
+        assumptions=(),
+    )
+    out = proxy_sensitivity(section, alt, items, ChoiceForm.of(MNLChoice(), alt), "sampled")
+    est = out["estimates"]["delta"]
+    assert out["proxy"] == "sampled" and "uniformly" in out["exposures"]
+    assert 0.0 <= est <= 1.0
+    assert out["relative_change"]["delta"] == pytest.approx(abs(est - 0.1) / 0.1)
