@@ -30,7 +30,7 @@ from simulator.specs import ScenarioSpec
 from . import tracking
 from .analysis import MIN_REPLICATES_FOR_VERDICT, Analysis, _overall, _summary
 from .executor import Cancelled, run_jobs
-from .measure import run_arm
+from .measure import ArmOutcome, run_arm
 from .plan import (
     AuditPlan,
     BuiltinPolicy,
@@ -41,7 +41,7 @@ from .plan import (
     plan_audit,
 )
 from .provenance import code_version
-from .report import EXIT_CODES, ArmInfo, AuditReport, Provenance, Timings
+from .report import EXIT_CODES, ArmInfo, AuditReport, Boundary, Provenance, Timings
 from .simulate import versions
 from .spec import METRICS, AuditSpec, PolicySpec
 
@@ -201,6 +201,7 @@ def _run_audit(
 
     t_an = time.perf_counter()
     an = Analysis(spec, arms, outcomes, steps, list(ckpts))
+    boundaries = _boundaries(outcomes)
     del outcomes
     reported = spec.reported_metrics()
     summaries = an.metric_summaries(reported)
@@ -232,6 +233,7 @@ def _run_audit(
                 oracle=a.oracle,
                 trained_run_id=a.trained_run_id,
                 penalty_weight=a.penalty_weight,
+                boundary=boundaries.get(a.label),
             )
             for a in arms
         ],
@@ -285,6 +287,22 @@ def _run_audit(
         raise
     report_progress(1.0, "done")
     return AuditResult(report=report, run_id=run_id)
+
+
+def _boundaries(outcomes: list[ArmOutcome]) -> dict[str, Boundary]:
+    """Per arm, what its policy stated about ids at the boundary: the first replicate's
+    statement with the cold-user count of every replicate."""
+    by: dict[str, list[ArmOutcome]] = {}
+    for o in sorted(outcomes, key=lambda o: o.replicate):
+        if o.boundary is not None:
+            by.setdefault(o.label, []).append(o)
+    out = {}
+    for label, outs in by.items():
+        first = dict(outs[0].boundary or {})
+        first["cold_users"] = [int((o.boundary or {}).get("cold_users", 0)) for o in outs]
+        first.pop("protocol", None)
+        out[label] = Boundary.model_validate(first)
+    return out
 
 
 def _write(

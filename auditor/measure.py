@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,6 +90,7 @@ class ArmOutcome:
     mediation: np.ndarray | None = None
     types: np.ndarray | None = None  # [B] user types of typed populations
     seconds: float = 0.0
+    boundary: dict[str, Any] | None = None  # the policy's boundary() (ids, cold start)
 
 
 class _Mediation:
@@ -173,13 +175,21 @@ class _Meter:
         self.consumed[rows[keep], items[keep]] = True
 
 
+def _boundary(policy: Policy) -> dict[str, Any] | None:
+    """What a policy that crosses the boundary by ids (uploaded models, remote endpoints)
+    states about it: its ``boundary()``, if it has one."""
+    state = getattr(policy, "boundary", None)
+    return dict(state()) if callable(state) else None
+
+
 def run_arm(job: ArmJob) -> ArmOutcome:
     """Run one arm of one replicate. Plain Python: the executor adds ``.remote``."""
     start = time.perf_counter()
     env = build_environment(job.scenario, job.device)
     meter = _Meter(job, env.catalog.size, env.catalog.topic, env.device)
     mediation = _Mediation(job, env)
-    policies = {job.label: job.factory()}
+    policy = job.factory()
+    policies = {job.label: policy}
     if job.counterfactual is not None:
         policies[_COUNTERFACTUAL] = job.counterfactual()  # steps after the arm
 
@@ -247,4 +257,5 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         mediation=torch.stack([mediation.actual, mediation.natural]).cpu().numpy(),
         types=None if result.types is None else result.types.cpu().numpy(),
         seconds=time.perf_counter() - start,
+        boundary=_boundary(policy),
     )

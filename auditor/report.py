@@ -24,6 +24,29 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Boundary(_Model):
+    """How an arm's policy met the scenario's ids at the boundary (uploaded models and
+    remote endpoints): the matching and cold-start rule in words, and the counts."""
+
+    rule: str = Field(..., description="How items and users were matched; the cold-start rule.")
+    kind: str = Field("", description="The model (class, training data) or the protocol.")
+    catalog_items: int = Field(..., description="Items in the scenario's catalog.")
+    model_items: int | None = Field(None, description="Items the model knows.")
+    unknown_items: int = Field(0, description="Catalog items the model does not know.")
+    model_items_outside_catalog: int | None = Field(
+        None, description="Items the model knows that the catalog lacks (never shown)."
+    )
+    model_item_examples: list[str] = Field(default_factory=list, description="Its first item ids.")
+    users: int = Field(..., description="Simulated users per replicate.")
+    model_users: int | None = Field(None, description="Users the model knows.")
+    model_user_examples: list[str] = Field(default_factory=list, description="Its first user ids.")
+    cold_users: list[int] = Field(
+        default_factory=list,
+        description="Per replicate: simulated users the model could not serve (cold-start rule).",
+    )
+    cold_user_examples: list[str] = Field(default_factory=list)
+
+
 class ArmInfo(_Model):
     label: str = Field(..., description="Arm name in this report ('policy' is the audited one).")
     kind: str = Field(..., description="Policy kind ('natural' for the counterfactual).")
@@ -32,6 +55,9 @@ class ArmInfo(_Model):
     oracle: bool = Field(False, description="Reads true preferences (not deployable).")
     trained_run_id: str | None = Field(None, description="MLflow run of the trained policy.")
     penalty_weight: float | None = Field(None, description="Penalty weight of penalized learners.")
+    boundary: Boundary | None = Field(
+        None, description="Ids at the boundary (uploaded models, remote endpoints)."
+    )
 
 
 class MetricSummary(_Model):

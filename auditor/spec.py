@@ -118,6 +118,24 @@ def default_criteria() -> list[Criterion]:
     ]
 
 
+def axis_free_criteria() -> list[Criterion]:
+    """Default criteria of a scenario without a polarity axis (``axis_free``): nothing
+    is judged on a direction the data did not name."""
+    return [
+        default_criteria()[0],
+        Criterion(
+            name="dispersion-vs-natural",
+            metric="dispersion",
+            reference="natural",
+            margin=0.01,
+            description=(
+                "The spread of the users' final preferences (total variance, all "
+                "directions) exceeds that under natural drift by at most 0.01."
+            ),
+        ),
+    ]
+
+
 class AuditSpec(Frozen):
     """Everything that determines an audit. Its fingerprint identifies the results."""
 
@@ -157,6 +175,19 @@ class AuditSpec(Frozen):
         0.8, gt=0.0, description="|position| beyond which a user counts as extreme."
     )
     device: Literal["cpu", "cuda"] = Field("cpu", description="Torch device of the simulations.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _axis_free_defaults(cls, data: Any) -> Any:
+        """An axis-free scenario (given in full) gets axis-free default criteria."""
+        if isinstance(data, dict) and "criteria" not in data:
+            scen = data.get("scenario")
+            free = scen.axis_free if isinstance(scen, ScenarioSpec) else None
+            if isinstance(scen, dict):
+                free = bool(scen.get("axis_free", False))
+            if free:
+                data = {**data, "criteria": axis_free_criteria()}
+        return data
 
     @field_validator("metrics")
     @classmethod

@@ -195,6 +195,73 @@ def _arms(report: AuditReport) -> str:
     return _table(head, rows, num=(4,))
 
 
+def boundary_lines(report: AuditReport) -> list[str]:
+    """One sentence per arm whose policy crossed the boundary by ids (uploaded models,
+    remote endpoints): the counts and the stated rule."""
+    out = []
+    for a in report.arms:
+        b = a.boundary
+        if b is None:
+            continue
+        items = f"{b.catalog_items} catalog items"
+        if b.model_items is not None:
+            items += (
+                f" matched by id to the model's {b.model_items} ({b.unknown_items} unknown, "
+                f"{b.model_items_outside_catalog} of the model's not in the catalog)"
+            )
+        users = f"{b.users} users per replicate"
+        if b.model_users is not None:
+            cold = ", ".join(str(c) for c in b.cold_users)
+            users += f", the model knows {b.model_users}; cold-start users per replicate: {cold}"
+        out.append(f"{a.label} ({b.kind or a.kind}): {items}; {users}. Rule: {b.rule}.")
+    return out
+
+
+def _boundary(report: AuditReport) -> str:
+    rows = []
+    for a in report.arms:
+        b = a.boundary
+        if b is None:
+            continue
+        ids = ", ".join(b.model_item_examples)
+        users = ", ".join(b.model_user_examples)
+        rows.append(
+            [
+                f"<strong>{_e(a.label)}</strong>",
+                _e(b.kind or a.kind),
+                _e(f"{b.catalog_items}"),
+                _e(DASH if b.model_items is None else f"{b.model_items}"),
+                _e(f"{b.unknown_items}"),
+                _e(
+                    DASH
+                    if b.model_items_outside_catalog is None
+                    else f"{b.model_items_outside_catalog}"
+                ),
+                _e(f"{b.users}"),
+                _e(DASH if b.model_users is None else f"{b.model_users}"),
+                _e(", ".join(str(c) for c in b.cold_users) or DASH),
+                _e(
+                    (f"model item ids {ids}, ...; " if ids else "")
+                    + (f"user ids {users}, ...; " if users else "")
+                    + b.rule
+                ),
+            ]
+        )
+    head = [
+        "arm",
+        "model or protocol",
+        "catalog items",
+        "model items",
+        "unknown items",
+        "model items not in catalog",
+        "users",
+        "model users",
+        "cold-start users (per replicate)",
+        "ids and rule",
+    ]
+    return _table(head, rows, num=range(2, 9))
+
+
 def _metrics(report: AuditReport) -> str:
     arms = [a for a in arm_order(report) if a in report.metrics]
     present = {m for per_arm in report.metrics.values() for m in per_arm}
@@ -295,6 +362,11 @@ def render_html(report: AuditReport, figures: Mapping[str, bytes]) -> str:
         "</details>",
         "<h2>Arms</h2>",
         _arms(report),
+        *(
+            ["<h2 id='ids'>Ids at the boundary</h2>", _boundary(report)]
+            if any(a.boundary is not None for a in report.arms)
+            else []
+        ),
         "<h2>Metrics per arm</h2>",
         f"<p>Mean over replicates [{_e(fmt(100 * (1 - report.alpha)))}% bootstrap interval].</p>",
         _metrics(report),

@@ -21,6 +21,11 @@ _SPEC_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?:\[(.*)\])?\s*$")
 def parse_policy(text: str) -> dict[str, Any]:
     """'kind' or 'kind[key=value,key=value]' -> a PolicySpec dict. Values are read as
     JSON when they parse (numbers, true/false), otherwise kept as strings."""
+    from .policy_sources import shorthand
+
+    short = shorthand(text)
+    if short is not None:
+        return short
     m = _SPEC_RE.match(text)
     if not m:
         raise SpecError(f"cannot read policy {text!r}; write KIND or KIND[key=value,...]")
@@ -81,8 +86,16 @@ def add_parsers(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
         ),
     )
     au.add_argument("--spec", type=Path, help="audit spec file (.yaml, .yml or .json)")
-    au.add_argument("--scenario", help="scenario id (see 'recaudit scenarios')")
-    au.add_argument("--policy", help="the policy under audit: KIND or KIND[key=value,...]")
+    au.add_argument(
+        "--scenario",
+        help="scenario id (see 'recaudit scenarios') or a derived scenario's directory",
+    )
+    au.add_argument(
+        "--policy",
+        help="the policy under audit: KIND or KIND[key=value,...]; bundle:DIR (a model "
+        "converted by 'recaudit model convert'); remote:URL (an endpoint on "
+        "RECAUDIT_REMOTE_ALLOWLIST)",
+    )
     au.add_argument(
         "--references",
         help="comma-separated reference policies (default: natural,ppo-myopic,ppo,ppo-distance)",
@@ -149,6 +162,10 @@ def build_spec(args: argparse.Namespace) -> Any:
         data["policy"] = parse_policy(args.policy)
         if args.references:
             data["references"] = [parse_policy(p) for p in split_list(args.references)]
+    from simulator.derived import is_scenario_dir, load_scenario_dir
+
+    if isinstance(data.get("scenario"), str) and is_scenario_dir(data["scenario"]):
+        data["scenario"] = load_scenario_dir(data["scenario"])
     for key in ("users", "steps", "replicates", "seed"):
         value = getattr(args, key)
         if value is not None:
@@ -183,6 +200,11 @@ def render_table(report: Any) -> str:
             + (f" vs {c.reference_arm}" if c.reference_arm else "")
             + (f" ({c.analysis}-level)" if c.analysis else "")
         )
+    from dashboards.report import boundary_lines
+
+    ids = boundary_lines(report)
+    if ids:
+        lines += ["", "ids at the boundary:", *(f"  {line}" for line in ids)]
     lines += ["", f"verdict: {report.verdict.upper()}", "", report.summary]
     return "\n".join(lines)
 
@@ -191,8 +213,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from auditor.audit import plan_audit, run_audit
     from auditor.executor import resolve_ray_address
 
+    from .policy_sources import INDEPENDENT, KINDS, check
+
     spec = build_spec(args)
-    plan = plan_audit(spec)  # checked and resolved once
+    plan = plan_audit(spec, extra_kinds=KINDS, independent_kinds=INDEPENDENT)  # checked once
+    resolve = check(spec)  # bundles and remote endpoints, before anything runs
     if args.in_process and args.ray_address:
         raise SpecError("--in-process and --ray-address exclude each other")
     out: Path | None = args.out
@@ -228,6 +253,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             render=write_report,
             out_dir=out,
             plan=plan,
+            resolve_policy=resolve,
+            extra_kinds=KINDS,
+            independent_kinds=INDEPENDENT,
         )
     finally:
         bar.close()

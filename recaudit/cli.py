@@ -69,7 +69,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-#: the service's commands (serve, keys), filled in by build_parser
+#: commands that live in their own modules (serve, keys, model), filled in by build_parser
 SERVICE_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -91,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
             "shift, induced shift and polarization."
         ),
     )
-    sim.add_argument("--scenario", required=True, help="scenario id (see 'recaudit scenarios')")
+    sim.add_argument(
+        "--scenario",
+        required=True,
+        help="scenario id (see 'recaudit scenarios') or a derived scenario's directory",
+    )
     sim.add_argument("--policy", required=True, help="policy kind (see 'recaudit policies')")
     sim.add_argument(
         "--users", type=_positive_int, help="number of users (default: the scenario's)"
@@ -162,12 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit_cli import add_parsers
 
     add_parsers(sub, _positive_int, _non_negative_int)
+    from .scenario_cli import add_parsers as add_scenario_parsers
+
+    add_scenario_parsers(sub, _positive_int, _non_negative_int)
     from .fit_cli import add_parser as add_fit_parser
 
     add_fit_parser(sub, _positive_int, _non_negative_int)
     from service.cli import register
 
     SERVICE_COMMANDS.update(register(sub))
+    from .model_cli import register as register_model
+
+    SERVICE_COMMANDS.update(register_model(sub))
 
     scen = sub.add_parser("scenarios", help="list the scenario registry")
     scen.add_argument("--json", action="store_true", help="print JSON")
@@ -234,9 +244,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from auditor.executor import resolve_ray_address, run_jobs
     from auditor.simulate import SimJob, aggregate, check_fits, run_simulation, versions
     from recommenders.registry import get_kind, make_policy
-    from simulator.scenarios import get_scenario
+    from simulator.derived import resolve_scenario
 
-    spec = get_scenario(args.scenario)
+    spec = resolve_scenario(args.scenario)
     kind = get_kind(args.policy)  # validate the name before any work
     make_policy(spec.natural_policy)
     if args.full and args.out is None:
@@ -556,6 +566,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from .scenario_cli import cmd_scenario as run
+
+    return run(args)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from .fit_cli import cmd_fit as run
 
@@ -564,6 +580,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "audit": cmd_audit,
+    "scenario": cmd_scenario,
     "fit": cmd_fit,
     "history": cmd_history,
     "simulate": cmd_simulate,

@@ -25,9 +25,9 @@ What is here, in the order of a workflow:
    items by the model's scores, logs clicks as interactions and retrains every ``R``
    steps on the accumulated log: the feedback loop of Chaney, Stewart and Engelhardt
    (RecSys 2018).
-5. **Scenario data.** :func:`derive_movielens` trains BPR on the bundled ml-100k and
-   writes item and user embeddings as the ``movielens-100k-v1`` scenario's catalog and
-   population (see ``scripts/derive_movielens.py``).
+5. **Scenario data.** :func:`train_embeddings` learns user and item embeddings from a
+   log, for ``recommenders.derive`` (``recaudit scenario derive``), which also derives the
+   ``movielens-100k-v1`` scenario's catalog and population.
 
 A policy retrained in the loop logs simulator item ``i`` as token ``str(i)`` and user ``b``
 as ``str(b)`` (its own log); a frozen model trained elsewhere is matched by the catalog's
@@ -60,7 +60,7 @@ import torch
 
 from simulator.errors import SpecError
 from simulator.policy import SCORE_BLOCK, PolicyContext
-from simulator.types import Feedback, Observation
+from simulator.types import Feedback, Observation, default_ids
 
 #: models this adapter builds, trains, saves, loads and runs as policies (each is tested).
 #: LightGCN is refused: it fails on this SciPy ("'dok_matrix' object has no attribute
@@ -711,30 +711,142 @@ def full_sort_recall(trained: TrainedModel, k: int = 10, split: str = "test") ->
 def save_model(trained: TrainedModel, directory: str | Path) -> Path:
     """Write ``model.safetensors`` (weights) and ``model.json`` (class, settings, token
     maps, the weights' SHA-256) into ``directory``; returns the directory."""
+    return _write_bundle(
+        directory,
+        model_name=trained.model_name,
+        dataset_name=trained.dataset_name,
+        settings=trained.settings,
+        state_dict=trained.model.state_dict(),
+        item_tokens=trained.item_tokens,
+        user_tokens=trained.user_tokens,
+    )
+
+
+def _write_bundle(
+    directory: str | Path,
+    *,
+    model_name: str,
+    dataset_name: str,
+    settings: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    item_tokens: Sequence[str],
+    user_tokens: Sequence[str],
+) -> Path:
     from safetensors.torch import save_file
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: v.detach().cpu().contiguous().clone() for k, v in trained.model.state_dict().items()
-    }
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
     import recbole
 
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "model": trained.model_name,
-        "model_type": trained.kind,
+        "model": model_name,
+        "model_type": SUPPORTED_MODELS[model_name],
         "recbole_version": recbole.__version__,
-        "dataset": trained.dataset_name,
-        "settings": trained.settings,
-        "item_tokens": trained.item_tokens,
-        "user_tokens": trained.user_tokens,
+        "dataset": dataset_name,
+        "settings": dict(settings),
+        "item_tokens": list(item_tokens),
+        "user_tokens": list(user_tokens),
         "weights_sha256": _sha256(out / WEIGHTS_FILE),
     }
     (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out
+
+
+def convert_checkpoint(
+    checkpoint: str | Path, directory: str | Path, *, data_path: str | Path | None = None
+) -> dict[str, Any]:
+    """Turn a RecBole checkpoint (the ``.pth`` file ``trainer.fit(saved=True)`` writes)
+    into the safetensors + JSON bundle that :func:`load_model` and the service accept.
+
+    **This unpickles the checkpoint** (``torch.load(weights_only=False)``: RecBole saves
+    its Config object in it), which can run arbitrary code: it is for a model's owner, on
+    their own machine, with their own file. The service never calls it.
+
+    A checkpoint holds no id maps, so the dataset is rebuilt as RecBole's own
+    ``load_data_and_model`` does (``create_dataset`` on the checkpoint's config, reading
+    the atomic files at the recorded ``data_path``, or at ``data_path`` when given: the
+    directory that holds ``<dataset>.inter``) and its user and item token maps are kept
+    in the bundle: the model keeps its own ids. No saved dataset is ever loaded. The
+    written bundle is then loaded back with every check of :func:`load_model`. Returns a
+    summary (model, dataset, item and user counts, the first tokens, the SHA-256).
+    """
+    src = Path(checkpoint)
+    if not src.is_file():
+        raise SpecError(f"checkpoint not found: {src}")
+    with tempfile.TemporaryDirectory(prefix="recaudit-convert-") as tmp, _recbole_env(None):
+        from recbole.data import create_dataset
+
+        try:
+            ckpt = torch.load(src, map_location="cpu", weights_only=False)
+        except Exception as exc:  # any unpickling failure: not a checkpoint we can read
+            raise SpecError(f"cannot read {src} as a RecBole checkpoint: {exc}") from None
+        if not isinstance(ckpt, dict) or not {"config", "state_dict"} <= set(ckpt):
+            raise SpecError(
+                f"{src} is not a RecBole checkpoint (expected a dict with 'config' and "
+                "'state_dict', as trainer.fit(saved=True) writes)"
+            )
+        config = ckpt["config"]
+        try:
+            name = str(config["model"])
+            dataset_name = str(config["dataset"])
+        except (KeyError, TypeError):
+            raise SpecError(f"{src}: the checkpoint's config names no model or dataset") from None
+        _model_kind(name)
+        _check_name(dataset_name)
+        if ckpt.get("other_parameter"):
+            raise SpecError(f"{src}: {name} with extra non-tensor parameters is not supported")
+        if data_path is not None:
+            config["data_path"] = str(Path(data_path).resolve())
+        inter = Path(str(config["data_path"])) / f"{dataset_name}.inter"
+        if not inter.is_file():
+            raise SpecError(
+                f"the training data {inter} is not there: give --data-path, the directory that "
+                f"holds {dataset_name}.inter"
+            )
+        # never load (unpickle) a saved dataset, never write one
+        config["checkpoint_dir"] = tmp
+        config["dataset_save_path"] = None
+        config["save_dataset"] = False
+        try:
+            dataset = create_dataset(config)
+        except (ValueError, KeyError, IndexError, OSError) as exc:
+            raise SpecError(f"RecBole could not rebuild the dataset from {inter}: {exc}") from None
+        items = [str(t) for t in dataset.field2id_token[config["ITEM_ID_FIELD"]]]
+        users = [str(t) for t in dataset.field2id_token[config["USER_ID_FIELD"]]]
+        settings = {k: config[k] for k in _model_keys(name) if k in config}
+        bad = sorted(k for k, v in settings.items() if not _json_value(v))
+        if bad:
+            raise SpecError(f"{src}: settings {bad} are not plain JSON values")
+        state = ckpt["state_dict"]
+        if not isinstance(state, Mapping) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise SpecError(f"{src}: 'state_dict' is not a mapping of tensors")
+    out = _write_bundle(
+        directory,
+        model_name=name,
+        dataset_name=dataset_name,
+        settings=settings,
+        state_dict=state,
+        item_tokens=items,
+        user_tokens=users,
+    )
+    tm = load_model(out)  # the same checks as an upload
+    return {
+        "model": tm.model_name,
+        "model_type": tm.kind,
+        "dataset": dataset_name,
+        "num_items": len(items) - 1,
+        "num_users": len(users) - 1,
+        "item_tokens_head": items[1:6],
+        "user_tokens_head": users[1:6],
+        "sha256": _sha256(out / WEIGHTS_FILE),
+        "out": str(out),
+    }
 
 
 class _TokenMapDataset:
@@ -1121,79 +1233,74 @@ class RecBolePolicy:
 
 
 # ====================================================================== scenario data
-MOVIELENS_DIR = "movielens-100k-v1"
+#: models whose user and item embeddings a scenario can be derived from (dot-product
+#: scores): RecBole's BPR is matrix factorization trained with the BPR loss
+EMBEDDING_MODELS = ("BPR",)
 
 
-def derive_movielens(
-    out_dir: str | Path,
+@dataclass(frozen=True)
+class Embeddings:
+    """User and item embeddings learned from a log, keyed by the log's own tokens (row j
+    of ``items`` is token ``item_tokens[j]``; no padding row)."""
+
+    item_tokens: list[str]
+    items: torch.Tensor  # [K, d] float64
+    user_tokens: list[str]
+    users: torch.Tensor  # [B, d] float64
+    summary: dict[str, Any]
+
+
+def train_embeddings(
+    log: pd.DataFrame,
     *,
+    item_genres: pd.Series | None = None,
+    model: str = "BPR",
+    dim: int = 16,
     epochs: int = 40,
     seed: int = 2020,
-    embedding_size: int = 16,
     learning_rate: float = 0.005,
-) -> dict[str, Any]:
-    """Derive the ``movielens-100k-v1`` catalog and population from RecBole's bundled
-    MovieLens 100k.
-
-    BPR (``embedding_size``, ``seed``, ``epochs``, Adam at ``learning_rate``) is trained on
-    RecBole's default 80/10/10 random split. Items: the learned item embeddings scaled to
-    unit norm, in increasing movie id, with ``topic`` = index of the movie's first genre
-    in the sorted list of first genres, ``appeal`` = ``quality`` = 0, plus ``item_id`` and
-    ``genre``. Users: unit-norm user embeddings in increasing user id, plus ``user_id``.
-    Writes ``items.parquet`` and ``users.parquet`` into ``out_dir``; returns a summary
-    (counts, genres, RecBole's test metrics, training seconds).
-    """
-    log, genres = load_ml100k()
-    with tempfile.TemporaryDirectory(prefix="recaudit-ml100k-") as tmp:
-        write_atomic_files(log, tmp, "ml100k", item_genres=genres)
+    threads: int | None = 1,
+) -> Embeddings:
+    """Train ``model`` on ``log`` (columns ``user``, ``item``, ``timestamp``; item genres
+    make every listed item known) with RecBole's pipeline and default 80/10/10 random
+    split, ``epochs`` epochs with no early stop, Adam at ``learning_rate``; return the
+    learned embeddings with RecBole's test metrics."""
+    if model not in EMBEDDING_MODELS:
+        raise SpecError(
+            f"cannot derive embeddings with {model!r}; supported: {', '.join(EMBEDDING_MODELS)}"
+        )
+    with tempfile.TemporaryDirectory(prefix="recaudit-derive-") as tmp:
+        write_atomic_files(log, tmp, "derived", item_genres=item_genres)
         tm = train_model(
-            "BPR",
+            model,
             tmp,
-            "ml100k",
+            "derived",
             epochs=epochs,
             seed=seed,
             extra_config={
-                "embedding_size": embedding_size,
+                "embedding_size": dim,
                 "learning_rate": learning_rate,
                 "stopping_step": epochs,  # no early stop: the epoch count is the recipe
             },
+            threads=threads,
         )
-    model: Any = tm.model
-    item_w = model.item_embedding.weight.detach().double()
-    user_w = model.user_embedding.weight.detach().double()
-
-    def unit_table(weights: torch.Tensor, tokens: list[str], id_col: str) -> pd.DataFrame:
-        order = sorted(range(1, len(tokens)), key=lambda j: int(tokens[j]))
-        w = weights[order]
-        w = (w / w.norm(dim=1, keepdim=True)).float().numpy()
-        table = pd.DataFrame({f"f{d}": w[:, d] for d in range(w.shape[1])})
-        table[id_col] = [tokens[j] for j in order]
-        return table
-
-    items = unit_table(item_w, tm.item_tokens, "item_id")
-    first = genres.reindex(items["item_id"]).fillna("unknown").astype(str).str.split().str[0]
-    names = sorted(set(first))
-    items["genre"] = first.to_numpy()
-    items["topic"] = np.array([names.index(g) for g in first], dtype=np.int64)
-    items["appeal"] = np.zeros(len(items), dtype=np.float32)
-    items["quality"] = np.zeros(len(items), dtype=np.float32)
-    users = unit_table(user_w, tm.user_tokens, "user_id")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    items.to_parquet(out / "items.parquet", index=False)
-    users.to_parquet(out / "users.parquet", index=False)
-    return {
-        "items": len(items),
-        "users": len(users),
-        "dim": embedding_size,
-        "genres": names,
-        "epochs": epochs,
-        "seed": seed,
-        "learning_rate": learning_rate,
-        "fit_seconds": round(tm.fit_seconds, 2),
-        "test": tm.test_result,
-        "recall@10_ours": round(full_sort_recall(tm, 10), 4),
-    }
+    net: Any = tm.model
+    return Embeddings(
+        item_tokens=tm.item_tokens[1:],
+        items=net.item_embedding.weight.detach().double()[1:],
+        user_tokens=tm.user_tokens[1:],
+        users=net.user_embedding.weight.detach().double()[1:],
+        summary={
+            "model": model,
+            "dim": dim,
+            "epochs": epochs,
+            "seed": seed,
+            "learning_rate": learning_rate,
+            "split": "RecBole default: random 80/10/10 (train/valid/test)",
+            "fit_seconds": round(tm.fit_seconds, 2),
+            "test": tm.test_result,
+        },
+    )
 
 
 # ====================================================================== uploaded models
@@ -1288,11 +1395,39 @@ def check_covers_catalog(item_tokens: Sequence[str], item_ids: Sequence[str]) ->
         )
 
 
+def has_own_user_ids(ctx: PolicyContext) -> bool:
+    """Whether the run's users carry ids of their own (a population read from data, with
+    a user id column) rather than the default ``"0" .. str(n - 1)``."""
+    return tuple(ctx.user_ids) != default_ids(ctx.num_users)
+
+
+#: the cold-start rules, as the report states them
+COLD_RULE_GENERAL = (
+    "users the model does not know get the model's mean user: the top-k items by the mean "
+    "of the model's scores over all its users (one fixed slate)"
+)
+COLD_RULE_SEQUENTIAL = (
+    "users with no clicks yet in the run get the items clicked most so far in the run "
+    "(ties in a random order fixed per run)"
+)
+
+
 class FrozenRecBolePolicy(RecBolePolicy):
-    """A trained RecBole model as a policy, never retrained: items are matched by the
-    catalog's item ids, users by the population's user ids; general models score the
-    simulated users they know, sequential ones score each user's
-    recent clicks; users the model cannot score get the most-clicked items so far."""
+    """A trained RecBole model as a policy, never retrained.
+
+    - **Items** are matched by id: simulator item ``i`` is the model's item token
+      ``ctx.catalog.item_ids[i]``; the model must know every catalog item (SpecError with
+      the count and first missing ids otherwise). Items the model knows beyond the
+      catalog are never shown.
+    - **Users** (general models, BPR): simulated user ``b`` is the model's user
+      ``ctx.user_ids[b]`` only when the run's users carry the data's ids
+      (:func:`has_own_user_ids`); synthetic users, and users of the data the model never
+      saw, are cold: they get the model's mean user (:data:`COLD_RULE_GENERAL`).
+      Sequential models score each user's recent clicks in the run; users without
+      clicks yet get the most-clicked items (:data:`COLD_RULE_SEQUENTIAL`).
+
+    :meth:`boundary` states the rule and the counts for the report.
+    """
 
     def __init__(self, trained: TrainedModel, *, threads: int | None = 1, name: str = "uploaded"):
         super().__init__(trained.model_name, threads=threads, name=name)
@@ -1303,15 +1438,96 @@ class FrozenRecBolePolicy(RecBolePolicy):
         tm = self.frozen
         check_covers_catalog(tm.item_tokens, ctx.catalog.item_ids)
         self.item_map = tm.item_ids(list(ctx.catalog.item_ids))
-        self.user_map = tm.user_ids(list(ctx.user_ids))
+        self.own_users = has_own_user_ids(ctx)
+        if self.own_users:
+            self.user_map = tm.user_ids(list(ctx.user_ids))
+        else:
+            self.user_map = torch.zeros(ctx.num_users, dtype=torch.long)
+        self.cold_slate: torch.Tensor | None = None
         if tm.kind == "sequential":
             self.seq_len = tm.max_seq_length
             self.recent = torch.full((ctx.num_users, self.seq_len), -1, dtype=torch.long)
             self.n_recent = torch.zeros(ctx.num_users, dtype=torch.long)
+        else:
+            with _torch_threads(self.threads):
+                self.cold_slate = self._mean_user_slate(tm, ctx.slate_size)
         self.trained = tm
+
+    def _mean_user_slate(self, tm: TrainedModel, k: int) -> torch.Tensor:
+        """The top-k catalog items by the mean score over the model's users (for BPR,
+        the score of the mean user embedding)."""
+        n_users = len(tm.user_tokens)
+        total = torch.zeros(len(tm.item_tokens), dtype=torch.float64)
+        block = max(1, SCORE_BLOCK // max(1, len(tm.item_tokens)))
+        for start in range(1, n_users, block):
+            users = torch.arange(start, min(n_users, start + block))
+            total += tm.score_users(users).double().sum(dim=0)
+        mean = total[self.item_map] / max(1, n_users - 1)
+        return (mean + self.tiebreak * 1e-12).topk(k).indices
+
+    def act(self, obs: Observation) -> torch.Tensor:
+        if self.cold_slate is None:
+            return super().act(obs)
+        k, n = self.ctx.slate_size, obs.num_users
+        slate = self.cold_slate[None, :].expand(n, k).clone()
+        with _torch_threads(self.threads):
+            self._model_slates(self.frozen, slate, n, k)
+        return slate.to(self.ctx.device)
+
+    def boundary(self) -> dict[str, Any]:
+        """How the model met the scenario's ids, for the report."""
+        tm, ctx = self.frozen, self.ctx
+        catalog = set(ctx.catalog.item_ids)
+        outside = sum(1 for t in tm.item_tokens[1:] if t not in catalog)
+        out: dict[str, Any] = {
+            "kind": f"RecBole {tm.model_name} trained on {tm.dataset_name!r}",
+            "catalog_items": ctx.catalog.size,
+            "model_items": len(tm.item_tokens) - 1,
+            "unknown_items": 0,  # refused at reset otherwise
+            "model_items_outside_catalog": outside,
+            "model_item_examples": tm.item_tokens[1:6],
+            "model_user_examples": tm.user_tokens[1:6],
+            "users": ctx.num_users,
+            "model_users": len(tm.user_tokens) - 1,
+        }
+        if tm.kind == "general":
+            cold = torch.nonzero(self.user_map == 0).flatten().tolist()
+            how = (
+                "simulated user b is the model's user with the scenario's user id b"
+                if self.own_users
+                else "the scenario's users are synthetic (no ids from data), so the model "
+                "knows none of them"
+            )
+            out["rule"] = f"items matched by id; {how}; {COLD_RULE_GENERAL}"
+            out["cold_users"] = len(cold)
+            out["cold_user_examples"] = [ctx.user_ids[b] for b in cold[:5]]
+        else:
+            out["rule"] = (
+                f"items matched by id; users by their clicks in the run; {COLD_RULE_SEQUENTIAL}"
+            )
+            never = torch.nonzero(self.n_recent == 0).flatten().tolist()
+            out["cold_users"] = len(never)  # never clicked: popularity slates all run
+            out["cold_user_examples"] = [ctx.user_ids[b] for b in never[:5]]
+        return out
 
     def _retrain(self) -> None:  # frozen: the uploaded weights are used as they are
         return
+
+
+def describe_match(
+    item_tokens: Sequence[str], user_tokens: Sequence[str], item_ids: Sequence[str]
+) -> dict[str, Any]:
+    """The counts a submission check states: catalog items the model does not know
+    (refused by :func:`check_covers_catalog`), and the model's items outside the
+    catalog."""
+    known, catalog = set(item_tokens), set(item_ids)
+    return {
+        "catalog_items": len(item_ids),
+        "model_items": len(item_tokens) - 1,
+        "unknown_items": sum(1 for x in item_ids if x not in known),
+        "model_items_outside_catalog": sum(1 for t in item_tokens[1:] if t not in catalog),
+        "model_users": len(user_tokens) - 1,
+    }
 
 
 @dataclass(frozen=True)

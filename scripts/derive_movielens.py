@@ -2,17 +2,19 @@
 
     python scripts/derive_movielens.py [--out simulator/data/movielens-100k-v1]
 
-Trains BPR (16 dimensions, seed 2020, 40 epochs, Adam lr 0.005; about 15 s on one core)
-on RecBole's default 80/10/10 split, then writes
+One output of the generic derivation (``recaudit scenario derive``, see
+``recommenders/derive.py``): BPR (16 dimensions, seed 2020, 40 epochs, Adam lr 0.005; about
+15 s on one core) on RecBole's default 80/10/10 split, then
 
-- items.parquet: unit-norm item embeddings f0..f15, topic (index of the movie's first
-  genre in the sorted list of first genres), genre, appeal = quality = 0, item_id
-  (MovieLens movie id), one row per movie in increasing id;
+- items.parquet: unit-norm item embeddings f0..f15, item_id (MovieLens movie id), genre
+  (the movie's first genre), topic (its index in the sorted list of first genres),
+  appeal = quality = 0, one row per movie in increasing id;
 - users.parquet: unit-norm user embeddings f0..f15 and user_id, one row per user in
   increasing id.
 
 Deterministic: the same RecBole/torch versions give the same files. Nothing is downloaded.
-Prints a JSON summary (RecBole's test metrics, our recall@10, training seconds).
+Prints the derivation's provenance (RecBole's test metrics, the calibration the generic
+derivation would use; the published preset keeps its own choice model and dynamics).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from recommenders.recbole_adapter import MOVIELENS_DIR, derive_movielens
+from recommenders.derive import MOVIELENS_DIR, derive_movielens
 from simulator.io import DATA_DIR
 
 

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from . import problems
 from .config import Settings
+from .datasets import DatasetStore, derive_execute, with_tenant_scenario
 from .deps import Services
 from .jobs import Execute, JobRunner, JobStore, Outcome
 from .keys import KeyStore
@@ -33,19 +35,25 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 """
 
 
-def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
+def real_execute(
+    settings: Settings, uploads: PolicyStore, datasets: DatasetStore | None = None
+) -> Execute:
     """Run an audit job with the auditor (Ray and MLflow as configured)."""
 
     def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
         from auditor.audit import run_audit
-        from auditor.executor import run_jobs, stop_when
+        from auditor.executor import Cancelled, run_jobs, stop_when
         from auditor.spec import AuditSpec
         from dashboards.figures import make_figures
         from dashboards.report import write_report
+        from recommenders.remote import stop_calls_when
 
         from .intake import EXTRA_KINDS, INDEPENDENT_KINDS, resolver
 
         spec = AuditSpec.model_validate_json(row["spec"])
+        _, own = with_tenant_scenario(spec, row["tenant"], datasets)
+        if own is not None:  # the tenant's derived scenario, named by id
+            spec = spec.model_copy(update={"scenario": own})
         out = settings.reports_dir / row["tenant"] / row["id"]
 
         def render(report: Any, directory: Any) -> None:
@@ -55,8 +63,9 @@ def real_execute(settings: Settings, uploads: PolicyStore) -> Execute:
             write_report(report, directory, figures)
 
         # the cancel reaches every task: trainings and simulations (Ray tasks cancelled,
-        # or, in this process, stopped at their next iteration or step)
-        with stop_when(cancel.is_set):
+        # or, in this process, stopped at their next iteration or step) and remote calls
+        # in flight
+        with stop_when(cancel.is_set), stop_calls_when(cancel.is_set, Cancelled):
             result = run_audit(
                 spec,
                 ray_address=settings.ray_address,
@@ -94,10 +103,11 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         engine = open_engine(settings.db_url)
         jobs = JobStore(engine)
         uploads = PolicyStore(engine, settings.policies_dir)
-        if uploads.clean_staging():
+        datasets = DatasetStore.open(engine, settings)
+        if uploads.clean_staging() + datasets.clean_staging():
             log.warning("removed the staging files of uploads a stopped process left")
         real = execute is None
-        run = real_execute(settings, uploads) if real else execute
+        run = real_execute(settings, uploads, datasets) if real else execute
         assert run is not None
         runner = JobRunner(
             jobs,
@@ -107,7 +117,15 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
             max_attempts=settings.max_attempts,
             stale_after_s=settings.stale_after_s,
         )
+        dataset_runner = JobRunner(
+            datasets.jobs,
+            derive_execute(datasets),
+            concurrency=1,
+            max_attempts=settings.max_attempts,
+            stale_after_s=settings.stale_after_s,
+        )
         svc = Services(settings, engine, KeyStore(engine), jobs, uploads, runner)
+        svc.datasets, svc.dataset_runner = datasets, dataset_runner
         started_ray = False
         ray_pids = settings.home / "ray.pids"
         if real:
@@ -141,9 +159,11 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
                 log.error("MLflow is not usable: %s", exc)
         app.state.services = svc
         runner.start()
+        dataset_runner.start()
         try:
             yield
         finally:
+            dataset_runner.stop(timeout=settings.stop_timeout_s / 4)
             runner.stop(timeout=settings.stop_timeout_s / 2)
             if started_ray:
                 from auditor.executor import kill_embedded_ray, shutdown
@@ -154,7 +174,8 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
                     ray_pids.unlink(missing_ok=True)
             engine.dispose()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc served from the installed fastapi-offline package, not a CDN
+    app = FastAPIOffline(
         title="recaudit",
         version=_version(),
         description=DESCRIPTION,
@@ -163,6 +184,7 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
             {"name": "audits", "description": "Audit jobs and their reports."},
             {"name": "scenarios", "description": "The scenario registry."},
             {"name": "policies", "description": "Policy kinds and uploaded policies."},
+            {"name": "datasets", "description": "Interaction logs and derived scenarios."},
             {"name": "health", "description": "Liveness and readiness (no key needed)."},
         ],
     )
@@ -172,19 +194,23 @@ def create_app(settings: Settings | None = None, *, execute: Execute | None = No
         problems.BodyLimit,
         limit=settings.max_body_bytes,
         upload_limit=settings.max_upload_bytes,
-        upload_paths=("/v1/policies",),
+        upload_paths=("/v1/policies", "/v1/datasets"),
     )
     from .guards import AuthBeforeBody
     from .routes import audits, catalog, health
+    from .routes import datasets as dataset_routes
 
     app.add_middleware(
-        AuthBeforeBody, upload_paths=("/v1/policies",), max_uploads=settings.max_uploads
+        AuthBeforeBody,
+        upload_paths=("/v1/policies", "/v1/datasets"),
+        max_uploads=settings.max_uploads,
     )  # before the body limit reads a byte
     app.add_middleware(audits.CachedStatusReads)  # outermost
 
     app.include_router(audits.router)
     app.include_router(catalog.scenarios)
     app.include_router(catalog.policies)
+    app.include_router(dataset_routes.router)
     app.include_router(health.router)
     return app
 

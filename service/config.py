@@ -13,6 +13,8 @@ RECAUDIT_POLICIES_DIR              where validated uploads are kept             
 RECAUDIT_MAX_BODY_BYTES            largest JSON request body                      1 MiB
 RECAUDIT_MAX_UPLOAD_BYTES          largest policy upload (multipart)              64 MiB
 RECAUDIT_MAX_USER_STEPS            budget: users x steps x replicates x arms      20 000 000
+RECAUDIT_DATASETS_DIR              uploaded logs and their derived scenarios      ``$RECAUDIT_HOME/datasets``
+RECAUDIT_MAX_DERIVE_COST           budget: log rows x dimension x epochs          500 000 000
 RECAUDIT_MAX_CELLS                 budget: values in the largest array one        100 000 000
                                    simulation or training holds
 RECAUDIT_MAX_TRAIN_STEPS           budget: environment steps of the trainings     100 000 000
@@ -27,10 +29,11 @@ RECAUDIT_STOP_TIMEOUT_S            a stop (SIGTERM) ends the process within     
 RECAUDIT_MAX_ATTEMPTS              runs of a job interrupted by restarts          3
 RECAUDIT_REMOTE_ALLOWLIST          comma-separated hosts (or host:port) a         (empty: none)
                                    remote policy may live on
-RECAUDIT_REMOTE_TIMEOUT_S          per-call timeout of a remote policy            10
+RECAUDIT_REMOTE_TIMEOUT_S          total time of one remote call attempt          10
 RECAUDIT_REMOTE_RETRIES            retries of a failed remote call                2
 RECAUDIT_REMOTE_MAX_BYTES          largest remote response                        8 MiB
 RECAUDIT_REMOTE_BATCH              users per remote call                          1024
+RECAUDIT_REMOTE_AUDIT_S            an audit's remote calls end within this        3600
 RECAUDIT_TRACK                     log audits to MLflow (0/1)                     1
 RECAUDIT_PUBLIC_MLFLOW_URL         the MLflow UI as tenants reach it (links;      (unset: no links)
                                    read by auditor.tracking.public_url)
@@ -70,10 +73,16 @@ class Settings(Frozen):
     db_url: str = Field(description="SQLAlchemy URL of the job store (sqlite or postgresql).")
     reports_dir: Path = Field(description="Directory of finished reports (per tenant).")
     policies_dir: Path = Field(description="Directory of validated uploaded policies.")
+    datasets_dir: Path | None = Field(
+        None, description="Directory of uploaded logs and derived scenarios (None: home/datasets)."
+    )
     max_body_bytes: int = Field(MiB, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(64 * MiB, ge=1024, description="Largest policy upload.")
     max_user_steps: int = Field(
         20_000_000, ge=1, description="Budget per audit: users x steps x replicates x arms."
+    )
+    max_derive_cost: int = Field(
+        500_000_000, ge=1, description="Budget per derivation: log rows x dimension x epochs."
     )
     max_cells: int = Field(
         100_000_000, ge=1, description="Budget: values in the largest array of an audit."
@@ -109,6 +118,9 @@ class Settings(Frozen):
     remote_retries: int = Field(2, ge=0, le=10, description="Retries of a failed remote call.")
     remote_max_bytes: int = Field(8 * MiB, ge=1024, description="Largest remote response.")
     remote_batch: int = Field(1024, ge=1, le=1_000_000, description="Users per remote call.")
+    remote_audit_s: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="All of an audit's remote calls end by then."
+    )
     ray_address: str | None = Field(
         "local", description="Ray address; 'local' embedded; None: in the service process."
     )
@@ -127,6 +139,7 @@ class Settings(Frozen):
             "db_url": e.get("RECAUDIT_DB_URL") or f"sqlite:///{home / 'service.db'}",
             "reports_dir": e.get("RECAUDIT_REPORTS_DIR") or home / "reports",
             "policies_dir": e.get("RECAUDIT_POLICIES_DIR") or home / "policies",
+            "datasets_dir": e.get("RECAUDIT_DATASETS_DIR") or home / "datasets",
             "remote_allowlist": tuple(
                 h.strip().lower()
                 for h in e.get("RECAUDIT_REMOTE_ALLOWLIST", "").split(",")
@@ -138,6 +151,7 @@ class Settings(Frozen):
             ("max_body_bytes", "RECAUDIT_MAX_BODY_BYTES"),
             ("max_upload_bytes", "RECAUDIT_MAX_UPLOAD_BYTES"),
             ("max_user_steps", "RECAUDIT_MAX_USER_STEPS"),
+            ("max_derive_cost", "RECAUDIT_MAX_DERIVE_COST"),
             ("max_cells", "RECAUDIT_MAX_CELLS"),
             ("max_train_steps", "RECAUDIT_MAX_TRAIN_STEPS"),
             ("max_remote_calls", "RECAUDIT_MAX_REMOTE_CALLS"),
@@ -153,6 +167,7 @@ class Settings(Frozen):
             ("remote_retries", "RECAUDIT_REMOTE_RETRIES"),
             ("remote_max_bytes", "RECAUDIT_REMOTE_MAX_BYTES"),
             ("remote_batch", "RECAUDIT_REMOTE_BATCH"),
+            ("remote_audit_s", "RECAUDIT_REMOTE_AUDIT_S"),
             ("track", "RECAUDIT_TRACK"),
         ):
             if e.get(var):
@@ -165,6 +180,10 @@ class Settings(Frozen):
             field = str(first["loc"][0]) if first["loc"] else "?"
             var = "RAY_ADDRESS" if field == "ray_address" else f"RECAUDIT_{field.upper()}"
             raise SpecError(f"bad setting {var}: {first['msg']}") from None
+
+    @property
+    def datasets_root(self) -> Path:
+        return self.datasets_dir or self.home / "datasets"
 
     @property
     def per_tenant(self) -> int:

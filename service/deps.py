@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
 from .config import Settings
+from .datasets import DatasetStore
 from .jobs import JobRunner, JobStore
 from .keys import KeyStore
 from .problems import ApiError
@@ -61,6 +62,8 @@ class Services:
     mlflow_error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     reads: ReadCache = field(default_factory=ReadCache)
+    datasets: DatasetStore | None = None
+    dataset_runner: JobRunner | None = None
 
 
 async def services(request: Request) -> Services:

@@ -26,7 +26,8 @@ EXTRA_KIND_HELP = {
     UPLOADED: "an uploaded RecBole model (POST /v1/policies), never retrained: "
     'params {"id": "<policy id>"}',
     REMOTE: "a remote black-box policy at an operator-allowed http(s) URL (protocol "
-    'recaudit.remote-policy/v1, see docs/service.md): params {"url": "http://host:port/path"}',
+    "recaudit.remote-policy/v2 by item ids, or v1 by indices; see docs/service.md): params "
+    '{"url": "http://host:port/path", "protocol": "v2", "history": 20, "features": false}',
 }
 
 
@@ -58,12 +59,19 @@ def _file_paths(obj: Any, where: str = "scenario") -> list[str]:
     return out
 
 
-def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: PolicyStore) -> int:
+def check_audit(
+    spec: AuditSpec,
+    tenant: str,
+    settings: Settings,
+    uploads: PolicyStore,
+    own: Any = None,
+) -> int:
     """Refuse (SpecError) an audit the service cannot or may not run, and one over the
     budget (BudgetExceeded, from auditor.budget's estimate of its whole cost: catalog,
-    simulations, trainings, remote calls); returns its cost in user-steps."""
+    simulations, trainings, remote calls); returns its cost in user-steps. ``own``: the
+    tenant's derived scenario that ``spec`` names by id."""
     from auditor.plan import plan_audit
-    from recommenders.remote import check_allowed
+    from recommenders.remote import check_params
 
     if not isinstance(spec.scenario, str):
         for path in _file_paths(spec.scenario):
@@ -77,6 +85,8 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
 
         if not torch.cuda.is_available():
             raise SpecError("device 'cuda' was asked for but this service has no CUDA device")
+    if own is not None:
+        spec = spec.model_copy(update={"scenario": own})
     plan = plan_audit(spec, extra_kinds=EXTRA_KINDS, independent_kinds=INDEPENDENT_KINDS)
     # the whole cost, from the spec's fields alone, before anything is read or built
     cost = plan.cost = estimate(
@@ -85,8 +95,7 @@ def check_audit(spec: AuditSpec, tenant: str, settings: Settings, uploads: Polic
     check(cost, settings.limits())
     for _label, p in spec.arms():
         if p.kind == REMOTE:
-            params = _params(p, {"url"}, {"url"})
-            check_allowed(str(params["url"]), settings.remote_allowlist)
+            check_params(dict(p.params), settings.remote_allowlist)
         elif p.kind == UPLOADED:
             params = _params(p, {"id"}, {"id"})
             row = uploads.get(tenant, str(params["id"]))
@@ -112,23 +121,31 @@ def _check_catalog(uploads: PolicyStore, tenant: str, policy_id: str, scenario: 
     check_covers_catalog(tokens, build_catalog(scenario.catalog, scenario.env_seed).item_ids)
 
 
-def resolver(
-    settings: Settings, tenant: str, uploads: PolicyStore
-) -> Callable[[PolicySpec], Callable[[], Any] | None]:
-    """``resolve_policy`` for run_audit: picklable factories for the service kinds."""
-    from recommenders.remote import RemotePolicyFactory, RemoteSettings
+def remote_settings(settings: Settings) -> Any:
+    """The operator's limits for remote calls (the service's and the CLI's)."""
+    from recommenders.remote import RemoteSettings
 
-    remote = RemoteSettings(
+    return RemoteSettings(
         allowlist=settings.remote_allowlist,
         timeout_s=settings.remote_timeout_s,
         retries=settings.remote_retries,
         max_bytes=settings.remote_max_bytes,
         batch=settings.remote_batch,
+        audit_s=settings.remote_audit_s,
     )
+
+
+def resolver(
+    settings: Settings, tenant: str, uploads: PolicyStore
+) -> Callable[[PolicySpec], Callable[[], Any] | None]:
+    """``resolve_policy`` for run_audit: picklable factories for the service kinds."""
+    from recommenders.remote import RemotePolicyFactory
+
+    remote = remote_settings(settings)
 
     def resolve(p: PolicySpec) -> Callable[[], Any] | None:
         if p.kind == REMOTE:
-            return RemotePolicyFactory(url=str(p.params["url"]), settings=remote, name=p.name)
+            return RemotePolicyFactory.for_audit(dict(p.params), remote, p.name)
         if p.kind == UPLOADED:
             from recommenders.recbole_adapter import UploadedModelFactory
 

@@ -73,15 +73,18 @@ def request_hash(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def new_id() -> str:
-    return "a" + secrets.token_hex(8)
+def new_id(prefix: str = "a") -> str:
+    return prefix + secrets.token_hex(8)
 
 
 class JobStore:
-    """The audits table."""
+    """A table of durable jobs: the audits table, or another with its columns (dataset
+    derivations); ``prefix`` starts the ids of its jobs."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, table: sa.Table = audits, prefix: str = "a") -> None:
         self.engine = engine
+        self.table = table
+        self.prefix = prefix
         # Counts this process's committed writes that change what a reader sees (all but
         # heartbeats): a cached read taken at an older count is out of date.
         self.writes = 0
@@ -114,7 +117,7 @@ class JobStore:
             found = self._by_key(tenant, idempotency_key)
             if found is not None:
                 return self._replay(found, digest), False
-        job_id = new_id()
+        job_id = new_id(self.prefix)
         row: dict[str, Any] = {
             "id": job_id,
             "tenant": tenant,
@@ -132,7 +135,7 @@ class JobStore:
         }
         try:
             with self._write() as conn:
-                conn.execute(sa.insert(audits).values(**row))
+                conn.execute(sa.insert(self.table).values(**row))
         except sa.exc.IntegrityError:
             found = self._by_key(tenant, idempotency_key) if idempotency_key else None
             if found is None:
@@ -150,30 +153,32 @@ class JobStore:
     def _by_key(self, tenant: str, key: str) -> dict[str, Any] | None:
         return first_row(
             self.engine,
-            sa.select(audits).where(audits.c.tenant == tenant, audits.c.idempotency_key == key),
+            sa.select(self.table).where(
+                self.table.c.tenant == tenant, self.table.c.idempotency_key == key
+            ),
         )
 
     # ------------------------------------------------------------------- reading
     def get(self, tenant: str | None, job_id: str) -> dict[str, Any] | None:
-        q = sa.select(audits).where(audits.c.id == job_id)
+        q = sa.select(self.table).where(self.table.c.id == job_id)
         if tenant is not None:
-            q = q.where(audits.c.tenant == tenant)
+            q = q.where(self.table.c.tenant == tenant)
         return first_row(self.engine, q)
 
     def list_jobs(
         self, tenant: str, status: str | None, limit: int, offset: int
     ) -> tuple[list[dict[str, Any]], int]:
-        where = [audits.c.tenant == tenant]
+        where = [self.table.c.tenant == tenant]
         if status:
-            where.append(audits.c.status == status)
+            where.append(self.table.c.status == status)
         with self.engine.connect() as conn:
             total = conn.execute(
-                sa.select(sa.func.count()).select_from(audits).where(*where)
+                sa.select(sa.func.count()).select_from(self.table).where(*where)
             ).scalar_one()
             rows = conn.execute(
-                sa.select(audits)
+                sa.select(self.table)
                 .where(*where)
-                .order_by(audits.c.created_at.desc(), audits.c.id)
+                .order_by(self.table.c.created_at.desc(), self.table.c.id)
                 .limit(limit)
                 .offset(offset)
             ).mappings()
@@ -185,9 +190,11 @@ class JobStore:
         now = time.time()
         with self._write() as conn:
             conn.execute(
-                sa.update(audits)
+                sa.update(self.table)
                 .where(
-                    audits.c.id == job_id, audits.c.tenant == tenant, audits.c.status == "queued"
+                    self.table.c.id == job_id,
+                    self.table.c.tenant == tenant,
+                    self.table.c.status == "queued",
                 )
                 .values(
                     status="cancelled",
@@ -197,9 +204,11 @@ class JobStore:
                 )
             )
             conn.execute(
-                sa.update(audits)
+                sa.update(self.table)
                 .where(
-                    audits.c.id == job_id, audits.c.tenant == tenant, audits.c.status == "running"
+                    self.table.c.id == job_id,
+                    self.table.c.tenant == tenant,
+                    self.table.c.status == "running",
                 )
                 .values(cancel_requested=True, phase="cancelling")
             )
@@ -223,14 +232,14 @@ class JobStore:
             now = time.time()
             with self._write() as conn:
                 got = conn.execute(
-                    sa.update(audits)
-                    .where(audits.c.id == job_id, audits.c.status == "queued")
+                    sa.update(self.table)
+                    .where(self.table.c.id == job_id, self.table.c.status == "queued")
                     .values(
                         status="running",
                         owner=owner,
                         started_at=now,
                         heartbeat=now,
-                        attempts=audits.c.attempts + 1,
+                        attempts=self.table.c.attempts + 1,
                         progress=0.0,
                         phase="starting",
                     )
@@ -253,7 +262,7 @@ class JobStore:
         return out
 
     def _next_fair(self, owner: str, per_tenant: int | None) -> str | None:
-        c = audits.c
+        c = self.table.c
         with self.engine.connect() as conn:
             oldest = dict(
                 conn.execute(
@@ -298,8 +307,12 @@ class JobStore:
     def set_progress(self, job_id: str, owner: str, fraction: float, phase: str) -> None:
         with self._write() as conn:
             conn.execute(
-                sa.update(audits)
-                .where(audits.c.id == job_id, audits.c.owner == owner, audits.c.status == "running")
+                sa.update(self.table)
+                .where(
+                    self.table.c.id == job_id,
+                    self.table.c.owner == owner,
+                    self.table.c.status == "running",
+                )
                 .values(
                     progress=max(0.0, min(1.0, float(fraction))),
                     phase=phase[:200],
@@ -312,8 +325,12 @@ class JobStore:
             return
         with self.engine.begin() as conn:
             conn.execute(
-                sa.update(audits)
-                .where(audits.c.id.in_(ids), audits.c.owner == owner, audits.c.status == "running")
+                sa.update(self.table)
+                .where(
+                    self.table.c.id.in_(ids),
+                    self.table.c.owner == owner,
+                    self.table.c.status == "running",
+                )
                 .values(heartbeat=time.time())
             )
 
@@ -323,15 +340,21 @@ class JobStore:
         with self.engine.connect() as conn:
             return set(
                 conn.execute(
-                    sa.select(audits.c.id).where(audits.c.id.in_(ids), audits.c.cancel_requested)
+                    sa.select(self.table.c.id).where(
+                        self.table.c.id.in_(ids), self.table.c.cancel_requested
+                    )
                 ).scalars()
             )
 
     def finish(self, job_id: str, owner: str, status: str, **values: Any) -> None:
         with self._write() as conn:
             conn.execute(
-                sa.update(audits)
-                .where(audits.c.id == job_id, audits.c.owner == owner, audits.c.status == "running")
+                sa.update(self.table)
+                .where(
+                    self.table.c.id == job_id,
+                    self.table.c.owner == owner,
+                    self.table.c.status == "running",
+                )
                 .values(status=status, finished_at=time.time(), **values)
             )
 
@@ -339,8 +362,12 @@ class JobStore:
         """Put a running job back in the queue (this process is stopping)."""
         with self._write() as conn:
             conn.execute(
-                sa.update(audits)
-                .where(audits.c.id == job_id, audits.c.owner == owner, audits.c.status == "running")
+                sa.update(self.table)
+                .where(
+                    self.table.c.id == job_id,
+                    self.table.c.owner == owner,
+                    self.table.c.status == "running",
+                )
                 .values(status="queued", owner=None, heartbeat=None, progress=0.0, phase=reason)
             )
 
@@ -351,17 +378,22 @@ class JobStore:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(
-                    audits.c.id, audits.c.owner, audits.c.heartbeat, audits.c.cancel_requested
-                ).where(audits.c.status == "running")
+                    self.table.c.id,
+                    self.table.c.owner,
+                    self.table.c.heartbeat,
+                    self.table.c.cancel_requested,
+                ).where(self.table.c.status == "running")
             ).all()
         out = []
         for job_id, owner, beat, cancel in rows:
             if not _is_dead(owner, beat, me, now, stale_after_s):
                 continue
             with self._write() as conn:
-                cond = [audits.c.id == job_id, audits.c.status == "running"]
+                cond = [self.table.c.id == job_id, self.table.c.status == "running"]
                 cond.append(
-                    audits.c.owner == owner if owner is not None else audits.c.owner.is_(None)
+                    self.table.c.owner == owner
+                    if owner is not None
+                    else self.table.c.owner.is_(None)
                 )
                 if cancel:
                     values: dict[str, Any] = {
@@ -377,7 +409,7 @@ class JobStore:
                         "progress": 0.0,
                         "phase": "re-queued after a service restart",
                     }
-                if conn.execute(sa.update(audits).where(*cond).values(**values)).rowcount:
+                if conn.execute(sa.update(self.table).where(*cond).values(**values)).rowcount:
                     out.append(job_id)
         return out
 

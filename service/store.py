@@ -1,4 +1,5 @@
-"""The service's tables (SQLAlchemy Core): API keys, audit jobs, uploaded policies.
+"""The service's tables (SQLAlchemy Core): API keys, audit jobs, dataset derivations,
+uploaded policies.
 
 One schema for SQLite (the default, ``$RECAUDIT_HOME/service.db``) and PostgreSQL (a
 deployment with several service processes sharing one store). Times are UNIX seconds.
@@ -18,7 +19,7 @@ metadata = sa.MetaData()
 #: Alembic's version table for this store (apart from MLflow's ``alembic_version``)
 VERSION_TABLE = "recaudit_schema_version"
 #: the newest revision in service/migrations/versions
-HEAD = "0001"
+HEAD = "0002"
 #: the revision equal to the schema of stores made before migrations (by create_all)
 BASELINE = "0001"
 
@@ -60,6 +61,17 @@ audits = sa.Table(
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_audits_tenant_idem"),
     sa.Index("ix_audits_tenant_created", "tenant", "created_at"),
     sa.Index("ix_audits_status_created", "status", "created_at"),
+)
+
+#: dataset derivations: durable jobs like audits (the same columns; ``spec`` holds the
+#: derivation request, ``scenario`` the derived scenario's id)
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    *(c._copy() for c in audits.columns),
+    sa.UniqueConstraint("tenant", "idempotency_key", name="uq_datasets_tenant_idem"),
+    sa.Index("ix_datasets_tenant_created", "tenant", "created_at"),
+    sa.Index("ix_datasets_status_created", "status", "created_at"),
 )
 
 policies = sa.Table(

@@ -53,7 +53,7 @@ def build_catalog(spec: CatalogSpec, env_seed: int) -> Catalog:
         quality = spec.quality_mean + spec.quality_std * torch.randn(topic.numel(), generator=gen)
         appeal = spec.appeal_std * torch.randn(topic.numel(), generator=gen)
     elif isinstance(spec, FileCatalog):
-        mat, table = read_matrix(spec.path, what="catalog")
+        mat, table = read_matrix(spec.path, what="catalog", sha256=spec.sha256)
         features = torch.from_numpy(mat)
         k = features.shape[0]
 

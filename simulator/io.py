@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -30,17 +31,31 @@ def resolve_path(path: str | Path) -> Path:
     return Path(path)
 
 
-def read_matrix(path: str | Path, *, what: str) -> tuple[np.ndarray, pd.DataFrame | None]:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_matrix(
+    path: str | Path, *, what: str, sha256: str | None = None
+) -> tuple[np.ndarray, pd.DataFrame | None]:
     """Return (rows x dim float32 matrix, the full table for parquet or None).
 
     ``path`` may name package data as ``data:<dir>/<file>`` (see :func:`resolve_path`).
 
     ``.npy`` is read with ``allow_pickle=False``; ``.parquet`` must have columns
-    ``f0..f{d-1}``. Anything else, a missing file, or non-finite values raise SpecError.
+    ``f0..f{d-1}``. Anything else, a missing file, non-finite values, or a digest other
+    than ``sha256`` (when given) raise SpecError.
     """
     p = resolve_path(path)
     if not p.is_file():
         raise SpecError(f"{what} file not found: {p}")
+    if sha256 is not None and file_sha256(p) != sha256:
+        raise SpecError(f"{what} file {p} has changed: its SHA-256 is not the one recorded")
     suffix = p.suffix.lower()
     table: pd.DataFrame | None = None
     try:

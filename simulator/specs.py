@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Frozen(BaseModel):
@@ -21,6 +21,8 @@ class Frozen(BaseModel):
 
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+#: largest ``fit`` section a scenario carries (canonical JSON bytes)
+MAX_FIT_BYTES = 64 * 1024
 NonNeg = Annotated[float, Field(ge=0.0)]
 
 
@@ -77,13 +79,19 @@ class OneHotTopicsCatalog(Frozen):
     appeal_std: NonNeg = Field(0.0, description="Std of click appeal.")
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class FileCatalog(Frozen):
     """A catalog read from a ``.npy`` matrix (items x dim; loaded with allow_pickle=False)
     or a ``.parquet`` table with columns ``f0..f{d-1}`` and optional ``appeal``,
-    ``quality`` and ``topic``."""
+    ``quality``, ``topic`` and ``item_id`` (each item's stable string id; default: its
+    index). With ``sha256`` the file must have that digest, and the scenario's
+    fingerprint names the file by its content instead of its path."""
 
     kind: Literal["file"] = "file"
     path: str = Field(..., min_length=1, description="Path of a .npy or .parquet file.")
+    sha256: Sha256 | None = Field(None, description="SHA-256 of the file's bytes.")
 
 
 CatalogSpec = Annotated[
@@ -168,12 +176,13 @@ class TypesPopulation(Frozen):
 
 class FilePopulation(Frozen):
     """Initial preferences read from a ``.npy`` (allow_pickle=False) or ``.parquet`` file
-    (columns ``f0..f{d-1}``). With fewer rows than users, rows are drawn with
-    replacement by the population stream; with as many or more, the first ``users`` rows
-    are taken in order."""
+    (columns ``f0..f{d-1}``, optional ``user_id``). With fewer rows than users, rows are
+    drawn with replacement by the population stream; with as many or more, the first
+    ``users`` rows are taken in order. ``sha256`` as for :class:`FileCatalog`."""
 
     kind: Literal["file"] = "file"
     path: str = Field(..., min_length=1, description="Path of a .npy or .parquet file.")
+    sha256: Sha256 | None = Field(None, description="SHA-256 of the file's bytes.")
 
 
 PopulationSpec = Annotated[
@@ -353,9 +362,48 @@ class ScenarioSpec(Frozen):
     env_seed: int = Field(0, ge=0, description="Seed of the environment (catalog, centres).")
     default_users: int = Field(1000, ge=1)
     default_steps: int = Field(50, ge=1)
+    axis_free: bool = Field(
+        False,
+        description=(
+            "True: the scenario has no meaningful polarity axis (a scenario derived from data "
+            "without a named polarity attribute). Audits then default to axis-free criteria; "
+            "axis metrics use the first principal direction and describe, never judge."
+        ),
+    )
+    fit: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "The fit of the scenario's dynamics to data (family, estimates, intervals, ...), "
+            f"free-form JSON of at most {MAX_FIT_BYTES // 1024} KiB; None when assumed."
+        ),
+    )
+
+    @field_validator("fit")
+    @classmethod
+    def _fit_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        try:
+            text = json.dumps(v, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"fit must be finite JSON: {exc}") from None
+        if len(text.encode()) > MAX_FIT_BYTES:
+            raise ValueError(f"fit is over {MAX_FIT_BYTES // 1024} KiB of JSON")
+        return v
 
     def fingerprint(self) -> str:
-        return fingerprint(self)
+        """Identifies the scenario's behaviour. Fields added after a scenario was published
+        count only when set (so published fingerprints stay), and a data file with a
+        recorded SHA-256 counts by its content, not its path (a derived scenario's
+        directory can move)."""
+        data = self.model_dump(mode="json")
+        for key, default in (("axis_free", False), ("fit", None)):
+            if data[key] == default:
+                del data[key]
+        for part in ("catalog", "population"):
+            if data[part].get("kind") == "file":
+                del data[part]["path" if data[part]["sha256"] else "sha256"]
+        return fingerprint(data)
 
 
 def canonical_json(obj: BaseModel | dict[str, Any]) -> str:

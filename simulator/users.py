@@ -96,7 +96,7 @@ def _sample(
 def _file_population(
     spec: FilePopulation, n: int, dim: int, gen: torch.Generator
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
-    mat, table = read_matrix(spec.path, what="population")
+    mat, table = read_matrix(spec.path, what="population", sha256=spec.sha256)
     if mat.shape[1] != dim:
         raise SpecError(
             f"population file {spec.path} has dimension {mat.shape[1]}, the catalog {dim}"

@@ -449,12 +449,18 @@ def test_movielens_click_rates_under_oracle_and_random():
 
 @pytest.mark.slow
 def test_derive_movielens_reproduces_the_shipped_files(tmp_path):
-    summary = ra.derive_movielens(tmp_path)
-    assert summary["test"]["recall@10"] > 0.2
-    assert abs(summary["recall@10_ours"] - summary["test"]["recall@10"]) <= 6e-5
+    """movielens-100k-v1 is one output of the generic derivation. Float results of
+    training differ across CPUs in the last bits (about 1e-7 here), hence atol."""
+    from recommenders.derive import derive_movielens
+
+    prov = derive_movielens(tmp_path)
+    assert prov["embeddings"]["test"]["recall@10"] > 0.2
+    assert prov["items"]["catalog"] == 1682 and prov["users"] == 943
     for name in ("items.parquet", "users.parquet"):
         shipped = pd.read_parquet(resolve_path(f"data:movielens-100k-v1/{name}"))
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / name), shipped)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / name), shipped, check_exact=False, rtol=0, atol=1e-6
+        )
 
 
 def test_a_model_trained_on_ml100k_matches_movielens_by_token(ml100k_bpr):

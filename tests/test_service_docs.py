@@ -35,3 +35,18 @@ def test_every_documented_request_example_is_accepted(tmp_path):
                     assert r.status_code == 202, r.text
                 posted += 1
         assert posted >= 2
+
+
+def test_the_docs_pages_load_their_assets_from_the_service(tmp_path):
+    """/docs and /redoc work offline: every script and stylesheet they name is served by
+    the service itself (no CDN), and fetching it answers 200."""
+    import re
+
+    with service(tmp_path) as c:
+        for page in ("/docs", "/redoc"):
+            html = c.get(page).text
+            assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+            assert assets, (page, html[:300])
+            for url in assets:
+                assert not url.startswith(("http://", "https://", "//")), (page, url)
+                assert c.get(url).status_code == 200, (page, url)

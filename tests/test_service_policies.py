@@ -200,43 +200,68 @@ def test_a_model_that_does_not_know_the_catalog_is_refused_at_submission(tmp_pat
         assert "does not know 170 of the scenario's 200 catalog items" in body["detail"]
 
 
-def test_frozen_policy_shows_the_models_top_k_and_never_retrains(bpr_files):
-    from simulator.catalog import build_catalog
+def _ctx(users, catalog, user_ids=()):
     from simulator.policy import PolicyContext
+
+    return PolicyContext(
+        num_users=users,
+        slate_size=3,
+        catalog=catalog,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        user_ids=user_ids,
+    )
+
+
+def test_frozen_policy_serves_the_users_it_knows_by_id_and_never_retrains(bpr_files):
+    """Users with the data's ids the model knows get its top-k; the others (counted) get
+    the model's mean user; feedback never changes a slate."""
+    from simulator.catalog import build_catalog
     from simulator.scenarios import get_scenario
     from simulator.types import Feedback, Observation
 
     config, weights, tm = bpr_files
     policy = ra.UploadedModelFactory(config=config, weights=weights)()
-    scenario = get_scenario("topics-tiny-v1")
-    catalog = build_catalog(scenario.catalog, scenario.env_seed)
-    ctx = PolicyContext(
-        num_users=25,
-        slate_size=3,
-        catalog=catalog,
-        generator=torch.Generator().manual_seed(0),
-        device=torch.device("cpu"),
-    )
-    policy.reset(ctx)
+    catalog = build_catalog(get_scenario("topics-tiny-v1").catalog, 0)
+    ids = tuple(str(b) for b in range(20)) + tuple(f"new-{b}" for b in range(5))
+    policy.reset(_ctx(25, catalog, ids))
     slate = policy.act(Observation(t=0, num_users=25))
     known = tm.user_ids([str(b) for b in range(20)])
-    scores = tm.score_users(known)[:, tm.item_ids([str(i) for i in range(N_ITEMS)])]
+    item_map = tm.item_ids([str(i) for i in range(N_ITEMS)])
+    scores = tm.score_users(known)[:, item_map]
     assert torch.equal(slate[:20], scores.topk(3, dim=1).indices)
-    for t in range(6):  # feedback never changes the known users' slates
+    everyone = tm.score_users(torch.arange(1, len(tm.user_tokens)))[:, item_map]
+    mean_user = everyone.double().mean(dim=0).topk(3).indices
+    assert all(torch.equal(row, mean_user) for row in slate[20:])
+    for t in range(6):  # feedback never changes a slate
         policy.update(
             Feedback(t=t, slate=slate, slot=torch.zeros(25, dtype=torch.long), item=slate[:, 0])
         )
-    assert torch.equal(policy.act(Observation(t=6, num_users=25))[:20], slate[:20])
+    assert torch.equal(policy.act(Observation(t=6, num_users=25)), slate)
     assert policy.train_seconds == []
-    with pytest.raises(SpecError, match="does not know"):
-        small = PolicyContext(
-            num_users=5,
-            slate_size=3,
-            catalog=build_catalog(get_scenario("biased-assimilation-v1").catalog, 0),
-            generator=torch.Generator(),
-            device=torch.device("cpu"),
-        )
-        policy.reset(small)
+    b = policy.boundary()
+    assert (b["users"], b["model_users"], b["cold_users"]) == (25, 20, 5)
+    assert b["cold_user_examples"] == ["new-0", "new-1", "new-2", "new-3", "new-4"]
+    assert (b["catalog_items"], b["model_items"], b["unknown_items"]) == (30, 30, 0)
+    assert "mean user" in b["rule"]
+    with pytest.raises(SpecError, match="does not know 170 of the scenario's 200"):
+        policy.reset(_ctx(5, build_catalog(get_scenario("biased-assimilation-v1").catalog, 0)))
+
+
+def test_synthetic_users_are_never_taken_for_the_models_users(bpr_files):
+    """Simulated user b of a synthetic population is not the model's user "b": every
+    user is cold, served the model's mean user, and the count says so."""
+    from simulator.catalog import build_catalog
+    from simulator.scenarios import get_scenario
+    from simulator.types import Observation
+
+    config, weights, _tm = bpr_files
+    policy = ra.UploadedModelFactory(config=config, weights=weights)()
+    policy.reset(_ctx(25, build_catalog(get_scenario("topics-tiny-v1").catalog, 0)))
+    slate = policy.act(Observation(t=0, num_users=25))
+    assert (slate == slate[0]).all()
+    b = policy.boundary()
+    assert b["cold_users"] == 25 and "synthetic" in b["rule"]
 
 
 def test_an_uploaded_model_is_audited_end_to_end(tmp_path, bpr_files):
@@ -266,4 +291,11 @@ def test_an_uploaded_model_is_audited_end_to_end(tmp_path, bpr_files):
         assert report["verdict"] == body["verdict"]
         eng = report["metrics"]["policy"]["engagement"]["mean"]
         assert eng is not None and 0.0 <= eng <= 1.0
+        # the report states how the model met the scenario's ids, and the counts
+        b = report["arms"][0]["boundary"]
+        assert (b["catalog_items"], b["model_items"], b["unknown_items"]) == (30, 30, 0)
+        assert b["users"] == 20 and b["cold_users"] == [20, 20] and "synthetic" in b["rule"]
+        assert b["kind"] == "RecBole BPR trained on 'tiny'"
+        html = c.get(f"/v1/audits/{aid}/report.html", headers=auth(c.key)).text
+        assert "Ids at the boundary" in html and "mean user" in html
     engine.dispose()

@@ -18,6 +18,7 @@ from auditor.budget import BudgetExceeded
 from auditor.spec import AuditSpec
 from auditor.tracking import run_link
 
+from ..datasets import with_tenant_scenario
 from ..deps import Svc, Tenant
 from ..intake import check_audit
 from ..jobs import STATUSES, IdempotencyConflict, spec_body
@@ -137,8 +138,9 @@ def submit(
 ) -> Audit:
     """Queue an audit of ``spec`` (the CLI's ``--spec`` file format) and answer 202 with
     its id, status and links. Poll ``GET /v1/audits/{id}`` until it is done."""
+    spec, own = with_tenant_scenario(spec, tenant, svc.datasets)
     try:
-        check_audit(spec, tenant, svc.settings, svc.uploads)
+        check_audit(spec, tenant, svc.settings, svc.uploads, own)
     except BudgetExceeded as exc:
         raise ApiError(422, str(exc), slug="budget") from None
     body = spec_body(spec)

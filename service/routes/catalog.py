@@ -11,6 +11,7 @@ from auditor.budget import BudgetExceeded
 from auditor.spec import PolicySpec
 from simulator.errors import SpecError
 
+from ..datasets import public_spec
 from ..deps import Svc, Tenant
 from ..intake import EXTRA_KIND_HELP, UPLOADED
 from ..problems import ApiError
@@ -41,11 +42,13 @@ def _scenario(s: object) -> ScenarioSummary:
 @scenarios.get(
     "", response_model=list[ScenarioSummary], summary="List scenarios", responses=_problems(401)
 )
-def list_scenarios(tenant: Tenant) -> list[ScenarioSummary]:
-    """The scenario registry (the same as ``recaudit scenarios``)."""
+def list_scenarios(svc: Svc, tenant: Tenant) -> list[ScenarioSummary]:
+    """The scenario registry (the same as ``recaudit scenarios``), then this tenant's
+    scenarios derived from its datasets (POST /v1/datasets)."""
     from simulator.scenarios import SCENARIOS
 
-    return [_scenario(s) for s in SCENARIOS.values()]
+    own = svc.datasets.scenarios(tenant) if svc.datasets else []
+    return [_scenario(s) for s in [*SCENARIOS.values(), *own]]
 
 
 @scenarios.get(
@@ -54,13 +57,16 @@ def list_scenarios(tenant: Tenant) -> list[ScenarioSummary]:
     summary="One scenario",
     responses=_problems(401, 404),
 )
-def get_scenario(scenario_id: str, tenant: Tenant) -> ScenarioDetail:
+def get_scenario(scenario_id: str, svc: Svc, tenant: Tenant) -> ScenarioDetail:
     from simulator.scenarios import get_scenario
 
     try:
         s = get_scenario(scenario_id)
     except SpecError as exc:
-        raise ApiError(404, str(exc)) from None
+        own = svc.datasets.scenario(tenant, scenario_id) if svc.datasets else None
+        if own is None:
+            raise ApiError(404, str(exc)) from None
+        return ScenarioDetail(**_scenario(own).model_dump(), spec=public_spec(own))
     return ScenarioDetail(**_scenario(s).model_dump(), spec=s.model_dump(mode="json"))
 
 
