@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from recommenders.registry import POLICIES
 from recommenders.rl.policy import PolicyBundle
@@ -123,8 +124,23 @@ def _give_bundle(arms: list[PlannedArm], bundle: PolicyBundle, run_id: str) -> N
 
 # ------------------------------------------------------------------------------ run
 def run_audit(
+    spec: AuditSpec, *, track: bool = True, audit_id: str | None = None, **options: Any
+) -> AuditResult:
+    """Run ``spec`` (see :func:`_run_audit` for the options). With ``track``, the audit's
+    MLflow run is opened first, so that MLflow shows it running, then failed, cancelled
+    (KILLED) or finished, with its true duration."""
+    audit_id = audit_id or f"a{secrets.token_hex(6)}"
+    if not track:
+        return _run_audit(spec, track=False, audit_id=audit_id, **options)
+    check_spec(spec, options.get("extra_kinds", ()))  # a bad spec leaves no run behind
+    with tracking.live_audit(spec, audit_id) as live:
+        return _run_audit(spec, track=True, audit_id=audit_id, live=live, **options)
+
+
+def _run_audit(
     spec: AuditSpec,
     *,
+    live: tuple[str, str] | None = None,
     ray_address: str | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
@@ -153,7 +169,7 @@ def run_audit(
         raise ValueError("the plan was made from another spec")
     scenario, steps, arms, ckpts = plan.scenario, plan.steps, plan.arms, plan.checkpoints
     audit_id = audit_id or f"a{secrets.token_hex(6)}"
-    if track:
+    if track and live is None:
         tracking.check_reachable()
 
     def report_progress(fraction: float, phase: str) -> None:
@@ -249,7 +265,7 @@ def run_audit(
     t_log = time.perf_counter()
     if track:
         report_progress(0.95, "logging to MLflow")
-        run_id, exp_id = tracking.start_audit(report)
+        run_id, exp_id = tracking.start_audit(report, live)
         report.provenance.mlflow_run_id = run_id
         report.provenance.mlflow_experiment_id = exp_id
     timings = report.provenance.timings

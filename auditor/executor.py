@@ -122,6 +122,12 @@ def ensure_ray(address: str) -> None:
         "logging_level": "ERROR",
         "log_to_driver": False,
     }
+    # ray.init puts in a SIGTERM handler that exits at once; the caller's (a server's
+    # graceful stop) is put back after it
+    import signal
+
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if address == "local":
             ray.init(
@@ -136,6 +142,9 @@ def ensure_ray(address: str) -> None:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SpecError(f"cannot connect to Ray at {address}: {exc}") from None
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def run_jobs(
@@ -217,11 +226,14 @@ def embedded_ray_processes() -> list[Any]:
     return list(psutil.Process().children(recursive=True))
 
 
-def record_embedded_ray(path: Path) -> None:
+def record_embedded_ray(path: Path) -> bool:
     """Write the pids (with start times) and the session of this process's embedded Ray
-    to ``path``, so that the next start can end them if this process is killed."""
+    to ``path``, so that the next start can end them if this process is killed. False
+    (nothing written) when Ray is not running here."""
     import ray
 
+    if not ray.is_initialized():
+        return False
     node = getattr(ray._private.worker, "_global_node", None)
     procs = []
     for p in embedded_ray_processes():
@@ -233,6 +245,7 @@ def record_embedded_ray(path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
+    return True
 
 
 def kill_recorded_ray(path: Path) -> int:

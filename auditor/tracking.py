@@ -12,13 +12,17 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from simulator.errors import SpecError
 
 EXPERIMENT_TRAIN = "recaudit-training"
+EXPERIMENT_AUDIT = "recaudit-audits"
+#: MLflow 3 opens an experiment on its GenAI (traces) view unless this tag says otherwise
+KIND_TAG, KIND_RUNS = "mlflow.experimentKind", "custom_model_development"
 METRIC_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
@@ -107,7 +111,11 @@ def experiment_id(client: Any, name: str) -> str:
     if tracking_uri().startswith("sqlite:"):
         artifact_location = (home() / "mlartifacts").resolve().as_uri()
     try:
-        return str(client.create_experiment(name, artifact_location=artifact_location))
+        return str(
+            client.create_experiment(
+                name, artifact_location=artifact_location, tags={KIND_TAG: KIND_RUNS}
+            )
+        )
     except Exception:  # created concurrently
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -240,8 +248,9 @@ def start_parent(name: str, params: Mapping[str, Any], tags: Mapping[str, str]) 
     return str(run.info.run_id)
 
 
-def end_run(run_id: str, ok: bool = True) -> None:
-    _client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+def end_run(run_id: str, ok: bool = True, status: str | None = None) -> None:
+    """Close a run: FINISHED or FAILED, or ``status`` (KILLED for a cancelled one)."""
+    _client().set_terminated(run_id, status or ("FINISHED" if ok else "FAILED"))
 
 
 def ui_command(host: str, port: int) -> list[str]:
@@ -277,8 +286,32 @@ def check_reachable() -> None:
         ) from None
 
 
+def mark_experiments() -> None:
+    """Tag recaudit's existing experiments so that MLflow's UI opens them on the runs
+    view (experiments made before the tag was set on creation)."""
+    client = _client()
+    for name in (EXPERIMENT_AUDIT, EXPERIMENT_TRAIN):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None and exp.tags.get(KIND_TAG) != KIND_RUNS:
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND_RUNS)
+
+
+def latest_audit() -> tuple[str, str] | None:
+    """(experiment id, run id) of the newest audit's parent run, or None."""
+    client = _client()
+    exp = client.get_experiment_by_name(EXPERIMENT_AUDIT)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`recaudit.audit` = 'true'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return (str(exp.experiment_id), str(runs[0].info.run_id)) if runs else None
+
+
 # ----------------------------------------------------------------------------- audits
-EXPERIMENT_AUDIT = "recaudit-audits"
 
 
 def _flat_params(prefix: str, data: Any, out: dict[str, Any]) -> None:
@@ -298,55 +331,148 @@ def run_link(experiment_id: str | None, run_id: str | None, base: str | None = N
     base = base if base is not None else public_url()
     if not (experiment_id and run_id and base):
         return None
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    # the query opens MLflow 3 on its runs view (the experiment tag alone does not,
+    # for a browser that has not chosen a view yet)
+    return (
+        f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        "?workflowType=machine_learning"
+    )
 
 
-def start_audit(report: Any) -> tuple[str, str]:
-    """Create the audit's parent run and one child run per arm, with params, tags and
-    metrics (per-step curves batched with their step). Returns (run id, experiment id);
-    the run stays open until :func:`finish_audit` adds the artifacts."""
-    client = _client()
-    exp = experiment_id(client, EXPERIMENT_AUDIT)
-    spec = report.spec
-    prov = report.provenance
-    tags = {
-        "mlflow.runName": f"audit {spec.policy.name} on {prov.scenario_id} {prov.fingerprint[:8]}",
+def _audit_tags(spec: Any, audit_id: str, scenario_id: str, fingerprint: str) -> dict[str, str]:
+    return {
+        "mlflow.runName": f"audit {spec.policy.name} on {scenario_id} {fingerprint[:8]}",
         "recaudit.audit": "true",
-        "recaudit.audit_id": report.id,
+        "recaudit.audit_id": audit_id,
         "recaudit.policy": spec.policy.kind,
         "recaudit.policy_label": spec.policy.name,
-        "recaudit.scenario": prov.scenario_id,
-        "recaudit.fingerprint": prov.fingerprint,
-        "recaudit.scenario_fingerprint": prov.scenario_fingerprint,
-        "recaudit.code_version": prov.code_version,
-        "recaudit.git_commit": prov.git_commit or "",
-        "recaudit.verdict": report.verdict,
+        "recaudit.scenario": scenario_id,
+        "recaudit.fingerprint": fingerprint,
     }
-    for c in report.criteria:
-        tags[f"recaudit.criterion.{c.name}"] = c.status
-    run = client.create_run(exp, tags=tags)
+
+
+def _spec_params(spec: Any, scenario_id: str, steps: int) -> dict[str, Any]:
+    """The spec as flat params, with the resolved horizon and the seeds."""
+    params: dict[str, Any] = {}
+    _flat_params("", spec.model_dump(mode="json"), params)
+    if not isinstance(spec.scenario, str):
+        params = {k: v for k, v in params.items() if not k.startswith("scenario.")}
+        params["scenario"] = scenario_id
+    params.update(steps=steps, seeds=",".join(str(spec.seed + r) for r in range(spec.replicates)))
+    return params
+
+
+@contextmanager
+def live_audit(spec: Any, audit_id: str) -> Iterator[tuple[str, str]]:
+    """The audit's parent run, created when the audit starts so that MLflow shows it
+    RUNNING with its true duration; yields (run id, experiment id). An exception closes
+    it FAILED, a cancellation (or Ctrl-C) KILLED; :func:`finish_audit` closes it
+    FINISHED."""
+    from .executor import Cancelled
+
+    check_reachable()
+    client = _client()
+    exp = experiment_id(client, EXPERIMENT_AUDIT)
+    scenario = spec.scenario_spec()
+    fingerprint = spec.fingerprint()
+    run = client.create_run(exp, tags=_audit_tags(spec, audit_id, scenario.id, fingerprint))
     run_id = str(run.info.run_id)
     try:
-        params: dict[str, Any] = {}
-        _flat_params("", spec.model_dump(mode="json"), params)
-        if not isinstance(spec.scenario, str):
-            params = {k: v for k, v in params.items() if not k.startswith("scenario.")}
-            params["scenario"] = prov.scenario_id
-        params.update(steps=report.steps, seeds=",".join(map(str, prov.seeds)))
-        _params(client, run_id, params)
-        final: dict[str, float] = {}
-        for arm, metrics in report.metrics.items():
-            for name, s in metrics.items():
-                if s.mean is not None:
-                    final[f"{arm}/{name}"] = s.mean
-        for e in report.effects:
+        steps = spec.steps or scenario.default_steps
+        _params(client, run_id, _spec_params(spec, scenario.id, steps))
+        yield run_id, exp
+    except (Cancelled, KeyboardInterrupt):
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+
+
+#: the audited arm's figures kept as metrics on the parent run (the rest: tables/)
+HEADLINE_METRICS = ("engagement", "welfare", "shift", "induced_shift", "polarization")
+
+
+def headline_metrics(report: Any) -> dict[str, float]:
+    """The parent run's few metrics: the audited arm's headline figures
+    (``policy/<metric>``) and, per criterion, its effect with the bounds it was judged
+    on and its margin (``criterion/<name>/...``), plus the criterion's effect CI
+    (``effect/<metric>/<arm>``...). Everything else goes to the run's tables."""
+    out: dict[str, float] = {}
+    audited = next((a.label for a in report.arms if a.role == "audited"), "policy")
+    for name in HEADLINE_METRICS:
+        s = report.metrics.get(audited, {}).get(name)
+        if s is not None and s.mean is not None:
+            out[f"{audited}/{name}"] = s.mean
+    effects = {(e.metric, e.reference): e for e in report.effects}
+    for c in report.criteria:
+        for key, value in (
+            ("estimate", c.estimate),
+            ("lower", c.lower),
+            ("upper", c.upper),
+            ("margin", c.margin),
+        ):
+            if value is not None:
+                out[f"criterion/{c.name}/{key}"] = value
+        e = effects.get((c.metric, c.reference_arm))
+        if e is not None:
             for suffix, value in (("", e.mean), ("/ci_low", e.ci_low), ("/ci_high", e.ci_high)):
                 if value is not None:
-                    final[f"effect/{e.metric}/{e.reference}{suffix}"] = value
+                    out[f"effect/{e.metric}/{e.reference}{suffix}"] = value
+    return out
+
+
+def report_tables(report: Any) -> dict[str, dict[str, list[Any]]]:
+    """Every figure of the report as tables (column -> values), for MLflow's table view:
+    ``tables/metrics.json`` (arm x metric) and ``tables/effects.json`` (metric x reference)."""
+    metrics: dict[str, list[Any]] = {
+        k: [] for k in ("arm", "metric", "mean", "sd", "ci_low", "ci_high")
+    }
+    for arm, rows in report.metrics.items():
+        for name, s in rows.items():
+            for key, value in zip(
+                metrics, (arm, name, s.mean, s.sd, s.ci_low, s.ci_high), strict=True
+            ):
+                metrics[key].append(value)
+    cols = ("metric", "reference", "mean", "ci_low", "ci_high", "sd", "effect_size")
+    effects: dict[str, list[Any]] = {k: [] for k in (*cols, "p_value", "p_holm")}
+    for e in report.effects:
+        for key in effects:
+            effects[key].append(getattr(e, key))
+    return {"tables/metrics.json": metrics, "tables/effects.json": effects}
+
+
+def start_audit(report: Any, live: tuple[str, str] | None = None) -> tuple[str, str]:
+    """Record the finished analysis on the audit's parent run (``live``, from
+    :func:`live_audit`; created now when None): verdict and criteria as tags, headline
+    figures as metrics, every figure as tables, and one child run per arm with its
+    per-step curves. Returns (run id, experiment id); the run stays open until
+    :func:`finish_audit` adds the report."""
+    client = _client()
+    spec = report.spec
+    prov = report.provenance
+    if live is None:
+        exp = experiment_id(client, EXPERIMENT_AUDIT)
+        tags = _audit_tags(spec, report.id, prov.scenario_id, prov.fingerprint)
+        run_id = str(client.create_run(exp, tags=tags).info.run_id)
+        _params(client, run_id, _spec_params(spec, prov.scenario_id, report.steps))
+    else:
+        run_id, exp = live
+    try:
+        tags = {
+            "recaudit.scenario_fingerprint": prov.scenario_fingerprint,
+            "recaudit.code_version": prov.code_version,
+            "recaudit.git_commit": prov.git_commit or "",
+            "recaudit.verdict": report.verdict,
+        }
         for c in report.criteria:
-            if c.estimate is not None:
-                final[f"criterion/{c.name}/estimate"] = c.estimate
-        log_metric_rows(client, run_id, [final])
+            tags[f"recaudit.criterion.{c.name}"] = c.status
+        from mlflow.entities import RunTag
+
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        log_metric_rows(client, run_id, [headline_metrics(report)])
+        for artifact_file, table in report_tables(report).items():
+            client.log_table(run_id, data=table, artifact_file=artifact_file)
         for arm in report.arms:
             _log_arm(client, exp, run_id, report, arm)
     except BaseException:
@@ -379,9 +505,6 @@ def _log_arm(client: Any, exp: str, parent: str, report: Any, arm: Any) -> None:
         for step, value in zip(curve.steps, curve.mean, strict=True):
             if value is not None:
                 points.append(Metric(key=name, value=float(value), timestamp=now, step=step))
-    for name, s in report.metrics.get(arm.label, {}).items():
-        if s.mean is not None:
-            points.append(Metric(key=f"final/{name}", value=s.mean, timestamp=now, step=0))
     for i in range(0, len(points), METRIC_BATCH):
         client.log_batch(cid, metrics=points[i : i + METRIC_BATCH])
     client.set_terminated(cid, "FINISHED")

@@ -213,11 +213,8 @@ def _keep_recording(path: Path) -> None:
         for delay in (1, 2, 5, 10, 20, 30):
             time.sleep(delay)
             try:
-                import ray
-
-                if not ray.is_initialized():
+                if not record_embedded_ray(path):
                     return
-                record_embedded_ray(path)
             except Exception:  # pragma: no cover - best effort
                 log.exception("cannot record embedded Ray's processes")
 

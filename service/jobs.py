@@ -547,11 +547,14 @@ class JobRunner:
     def _run(self, row: dict[str, Any], cancel: threading.Event) -> None:
         job_id = row["id"]
         last = [0.0]
+        shown = [""]
 
         def progress(fraction: float, phase: str) -> None:
             now = time.monotonic()
-            if now - last[0] >= 0.25 or fraction >= 1.0:
+            # throttled, but a new phase always shows (it may last for hours: training)
+            if now - last[0] >= 0.25 or fraction >= 1.0 or phase != shown[0]:
                 last[0] = now
+                shown[0] = phase
                 self.store.set_progress(job_id, self.owner, fraction, phase)
             if cancel.is_set():
                 raise Cancelled(f"audit {job_id} was cancelled")

@@ -50,7 +50,9 @@ def test_the_report_names_only_the_public_url_or_the_store_kind(credentialed, mo
     assert tracking.run_link("7", "r1") is None  # no public URL: no link at all
     monkeypatch.setenv(tracking.PUBLIC_URL_ENV, "https://mlflow.example.org/")
     assert tracking.shown_store() == "https://mlflow.example.org"
-    assert tracking.run_link("7", "r1") == "https://mlflow.example.org/#/experiments/7/runs/r1"
+    assert tracking.run_link("7", "r1") == (
+        "https://mlflow.example.org/#/experiments/7/runs/r1?workflowType=machine_learning"
+    )
     monkeypatch.setenv(tracking.PUBLIC_URL_ENV, "ftp://x")
     with pytest.raises(Exception, match="must be an http"):
         tracking.public_url()
@@ -63,6 +65,7 @@ def test_an_unreachable_credentialed_store_is_reported_without_its_address(crede
     assert "cannot use the MLflow tracking store (http" in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_tracked_audit_writes_no_store_path_into_its_report(tmp_path, monkeypatch):
     """The default SQLite store lives in a server path: the report (JSON and HTML) shows
     the public URL instead."""
@@ -127,10 +130,13 @@ def test_service_links_use_the_public_url_never_the_tracking_uri(
 
     assert audit_body(None)["mlflow_url"] is None
     body = audit_body("https://mlflow.example.org")
-    assert body["mlflow_url"] == "https://mlflow.example.org/#/experiments/7/runs/" + "r" * 32
+    assert body["mlflow_url"] == (
+        f"https://mlflow.example.org/#/experiments/7/runs/{'r' * 32}?workflowType=machine_learning"
+    )
     assert body["links"]["mlflow"] == body["mlflow_url"]
 
 
+@pytest.mark.slow
 def test_cli_messages_do_not_show_the_store_credentials(recaudit_bin, tmp_path):
     env = {
         **os.environ,

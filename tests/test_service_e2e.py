@@ -132,7 +132,7 @@ def test_audits_over_http_on_a_ray_cluster_tracked_in_an_mlflow_server(
                 assert body["verdict"] in ("pass", "flag", "inconclusive")
                 assert body["mlflow_url"] == (
                     f"{mlflow_server}/#/experiments/{body['mlflow_experiment_id']}"
-                    f"/runs/{body['mlflow_run_id']}"
+                    f"/runs/{body['mlflow_run_id']}?workflowType=machine_learning"
                 )
                 report = c.get(f"/v1/audits/{aid}/report").json()
                 assert report["id"] == aid and report["verdict"] == body["verdict"]

@@ -310,3 +310,202 @@ def test_serve_starts_at_once_on_a_port_left_in_time_wait(tmp_path, monkeypatch)
     args = argparse.Namespace(host="127.0.0.1", port=port, log_level="warning")
     assert cli.cmd_serve(args) == 0
     assert ran == [port]
+
+
+# ------------------------------------------------------------------ cancellation
+def test_a_cancel_stops_a_training_within_one_iteration():
+    from auditor.executor import Cancelled, stop_when
+    from auditor.train import TrainJob, default_config, run_training
+    from simulator.scenarios import get_scenario
+
+    job = TrainJob(
+        kind="ppo-myopic",
+        scenario=get_scenario("topics-tiny-v1"),
+        config=default_config("ppo-myopic", iterations=100_000, users=8, steps=2),
+        eval_users=4,
+    )
+    checks = [0]
+
+    def stop():  # asked once per iteration: true from the 4th on
+        checks[0] += 1
+        return checks[0] > 3
+
+    with pytest.raises(Cancelled), stop_when(stop):
+        run_training(job)
+    assert checks[0] == 4  # three iterations ran, the fourth check stopped it
+
+
+def test_a_cancel_stops_a_simulation_within_one_step():
+    from auditor.audit import BuiltinPolicy
+    from auditor.executor import Cancelled, run_jobs
+    from auditor.measure import ArmJob, run_arm
+    from simulator.scenarios import get_scenario
+
+    job = ArmJob(
+        scenario=get_scenario("topics-tiny-v1"),
+        label="policy",
+        factory=BuiltinPolicy("myopic"),
+        users=8,
+        steps=100_000,
+        seed=0,
+        replicate=0,
+        checkpoints=(0, 100_000),
+    )
+    checks = [0]
+
+    def stop():  # once before the job, then once per step: true from the 6th on
+        checks[0] += 1
+        return checks[0] > 5
+
+    with pytest.raises(Cancelled):
+        run_jobs(run_arm, [job], ray_address=None, should_stop=stop)
+    assert checks[0] == 6  # four steps ran
+
+
+# ---------------------------------------------------------------------- fairness
+def test_another_tenants_audit_starts_before_one_tenants_queue_drains(tmp_path):
+    with service(tmp_path, hold=True, concurrency=1) as c:
+        a = [
+            c.post("/v1/audits", json=TINY_SPEC, headers=auth(c.key)).json()["id"] for _ in range(4)
+        ]
+        wait_for(lambda: c.fake.started == a[:1])
+        b = c.post("/v1/audits", json=TINY_SPEC, headers=auth(c.other)).json()["id"]
+        c.fake.gate.set()
+        wait_for(lambda: len(c.fake.finished) == 5)
+    assert c.fake.started == [a[0], b, *a[1:]]
+
+
+def test_one_tenant_cannot_hold_every_worker(tmp_path):
+    with service(tmp_path, hold=True, concurrency=2) as c:
+        a = [
+            c.post("/v1/audits", json=TINY_SPEC, headers=auth(c.key)).json()["id"] for _ in range(4)
+        ]
+        wait_for(lambda: c.fake.started == a[:1])
+        b = c.post("/v1/audits", json=TINY_SPEC, headers=auth(c.other)).json()["id"]
+        wait_for(lambda: b in c.fake.started)
+        queued = c.get("/v1/audits?status=queued", headers=auth(c.key)).json()["total"]
+        assert c.fake.started == [a[0], b] and queued == 3
+
+
+# ------------------------------------------------------------ bodies and headers
+async def _call(app, method, path, headers, receive):
+    """One request straight into the ASGI app: (status, headers, body)."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "app": app,
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body
+
+
+@pytest.mark.parametrize("key", [None, "ra_" + "x" * 43], ids=["no-key", "bad-key"])
+def test_an_upload_without_a_valid_key_is_refused_before_its_body_is_read(tmp_path, key):
+    import asyncio
+
+    read = []
+
+    async def receive():  # a client that would stall mid-body
+        read.append(1)
+        raise AssertionError("the body was read before the key was checked")
+
+    headers = {"content-type": "multipart/form-data; boundary=x", "content-length": "7340032"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    with service(tmp_path) as c:
+        for path in ("/v1/policies", "/v1/audits"):
+            status, hdrs, body = asyncio.run(_call(c.app, "POST", path, headers, receive))
+            assert status == 401 and read == []
+            assert hdrs[b"content-type"] == PROBLEM.encode()
+            slug = "unauthorized" if key is None else "bad-key"
+            assert json.loads(body)["type"] == f"urn:recaudit:problem:{slug}"
+
+
+def test_uploads_beyond_the_limit_are_answered_503_without_reading_them(tmp_path):
+    import asyncio
+
+    with service(tmp_path, max_uploads=1) as c:
+        headers = {
+            "authorization": f"Bearer {c.key}",
+            "content-type": "multipart/form-data; boundary=x",
+            "content-length": "100",
+        }
+
+        async def both():
+            gate = asyncio.Event()
+
+            async def stalled():  # the first upload's body does not come (yet)
+                await gate.wait()
+                return {"type": "http.disconnect"}
+
+            async def unread():
+                raise AssertionError("the second upload's body was read")
+
+            held = asyncio.ensure_future(_call(c.app, "POST", "/v1/policies", headers, stalled))
+            await asyncio.sleep(0.2)
+            second = await _call(c.app, "POST", "/v1/policies", headers, unread)
+            gate.set()
+            try:
+                await held
+            except Exception:  # the first client went away: whatever it got
+                pass
+            return second
+
+        status, hdrs, body = asyncio.run(both())
+        assert status == 503 and hdrs[b"retry-after"] == b"5"
+        assert "1 upload(s) are being received" in json.loads(body)["detail"]
+        # the slot is free again
+        config, weights = _model_files({"embedding_size": 4})
+        assert _upload(c, config, weights).status_code in (201, 422)
+
+
+def test_a_request_head_over_the_limit_is_refused_while_it_arrives(tmp_path):
+    import threading
+
+    import uvicorn
+
+    from service.cli import server_config
+
+    from .service_helpers import free_port
+
+    s = settings(tmp_path, port=free_port(), max_header_bytes=16 * 1024)
+    server = uvicorn.Server(server_config(create_app(s, execute=FakeAuditor(s)), s, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=60)
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            sent = 0
+            try:
+                while sent < 16 << 20:  # a 16 MiB header, unless the server hangs up first
+                    conn.sendall(b"a" * 65536)
+                    sent += 65536
+            except OSError:
+                pass
+            answer = conn.recv(200)
+        assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), answer
+        assert sent < 16 << 20  # refused long before the whole header came
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert conn.recv(200).startswith(b"HTTP/1.1 200")
+    finally:
+        server.should_exit = True
+        thread.join(30)
