@@ -409,7 +409,7 @@ def test_invalid_specs_are_422_naming_the_field(tmp_path, change, where):
         ({"policy": {"kind": "natural"}}, "cannot be 'natural'"),
         ({"policy": {"kind": "myopic", "params": {"x": 1}}}, "takes no parameters"),
         ({"policy": {"kind": "uploaded", "params": {"id": "p0000000000000000"}}}, "no uploaded"),
-        ({"policy": {"kind": "remote", "params": {}}}, "needs parameter(s) url"),
+        ({"policy": {"kind": "remote", "params": {}}}, "needs parameter 'url'"),
         ({"policy": {"kind": "remote", "params": {"url": "ftp://127.0.0.1/x"}}}, "http or https"),
         (
             {"policy": {"kind": "remote", "params": {"url": "http://u:p@127.0.0.1/"}}},
