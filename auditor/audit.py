@@ -141,7 +141,12 @@ def run_audit(
     audit_id = audit_id or f"a{secrets.token_hex(6)}"
     if not track:
         return _run_audit(spec, track=False, audit_id=audit_id, **options)
-    check_spec(spec, options.get("extra_kinds", ()))  # a bad spec leaves no run behind
+    if options.get("plan") is None:  # planned (and checked) once: a bad spec leaves no run
+        options["plan"] = plan_audit(
+            spec,
+            extra_kinds=options.get("extra_kinds", ()),
+            independent_kinds=options.get("independent_kinds", ()),
+        )
     with tracking.live_audit(spec, audit_id) as live:
         return _run_audit(spec, track=True, audit_id=audit_id, live=live, **options)
 

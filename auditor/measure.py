@@ -85,8 +85,9 @@ class ArmOutcome:
     per_user: dict[str, np.ndarray]  # per-user values of the USER_METRICS measured here, [B]
     snapshots: np.ndarray  # [K, B, d] float32 preferences at ``checkpoints``
     histograms: np.ndarray  # [K, HIST_BINS] counts of positions on the polarity axis
-    #: [2, B] expected clicks per user summed over steps, under the actual preferences and
-    #: under the natural counterfactual's (equal for the natural arm)
+    #: [3, B] expected clicks per user summed over steps, under the actual preferences,
+    #: under the natural counterfactual's (equal for the natural arm) and under the
+    #: initial preferences
     mediation: np.ndarray | None = None
     types: np.ndarray | None = None  # [B] user types of typed populations
     seconds: float = 0.0
@@ -103,6 +104,7 @@ class _Mediation:
         self.has_counterfactual = job.counterfactual is not None
         self.actual = torch.zeros(job.users, dtype=torch.float64, device=env.device)
         self.natural = torch.zeros(job.users, dtype=torch.float64, device=env.device)
+        self.initial = torch.zeros(job.users, dtype=torch.float64, device=env.device)
         self.u: torch.Tensor | None = None  # the arm's preferences before the next step
         self.u_nat: tuple[int, torch.Tensor] | None = None  # (step, counterfactual's after it)
 
@@ -116,6 +118,7 @@ class _Mediation:
         u = v.u0 if self.u is None else self.u
         p = self.clicks(u, v.slate)
         self.actual += p
+        self.initial += p if u is v.u0 else self.clicks(v.u0, v.slate)
         if self.has_counterfactual:
             if self.u_nat is None:
                 u_nat = v.u0
@@ -254,7 +257,9 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         per_user=per_user,
         snapshots=snaps.numpy(),
         histograms=hist.numpy(),
-        mediation=torch.stack([mediation.actual, mediation.natural]).cpu().numpy(),
+        mediation=torch.stack([mediation.actual, mediation.natural, mediation.initial])
+        .cpu()
+        .numpy(),
         types=None if result.types is None else result.types.cpu().numpy(),
         seconds=time.perf_counter() - start,
         boundary=_boundary(policy),

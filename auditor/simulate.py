@@ -76,7 +76,7 @@ def estimate_bytes(job: SimJob, dim: int, catalog_size: int) -> int:
     scoring = 4 * 2 * min(job.users * catalog_size, 1 << 24)
     full = 0
     if job.record_full:
-        full = arms * job.users * ((job.steps + 1) * dim * 4 + job.steps * (k + 1) * 8)
+        full = arms * job.users * ((job.steps + 1) * (dim * 4 + 16) + job.steps * (k + 1) * 8)
         full *= 3  # the long-format table built from it
     return (
         job.users * per_user_arm * arms + scoring + full + (job.users * 64 if job.per_user else 0)
@@ -167,6 +167,7 @@ def per_user_frame(result: RunResult) -> pd.DataFrame:
             "seed": result.seed,
             "arm": arm,
             "user": np.arange(result.users),
+            "user_id": list(result.user_ids),
             "clicks": rec.clicks.cpu().numpy(),
             "shift": (rec.final - result.initial).norm(dim=1).cpu().numpy(),
             "induced_shift": (rec.final - (ref if ref is not None else rec.final))
@@ -184,16 +185,22 @@ def per_user_frame(result: RunResult) -> pd.DataFrame:
 
 def trajectory_frame(result: RunResult) -> pd.DataFrame:
     """Long format: one row per (arm, step, user) with preferences p0..p{d-1} after the
-    step and the item consumed in it (-1: none; step 0 is the initial state)."""
+    step and the item consumed in it (-1: none; step 0 is the initial state), each user
+    and item also named by its id (``user_id``, ``item_id``; null where no item)."""
     frames = []
     for arm, rec in result.arms.items():
         assert rec.preferences is not None and rec.choices is not None
         prefs = torch.stack(rec.preferences).numpy()  # [T+1, B, d]
         t1, b, d = prefs.shape
         items = np.concatenate([np.full((1, b), -1), torch.stack(rec.choices).numpy()])
+        items = items.reshape(-1)
+        users = np.tile(np.arange(b), t1)
         df = pd.DataFrame(prefs.reshape(t1 * b, d), columns=[f"p{i}" for i in range(d)])
-        df.insert(0, "item", items.reshape(-1))
-        df.insert(0, "user", np.tile(np.arange(b), t1))
+        # categorical: one copy of each id string; code -1 (no item) is null
+        df.insert(0, "item_id", pd.Categorical.from_codes(items, categories=result.item_ids))
+        df.insert(0, "item", items)
+        df.insert(0, "user_id", pd.Categorical.from_codes(users, categories=result.user_ids))
+        df.insert(0, "user", users)
         df.insert(0, "step", np.repeat(np.arange(t1), b))
         df.insert(0, "arm", arm)
         df.insert(0, "seed", result.seed)

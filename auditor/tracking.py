@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.errors import SpecError
+from simulator.fitting.report import fit_summary
 
 EXPERIMENT_TRAIN = "recaudit-training"
 EXPERIMENT_AUDIT = "recaudit-audits"
@@ -359,6 +360,7 @@ def _spec_params(spec: Any, scenario_id: str, steps: int) -> dict[str, Any]:
         params = {k: v for k, v in params.items() if not k.startswith("scenario.")}
         params["scenario"] = scenario_id
     params.update(steps=steps, seeds=",".join(str(spec.seed + r) for r in range(spec.replicates)))
+    params.update(fit_summary(getattr(spec.scenario_spec(), "fit", None))[0])
     return params
 
 
@@ -470,7 +472,8 @@ def start_audit(report: Any, live: tuple[str, str] | None = None) -> tuple[str, 
         from mlflow.entities import RunTag
 
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        log_metric_rows(client, run_id, [headline_metrics(report)])
+        fit_metrics = fit_summary(getattr(spec.scenario_spec(), "fit", None))[1]
+        log_metric_rows(client, run_id, [{**headline_metrics(report), **fit_metrics}])
         for artifact_file, table in report_tables(report).items():
             client.log_table(run_id, data=table, artifact_file=artifact_file)
         for arm in report.arms:

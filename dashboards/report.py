@@ -19,6 +19,7 @@ from auditor.report import AuditReport, MetricSummary
 from auditor.spec import METRICS
 
 from .figures import STATUS_COLOURS, arm_order, make_figures
+from .fit import render_fit, scenario_fit
 
 DASH = "–"
 
@@ -370,6 +371,7 @@ def render_html(report: AuditReport, figures: Mapping[str, bytes]) -> str:
         "<h2>Metrics per arm</h2>",
         f"<p>Mean over replicates [{_e(fmt(100 * (1 - report.alpha)))}% bootstrap interval].</p>",
         _metrics(report),
+        render_fit(scenario_fit(report.spec.scenario_spec())),
         "<h2>Provenance</h2>",
         _provenance(report),
         "</body></html>",

@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .scenario_cli import add_parsers as add_scenario_parsers
 
     add_scenario_parsers(sub, _positive_int, _non_negative_int)
+    from .fit_cli import add_parser as add_fit_parser
+
+    add_fit_parser(sub, _positive_int, _non_negative_int)
     from service.cli import register
 
     SERVICE_COMMANDS.update(register(sub))
@@ -594,9 +597,16 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .fit_cli import cmd_fit as run
+
+    return run(args)
+
+
 COMMANDS = {
     "audit": cmd_audit,
     "scenario": cmd_scenario,
+    "fit": cmd_fit,
     "history": cmd_history,
     "simulate": cmd_simulate,
     "train": cmd_train,

@@ -5,9 +5,10 @@ shift it induced bought. Prints one JSON line.
 
 For each policy, runs ``replicates`` replicates of the auditor's arm measurement
 (``auditor.measure.run_arm``, with the natural counterfactual in lockstep) and reports,
-per user type, expected clicks per user over the horizon under the actual preferences and
-under the natural counterfactual's, and the mediated share 1 - natural / actual with a
-95% interval over replicates (expanded bootstrap, ``auditor.stats``). Trained kinds
+per user type, expected clicks per user over the horizon under the actual preferences,
+under the natural counterfactual's and under the initial ones; the mediated share
+1 - natural / actual and the share against the initial preferences 1 - initial / actual,
+each with a 95% interval over replicates (expanded bootstrap, ``auditor.stats``). Trained kinds
 (``ppo``, ``ppo-myopic``, ...) are trained here with ``--iterations`` and ``--train-users``
 (or taken from the trained-policy cache).
 """
@@ -35,15 +36,22 @@ def factory(kind: str, scenario, iterations: int, users: int) -> BuiltinPolicy:
 
     if not get_kind(kind).trainable:
         return BuiltinPolicy(kind)
+    from auditor import tracking
     from auditor.train import TrainJob, default_config, train_many
+    from recommenders.rl.policy import PolicyBundle
 
     job = TrainJob(
         kind=kind,
         scenario=scenario,
         config=default_config(kind, iterations=iterations, users=users),
     )
-    ((outcome, _),) = train_many([job], ray_address=None)
-    return BuiltinPolicy(kind, dict(outcome.bundle.config), bytes(outcome.bundle.weights))
+    found = tracking.find_trained(job.fingerprint())  # the trained-policy cache
+    if found is not None:
+        bundle = PolicyBundle.load(found[1])
+    else:
+        ((outcome, _),) = train_many([job], ray_address=None)
+        bundle = outcome.bundle
+    return BuiltinPolicy(kind, dict(bundle.config), bytes(bundle.weights))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,16 +99,23 @@ def main(argv: list[str] | None = None) -> int:
             types = res.types if res.types is not None else np.zeros(args.users, dtype=int)
             for t in ["all", *sorted(set(types.tolist()))]:
                 rows = slice(None) if t == "all" else types == t
-                act, nat = res.mediation[0][rows].mean(), res.mediation[1][rows].mean()
-                per_type.setdefault(str(t), []).append((float(act), float(nat)))
+                act, nat, ini = (float(res.mediation[i][rows].mean()) for i in range(3))
+                per_type.setdefault(str(t), []).append((act, nat, ini))
         figures = {}
         for t, vals in per_type.items():
             a = np.array(vals)
             share = 1.0 - a[:, 1] / a[:, 0]
             lo, hi = stats.bounds(share, 0.025, 4000, stats.stream(args.seed, "mediated", kind, t))
+            initial = 1.0 - a[:, 2] / a[:, 0]
+            lo_i, hi_i = stats.bounds(
+                initial, 0.025, 4000, stats.stream(args.seed, "mediated-initial", kind, t)
+            )
             figures[t] = {
                 "clicks_actual": round(float(a[:, 0].mean()), 3),
                 "clicks_natural": round(float(a[:, 1].mean()), 3),
+                "clicks_initial": round(float(a[:, 2].mean()), 3),
+                "share_vs_initial": round(float(initial.mean()), 4),
+                "ci95_vs_initial": [round(lo_i, 4), round(hi_i, 4)],
                 "mediated_share": round(float(share.mean()), 4),
                 "ci95": [round(lo, 4), round(hi, 4)],
             }

@@ -32,7 +32,7 @@ from .errors import SpecError
 from .policy import Policy, PolicyContext, check_slate
 from .rng import Streams
 from .specs import ScenarioSpec
-from .types import Catalog, Feedback, Observation, StepNoise
+from .types import Catalog, Feedback, Observation, StepNoise, check_ids
 from .users import sample_population_with_ids, user_types
 
 #: per-step summary columns, in order
@@ -122,6 +122,10 @@ class RunResult:
     axis: torch.Tensor  # [d] unit polarity axis
     types: torch.Tensor | None  # [B] user type index for typed populations
     arms: dict[str, ArmRecord]
+    #: the users' and the catalog's string ids at the boundary (user b is ``user_ids[b]``,
+    #: item i is ``item_ids[i]``), what exports name them by
+    user_ids: tuple[str, ...] = ()
+    item_ids: tuple[str, ...] = ()
 
 
 def segment_matrix(spec: ScenarioSpec, types: torch.Tensor | None) -> torch.Tensor | None:
@@ -237,6 +241,7 @@ def run_arms(
         gen=Streams(seed).generator("population"),
     )
     u0 = u0.to(dev)
+    user_ids = check_ids(user_ids, users, "user")  # () -> "0" .. str(users - 1)
     if spec.polarity_axis is not None:
         axis = torch.tensor(spec.polarity_axis, dtype=torch.float32, device=dev)
         axis = axis / axis.norm()
@@ -327,4 +332,6 @@ def run_arms(
         axis=axis,
         types=types,
         arms=records,
+        user_ids=user_ids,
+        item_ids=cat.item_ids,
     )

@@ -55,6 +55,7 @@ def test_mediation_scores_the_arms_slates_under_the_counterfactuals_preferences_
     assert out.mediation is not None
     np.testing.assert_allclose(out.mediation[0], actual.numpy(), rtol=1e-9)
     np.testing.assert_allclose(out.mediation[1], natural.numpy(), rtol=1e-9)
+    assert out.mediation.shape == (3, 60)
     assert out.final["mediated_share"] == pytest.approx(
         float(1 - natural.sum() / actual.sum()), rel=1e-12
     )

@@ -1,0 +1,330 @@
+"""Maximum-likelihood fit of one family with each user's initial preferences as a
+nuisance parameter.
+
+Every user has their own initial preference vector ``u0`` (a unit vector), so the
+number of nuisance parameters grows with the number of users while each user has only
+T events: the plain joint maximum likelihood of the family's parameters is then biased
+toward "no drift" (the incidental-parameter problem of Neyman and Scott 1948; in dynamic
+panels, Nickell 1981). We therefore maximize the Laplace-adjusted profile likelihood
+
+    l_a(theta) = sum_u [ l_u(theta, u0_u(theta)) - 1/2 log det J_u(theta) ],
+
+where ``u0_u(theta)`` maximizes user u's log-likelihood at ``theta`` and ``J_u`` is the
+observed information of ``u0`` in the sphere's tangent space (Cox and Reid 1987; the
+Laplace approximation of the likelihood integrated over a flat prior on the sphere).
+``l_a`` is a sum over users, so each user's contribution at a point is kept: bootstrap
+replicates over users are reweighted sums (see :mod:`.uncertainty`).
+
+The search is derivative-free on the unconstrained scale (sigmoid / softplus maps each
+parameter to its range): a coarse grid, then Nelder-Mead from its best point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..geometry import unit
+from .families import Family
+from .likelihood import ChoiceForm, Items, consumed_mean, event_loglik
+from .log import EventLog
+
+#: logistic-gate width (radians) of the bounded-confidence threshold while fitting
+SMOOTH = 0.05
+#: ridge added to each user's information (a weak prior; keeps users with few events finite)
+RIDGE = 1e-3
+#: search box on the unconstrained scale
+RAW_LOW, RAW_HIGH = -7.0, 4.0
+
+
+def initial_u0(log: EventLog, items: Items, seed: int = 0) -> torch.Tensor:
+    """Each user's consumed-item mean direction (random for users with no click)."""
+    s = consumed_mean(log, items)
+    gen = torch.Generator().manual_seed(seed)
+    empty = s.norm(dim=1) < 1e-9
+    s = torch.where(empty[:, None], torch.randn(s.shape, generator=gen), s)
+    return unit(s + torch.randn(s.shape, generator=gen) * 1e-3)
+
+
+def _lbfgs(params: list[torch.Tensor], loss_fn, max_evals: int) -> int:
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=max_evals,
+        max_eval=int(max_evals * 1.25),
+        tolerance_grad=1e-5,
+        tolerance_change=1e-6,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    evals = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal evals
+        evals += 1
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return evals
+
+
+def theta_tensors(theta: dict[str, float] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parameter values as tensors: scalars, or [B] per-row values (stacked points)."""
+    return {
+        k: v if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for k, v in theta.items()
+    }
+
+
+@dataclass
+class Point:
+    """The profile at one parameter value: per-user log-likelihood at the fitted initial
+    preferences, per-user log-determinant of their information, and those preferences."""
+
+    raw: tuple[float, ...]
+    theta: dict[str, float]
+    loglik_u: torch.Tensor  # [U] float64
+    logdet_u: torch.Tensor  # [U] float64
+    u0: torch.Tensor  # [U, d]
+
+    @property
+    def adjusted_u(self) -> torch.Tensor:
+        return self.loglik_u - 0.5 * self.logdet_u
+
+    @property
+    def adjusted(self) -> float:
+        return float(self.adjusted_u.sum())
+
+
+def fit_u0(
+    family: Family,
+    theta: dict[str, float] | dict[str, torch.Tensor],
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    weight: torch.Tensor,
+    u0: torch.Tensor,
+    max_evals: int = 100,
+) -> torch.Tensor:
+    """Each user's maximum-likelihood initial preferences at fixed parameters (users are
+    independent given the parameters, so one joint L-BFGS solves them all)."""
+    th = theta_tensors(theta)
+    smooth = SMOOTH if family.smooth_gate else 0.0
+    raw = u0.clone().requires_grad_(True)
+    n = max(int(weight.sum()), 1)
+
+    def loss() -> torch.Tensor:
+        ll = event_loglik(family, th, unit(raw), log, items, choice, smooth)
+        return -(ll * weight).sum() / n * log.users  # per-user scale keeps gradients O(1)
+
+    _lbfgs([raw], loss, max_evals)
+    return unit(raw.detach())
+
+
+def user_terms(
+    family: Family,
+    theta: dict[str, float] | dict[str, torch.Tensor],
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    weight: torch.Tensor,
+    u0: torch.Tensor,
+    information: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-user log-likelihood [U] at ``u0`` and log det of the information of ``u0`` in
+    the tangent space [U] (zeros when ``information`` is False)."""
+    th = theta_tensors(theta)
+    smooth = SMOOTH if family.smooth_gate else 0.0
+    raw = u0.clone().requires_grad_(information)
+    ll = (event_loglik(family, th, unit(raw), log, items, choice, smooth) * weight).sum(dim=1)
+    if not information:
+        return ll.detach().double(), torch.zeros(log.users, dtype=torch.float64)
+    grad = torch.autograd.grad(ll.sum(), raw, create_graph=True)[0]
+    d = raw.shape[1]
+    rows = [torch.autograd.grad(grad[:, j].sum(), raw, retain_graph=True)[0] for j in range(d)]
+    hess = torch.stack(rows, dim=1).detach().double()  # [U, d, d]
+    uh = u0.double()
+    info = -0.5 * (hess + hess.transpose(1, 2)) + uh[:, :, None] * uh[:, None, :]
+    info = info + RIDGE * torch.eye(d, dtype=torch.float64)
+    eig = torch.linalg.eigvalsh(info).clamp_min(RIDGE)
+    return ll.detach().double(), eig.log().sum(dim=1)
+
+
+def raw_to_theta(family: Family, raw: tuple[float, ...]) -> dict[str, float]:
+    return {
+        p.name: float(p.to_value(torch.tensor(r))) for p, r in zip(family.params, raw, strict=True)
+    }
+
+
+def theta_to_raw(family: Family, theta: dict[str, float]) -> tuple[float, ...]:
+    return tuple(float(p.to_raw(theta[p.name])) for p in family.params)
+
+
+@dataclass
+class Profile:
+    """Every point evaluated, and the best one."""
+
+    family: Family
+    points: dict[tuple[float, ...], Point] = field(default_factory=dict)
+    best: Point | None = None
+
+
+class Evaluator:
+    """Evaluates (and caches) the adjusted profile at points on the unconstrained scale,
+    warm-starting each user's initial preferences from the nearest point evaluated.
+
+    Several points are evaluated together by stacking copies of the users, each copy
+    with its own parameter values (users are independent given the parameters), which
+    costs little more than one point while the batch is small."""
+
+    def __init__(
+        self,
+        family: Family,
+        log: EventLog,
+        items: Items,
+        choice: ChoiceForm,
+        weight: torch.Tensor | None = None,
+        u0: torch.Tensor | None = None,
+        seed: int = 0,
+        max_rows: int = 8192,
+    ) -> None:
+        self.family, self.log, self.items, self.choice = family, log, items, choice
+        self.weight = log.mask if weight is None else (weight & log.mask)
+        self.start = u0 if u0 is not None else initial_u0(log, items, seed)
+        self.profile = Profile(family)
+        self.max_rows = max_rows
+        self.evaluations = 0
+
+    @staticmethod
+    def key(raw: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(round(min(max(float(r), RAW_LOW - 3), RAW_HIGH + 3), 6) for r in raw)
+
+    def __call__(self, raw: tuple[float, ...]) -> Point:
+        return self.many([raw])[0]
+
+    def many(self, raws: list[tuple[float, ...]]) -> list[Point]:
+        keys = [self.key(r) for r in raws]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.profile.points))
+        per = max(1, self.max_rows // max(self.log.users, 1))
+        for i in range(0, len(todo), per):
+            self._evaluate(todo[i : i + per])
+        return [self.profile.points[k] for k in keys]
+
+    def _evaluate(self, keys: list[tuple[float, ...]]) -> None:
+        log, n, p = self.log, self.log.users, len(keys)
+        pts = self.profile.points
+        starts = []
+        for raw in keys:
+            if pts:
+                near = min(
+                    pts.values(),
+                    key=lambda q: sum((a - b) ** 2 for a, b in zip(q.raw, raw, strict=True)),
+                )
+                starts.append(near.u0)
+            else:
+                starts.append(self.start)
+        thetas = [raw_to_theta(self.family, raw) for raw in keys]
+        theta: dict[str, float] | dict[str, torch.Tensor]
+        if p == 1:
+            big, weight, theta = log, self.weight, thetas[0]
+        else:
+            idx = torch.arange(n).repeat(p)
+            big = log.subset(idx)
+            weight = self.weight[idx]
+            theta = {
+                q.name: torch.tensor([t[q.name] for t in thetas]).repeat_interleave(n)
+                for q in self.family.params
+            }
+        u0 = fit_u0(self.family, theta, big, self.items, self.choice, weight, torch.cat(starts))
+        ll, ld = user_terms(self.family, theta, big, self.items, self.choice, weight, u0)
+        self.evaluations += p
+        for j, raw in enumerate(keys):
+            rows = slice(j * n, (j + 1) * n)
+            point = Point(raw, thetas[j], ll[rows], ld[rows], u0[rows])
+            pts[raw] = point
+            if self.profile.best is None or point.adjusted > self.profile.best.adjusted:
+                self.profile.best = point
+
+
+def grid_axes(family: Family, size: int) -> list[list[float]]:
+    """Coarse grid on the unconstrained scale, per parameter."""
+    return [
+        [RAW_LOW + (RAW_HIGH - RAW_LOW) * (i + 0.5) / size for i in range(size)]
+        for _ in family.params
+    ]
+
+
+def zoom(ev: Evaluator, step: float, rounds: int) -> Point:
+    """Pattern search around the best point: evaluate its 3^p - 1 neighbours at ``step``
+    (all at once), move to the best, and shrink the step by 3 once the centre stays best
+    (or after three moves at one step)."""
+    p = len(ev.family.params)
+    offsets = [o for o in itertools.product((-1, 0, 1), repeat=p) if any(o)]
+    level, moves = 0, 0
+    while level < rounds:
+        assert ev.profile.best is not None
+        centre = ev.profile.best
+        ev.many(
+            [tuple(c + o * step for c, o in zip(centre.raw, off, strict=True)) for off in offsets]
+        )
+        if ev.profile.best is centre or moves >= 3:  # shrink; after a move, look again
+            step, level, moves = step / 3, level + 1, 0
+        else:
+            moves += 1
+    assert ev.profile.best is not None
+    return ev.profile.best
+
+
+def maximize(ev: Evaluator, grid: int | None = None, rounds: int = 4) -> Point:
+    """The adjusted-profile maximum: a coarse grid (``grid`` points per parameter;
+    default 7 for one parameter, 4 for more), then a pattern search from its best."""
+    fam = ev.family
+    if not fam.params:
+        return ev(())
+    size = grid or (7 if len(fam.params) == 1 else 4)
+    ev.many(list(itertools.product(*grid_axes(fam, size))))
+    return zoom(ev, (RAW_HIGH - RAW_LOW) / size / 2, rounds)
+
+
+def refit(ev: Evaluator, start: dict[str, float], rounds: int = 3) -> Point:
+    """Pattern search from a known nearby estimate (no grid): refits on related data."""
+    fam = ev.family
+    if not fam.params:
+        return ev(())
+    ev(theta_to_raw(fam, start))
+    return zoom(ev, 0.2, rounds)
+
+
+def plain_mle(
+    family: Family,
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    weight: torch.Tensor | None = None,
+    max_evals: int = 200,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """The joint (unadjusted) maximum likelihood of parameters and initial preferences by
+    L-BFGS with autograd: kept to show the incidental-parameter bias it suffers."""
+    weight = log.mask if weight is None else (weight & log.mask)
+    raw = {p.name: p.to_raw(p.init).clone().requires_grad_(True) for p in family.params}
+    u_raw = initial_u0(log, items).clone().requires_grad_(True)
+    smooth = SMOOTH if family.smooth_gate else 0.0
+    n = max(int(weight.sum()), 1)
+
+    def loss() -> torch.Tensor:
+        th = {p.name: p.to_value(raw[p.name]) for p in family.params}
+        ll = event_loglik(family, th, unit(u_raw), log, items, choice, smooth)
+        return -(ll * weight).sum() / n * log.users
+
+    _lbfgs([*raw.values(), u_raw], loss, max_evals)
+    theta = {p.name: float(p.to_value(raw[p.name].detach())) for p in family.params}
+    return theta, unit(u_raw.detach())
+
+
+def finite(x: float) -> bool:
+    return math.isfinite(x)

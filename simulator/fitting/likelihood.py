@@ -1,0 +1,108 @@
+"""The likelihood of a log under a dynamics family: multinomial logit over what was shown
+plus the outside option (the scenario's choice model), each user's state carried forward
+through their events by the family's update.
+
+``P(slot i) = w_i exp(s_i / T) / (exp(c0 / T) + sum_j w_j exp(s_j / T))`` with
+``s_i = <u_t, x_i> + appeal_i``; a logged no-click is the outside option. Without an
+outside option (proxy slates: every event is a click) the same form without ``c0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import SpecError
+from ..specs import ChoiceSpec, MNLChoice
+from .families import Family
+from .log import EventLog
+
+
+@dataclass(frozen=True)
+class ChoiceForm:
+    """The choice model's constants: temperature, no-click utility (None: no outside
+    option), position weights ``bias ** slot``."""
+
+    temperature: float
+    no_click_utility: float | None
+    position_bias: float = 1.0
+
+    @classmethod
+    def of(cls, spec: ChoiceSpec, log: EventLog) -> ChoiceForm:
+        if not isinstance(spec, MNLChoice):
+            raise SpecError(
+                f"fitting needs the scenario's choice model to be 'mnl', not {spec.kind!r}"
+            )
+        if (
+            log.outside_option
+            and spec.no_click_utility is None
+            and bool((log.chosen[log.mask] < 0).any())
+        ):
+            raise SpecError(
+                "the log has events without a click but the choice model has no outside option"
+            )
+        c0 = spec.no_click_utility if log.outside_option else None
+        # proxy slates have no meaningful order: no position weights
+        bias = spec.position_bias if log.exposures == "logged" else 1.0
+        return cls(spec.temperature, c0, bias)
+
+
+@dataclass(frozen=True)
+class Items:
+    features: torch.Tensor  # [K, d]
+    appeal: torch.Tensor  # [K]
+
+
+def event_loglik(
+    family: Family,
+    theta: dict[str, torch.Tensor],
+    u0: torch.Tensor,
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    smooth: float = 0.0,
+) -> torch.Tensor:
+    """[U, T] log-probability of each logged event (0 where the mask is off)."""
+    num_users, steps, k = log.slates.shape
+    temp = choice.temperature
+    pos = None
+    if choice.position_bias != 1.0:
+        pos = torch.arange(k, dtype=u0.dtype).mul(torch.log(torch.tensor(choice.position_bias)))
+    outside = None
+    if choice.no_click_utility is not None:
+        outside = torch.full((num_users, 1), choice.no_click_utility / temp, dtype=u0.dtype)
+    rows = torch.arange(num_users)
+    u = u0
+    out = []
+    dynamic = bool(family.params)
+    for t in range(steps):
+        s = log.slates[:, t]
+        x = items.features[s]  # [U, k, d]
+        logits = (torch.einsum("ud,ukd->uk", u, x) + items.appeal[s]) / temp
+        if pos is not None:
+            logits = logits + pos
+        if outside is not None:
+            logits = torch.cat([logits, outside], dim=1)
+        slot = log.chosen[:, t]
+        # a no-click is the outside option (last column); without one, only padding has -1
+        idx = torch.where(slot >= 0, slot, torch.full_like(slot, k if outside is not None else 0))
+        lp = logits.gather(1, idx[:, None])[:, 0] - torch.logsumexp(logits, dim=1)
+        m = log.mask[:, t]
+        out.append(torch.where(m, lp, torch.zeros_like(lp)))
+        if dynamic and t + 1 < steps:
+            clicked = (slot >= 0) & m
+            xc = x[rows, slot.clamp_min(0)]
+            new = family.step(u, u0, xc, clicked.to(u.dtype), theta, smooth)
+            u = torch.where(m[:, None], new, u)
+    return torch.stack(out, dim=1)
+
+
+def consumed_mean(log: EventLog, items: Items, upto: torch.Tensor | None = None) -> torch.Tensor:
+    """[U, d] sum of the features of each user's consumed items (events where ``upto`` is
+    on, all valid events by default): a warm-up estimate of the initial direction."""
+    mask = log.mask if upto is None else (log.mask & upto)
+    consumed = log.consumed()
+    use = (consumed >= 0) & mask
+    feats = items.features[consumed.clamp_min(0)] * use[..., None].to(items.features.dtype)
+    return feats.sum(dim=1)

@@ -1,0 +1,339 @@
+"""Dynamics fitting: the differentiable updates match the simulator, the likelihood is
+the choice model's, and small fixed-seed fits recover known parameters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from simulator.dynamics import build_dynamics
+from simulator.engine import build_environment, natural_drift
+from simulator.fitting.families import FAMILIES, family_of_spec
+from simulator.fitting.fit import theta_tensors
+from simulator.geometry import unit
+from simulator.specs import (
+    AnchoredDynamics,
+    BiasedAssimilation,
+    BoundedConfidence,
+    NaturalDrift,
+    NoDynamics,
+    TRecsDrift,
+)
+from simulator.types import StepNoise
+
+SPECS = [
+    NoDynamics(),
+    TRecsDrift(delta=0.3),
+    TRecsDrift(delta=1.0),
+    BiasedAssimilation(eta=0.7),
+    BoundedConfidence(epsilon=1.2, mu=0.4),
+    AnchoredDynamics(lam=0.2, inner=TRecsDrift(delta=0.3)),
+    AnchoredDynamics(lam=0.1, inner=BiasedAssimilation(eta=0.5)),
+    AnchoredDynamics(lam=0.3, inner=BoundedConfidence(epsilon=0.9, mu=0.5)),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind + str(getattr(s, "inner", "")))
+def test_fitted_updates_match_the_simulator(spec):
+    gen = torch.Generator().manual_seed(3)
+    b, k, d = 64, 5, 6
+    u0 = unit(torch.randn(b, d, generator=gen))
+    u = unit(u0 + 0.5 * torch.randn(b, d, generator=gen))
+    items = unit(torch.randn(b, k, d, generator=gen))
+    items[0, 0] = u[0]  # angle 0 and pi: the degenerate rows
+    items[1, 0] = -u[1]
+    slot = torch.randint(-1, k, (b,), generator=gen)
+    slot[:2] = 0
+    expected = build_dynamics(spec).step(u, u0, items, slot, None)
+    family, theta = family_of_spec(spec)
+    x = items[torch.arange(b), slot.clamp_min(0)]
+    got = family.step(u, u0, x, (slot >= 0).float(), theta_tensors(theta))
+    assert torch.allclose(got, expected, atol=2e-6), (got - expected).abs().max()
+    # per-row parameter values (stacked profile points) give the same result
+    rows = {k_: v.repeat(b) for k_, v in theta_tensors(theta).items()}
+    assert torch.allclose(family.step(u, u0, x, (slot >= 0).float(), rows), expected, atol=2e-6)
+
+
+def test_fitted_updates_have_finite_gradients_at_degenerate_angles():
+    u = unit(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])).requires_grad_(True)
+    x = torch.stack([u[0].detach(), -u[1].detach()])
+    delta = torch.tensor(0.3, requires_grad=True)
+    out = FAMILIES["trecs"].step(u, u, x, torch.ones(2), {"delta": delta})
+    out.sum().backward()
+    assert torch.isfinite(u.grad).all() and torch.isfinite(delta.grad)
+
+
+def test_mean_reversion_is_the_anchor_on_the_sphere():
+    """Natural drift's mean reversion after an item update is the anchored family."""
+    from simulator.scenarios import get_scenario
+    from simulator.specs import with_overrides
+
+    gen = torch.Generator().manual_seed(5)
+    b, d = 32, 4
+    u0 = unit(torch.randn(b, d, generator=gen))
+    f = unit(torch.randn(b, d, generator=gen))
+    spec = with_overrides(get_scenario("topics-tiny-v1"), {})
+    spec = spec.model_copy(update={"drift": NaturalDrift(mean_reversion=0.15)})
+    env = build_environment(spec)
+    drifted = natural_drift(env, f, u0, StepNoise(torch.zeros(b), None, None))
+    anchored = unit(0.15 * u0 + 0.85 * f)
+    assert torch.allclose(drifted, anchored, atol=1e-6)
+
+
+def test_param_maps_round_trip():
+    for fam in FAMILIES.values():
+        for p in fam.params:
+            for v in (0.01, 0.3, 0.9):
+                if p.high is not None:
+                    v = p.low + v * (p.high - p.low)
+                assert math.isclose(float(p.to_value(p.to_raw(v))), v, rel_tol=1e-5)
+
+
+# ----------------------------------------------------------------- likelihood and logs
+def test_event_likelihood_is_the_simulators_choice_probability():
+    """The per-event log-likelihood is log P(choice) of simulator.choice.MNL on the
+    state the simulator itself reached (static dynamics: the initial preferences)."""
+    from recommenders.baselines import UniformRandom
+    from simulator.choice import MNL
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+    from simulator.specs import MNLChoice
+
+    spec = recovery_spec("static", dim=4).model_copy(
+        update={"choice": MNLChoice(temperature=0.2, no_click_utility=0.1, position_bias=0.8)}
+    )
+    log, items, choice = simulate_log(spec, UniformRandom(), users=20, steps=4, seed=2)
+    env = build_environment(spec)
+    from simulator.engine import run_arms
+
+    run = run_arms(env, {"log": UniformRandom()}, users=20, steps=4, seed=2)
+    u0 = run.initial
+    from simulator.fitting.likelihood import event_loglik
+
+    ll = event_loglik(FAMILIES["static"], {}, u0, log, items, choice)
+    for t in range(4):
+        slate = log.slates[:, t]
+        probs = MNL(spec.choice).probabilities(u0, items.features[slate], items.appeal[slate])
+        idx = torch.where(
+            log.chosen[:, t] >= 0, log.chosen[:, t], torch.full_like(log.chosen[:, t], 10)
+        )
+        expected = probs.gather(1, idx[:, None])[:, 0].log()
+        assert torch.allclose(ll[:, t], expected, atol=1e-5)
+
+
+def test_popularity_proxy_slates_hold_the_consumed_item_and_the_most_popular_before_it():
+    import pandas as pd
+
+    from simulator.fitting.log import from_interactions
+
+    log = pd.DataFrame(
+        {
+            "user": ["a", "a", "b", "b", "c", "c"],
+            "item": ["i2", "i2", "i2", "i1", "i1", "i0"],
+            "timestamp": [1, 2, 3, 4, 5, 6],
+        }
+    )
+    ev, counts = from_interactions(
+        log, ["i0", "i1", "i2", "i3"], proxy="popularity", slate_size=2, refresh=1
+    )
+    assert counts == {"events": 6, "dropped_unknown_items": 0, "users": 3}
+    assert ev.user_ids == ("a", "b", "c") and not ev.outside_option
+    # consumed item first, then the most popular other item before the event
+    # (i2 has 2 clicks before b's events; at c's second event i1 has 2, i2 has 3)
+    assert ev.slates[1, 0].tolist() == [2, ev.slates[1, 0, 1].item()]
+    assert ev.slates[1, 1].tolist() == [1, 2]
+    assert ev.slates[2, 1].tolist() == [0, 2]
+    assert (ev.chosen[ev.mask] == 0).all()
+
+
+def test_read_log_names_the_first_bad_rows(tmp_path):
+    from simulator.errors import SpecError
+    from simulator.fitting.log import read_log
+
+    p = tmp_path / "log.csv"
+    p.write_text("user,item,timestamp\na,1,10\nb,2,oops\nc,3,\n")
+    with pytest.raises(SpecError, match=r"2 row\(s\).*line\(s\) \[3, 4\]"):
+        read_log(p)
+    (tmp_path / "cols.csv").write_text("user,item\na,1\n")
+    with pytest.raises(SpecError, match="lacks column"):
+        read_log(tmp_path / "cols.csv")
+
+
+def test_cli_fit_refuses_bad_input_with_exit_2(tmp_path, capsys):
+    from recaudit.cli import main
+
+    p = tmp_path / "log.csv"
+    p.write_text("user,item,timestamp\na,1,10\n")
+    assert main(["fit", str(p), "--catalog", "no-such-scenario-v1"]) == 2
+    assert main(["fit", str(tmp_path / "missing.csv"), "--catalog", "topics-tiny-v1"]) == 2
+    assert main(["fit", str(p), "--catalog", "topics-tiny-v1", "--candidates", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown family 'nope'" in err and "log file not found" in err
+
+
+def test_fit_section_renders_escaped_and_unidentified_parameters_without_a_number():
+    from dashboards.fit import render_fit
+
+    fit = {
+        "family": "bounded_confidence<script>",
+        "vs_static": 0.01,
+        "vs_static_interval": [0.001, 0.02],
+        "parameters": [
+            {
+                "name": "epsilon",
+                "status": "not identified",
+                "estimate": None,
+                "interval": [0.1, 3.0],
+            },
+            {"name": "mu", "status": "identified", "estimate": 0.2, "interval": [0.18, 0.22]},
+        ],
+        "candidates": [],
+        "data": {"exposures": "logged"},
+    }
+    html = render_fit(fit)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "not reported" in html and "0.2" in html
+    assert "assumed, not fitted" in render_fit(None)
+
+
+# ------------------------------------------------------------- recovery (fixed seeds)
+def _recover(family: str, users: int, steps: int, candidates: tuple[str, ...]):
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting.recovery import recover_once
+
+    torch.set_num_threads(1)
+    return recover_once(
+        family,
+        UniformRandom,
+        users=users,
+        steps=steps,
+        seed=0,
+        candidates=candidates,
+        replicates=100,
+        dim=4,
+    )
+
+
+@pytest.mark.slow
+def test_trecs_drift_is_recovered_and_selected():
+    r = _recover("trecs", 300, 40, ("static", "trecs"))
+    assert r["selected"] == "trecs"
+    p = r["parameters"]["delta"]
+    assert p["status"] == "identified"
+    assert p["relative_error"] < 0.1, p
+    # coverage is a frequency (bench/fit_validation.py); one seed only checks the interval
+    # is around the estimate and narrow
+    assert p["interval"][0] < p["estimate"] < p["interval"][1]
+    assert p["interval"][1] - p["interval"][0] < 0.03
+    assert r["candidates"]["trecs"] > 0.05  # held-out nats per event over static
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: one-step-ahead prediction of later events lets a drift family learn "
+    "each user's taste from the later choices while static cannot, so static data can select "
+    "T-RECS (seed 0 does); see docs/results.md, 'Selection favours drift on static data'",
+)
+def test_static_data_select_static():
+    r = _recover("static", 300, 40, ("static", "trecs"))
+    assert r["selected"] == "static"
+    assert r["candidates"]["trecs"] < 0.01
+
+
+def test_cli_fit_updates_a_scenario_directory(tmp_path):
+    """A scenario directory gets the selected dynamics and the fit section; the log's
+    item ids are matched to the catalog's item_id column."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from recaudit.cli import main
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(12, 3))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    table = pd.DataFrame({f"f{i}": feats[:, i] for i in range(3)})
+    table["item_id"] = [f"sku{i}" for i in range(12)]
+    table.to_parquet(tmp_path / "items.parquet")
+    scenario = {
+        "id": "team-v1",
+        "catalog": {"kind": "file", "path": "items.parquet"},
+        "choice": {"kind": "mnl", "temperature": 0.2},
+        "dynamics": {"kind": "trecs"},
+    }
+    (tmp_path / "scenario.json").write_text(json.dumps(scenario))
+    rows = [(f"u{u}", f"sku{rng.integers(0, 12)}", t) for u in range(8) for t in range(6)]
+    pd.DataFrame(rows, columns=["user", "item", "timestamp"]).to_csv(
+        tmp_path / "log.csv", index=False
+    )
+    out = tmp_path / "fit.json"
+    code = main(
+        [
+            "fit",
+            str(tmp_path / "log.csv"),
+            "--catalog",
+            str(tmp_path),
+            "--candidates",
+            "static",
+            "--slate-size",
+            "4",
+            "--replicates",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    fit = json.loads(out.read_text())
+    assert fit["family"] == "static" and fit["data"]["events"] == 48
+    assert "most consumed before it" in fit["data"]["exposures"]
+    updated = json.loads((tmp_path / "scenario.json").read_text())
+    assert updated["dynamics"] == {"kind": "none"} and updated["fit"] == fit
+
+
+@pytest.mark.slow
+def test_proxy_sensitivity_refits_the_selected_family_under_the_other_proxy():
+    import numpy as np
+    import pandas as pd
+
+    from simulator.fitting.likelihood import ChoiceForm, Items
+    from simulator.fitting.log import from_interactions
+    from simulator.fitting.report import FitSection, ParameterFit
+    from simulator.fitting.select import proxy_sensitivity
+    from simulator.specs import MNLChoice
+
+    rng = np.random.default_rng(1)
+    feats = unit(torch.tensor(rng.normal(size=(20, 3)), dtype=torch.float32))
+    items = Items(feats, torch.zeros(20))
+    rows = [(f"u{u}", str(int(rng.integers(0, 20))), t) for u in range(20) for t in range(8)]
+    log = pd.DataFrame(rows, columns=["user", "item", "timestamp"])
+    ids = [str(i) for i in range(20)]
+    alt, _ = from_interactions(log, ids, proxy="sampled", slate_size=4, seed=0)
+    section = FitSection(
+        family="trecs",
+        dynamics={"kind": "trecs", "delta": 0.1},
+        parameters=(
+            ParameterFit(
+                name="delta",
+                status="identified",
+                estimate=0.1,
+                interval=(0.05, 0.15),
+                relative_se=0.1,
+            ),
+        ),
+        vs_static=0.0,
+        vs_static_interval=(0.0, 0.0),
+        candidates=(),
+        selection_rule="",
+        method="",
+        data={},
+        assumptions=(),
+    )
+    out = proxy_sensitivity(section, alt, items, ChoiceForm.of(MNLChoice(), alt), "sampled")
+    est = out["estimates"]["delta"]
+    assert out["proxy"] == "sampled" and "uniformly" in out["exposures"]
+    assert 0.0 <= est <= 1.0
+    assert out["relative_change"]["delta"] == pytest.approx(abs(est - 0.1) / 0.1)
