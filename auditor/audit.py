@@ -223,7 +223,7 @@ def _run_audit(
     an = Analysis(spec, arms, outcomes, steps, list(ckpts))
     boundaries = _boundaries(outcomes)
     del outcomes
-    reported = spec.reported_metrics()
+    reported = spec.reported_metrics(scenario)
     summaries = an.metric_summaries(reported)
     effects = an.effects(reported)
     criteria = an.criteria()

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from simulator.metric_registry import DESCRIPTIONS, USER_METRICS
+from simulator.metric_registry import AXIS_METRICS, DESCRIPTIONS, USER_METRICS, report_order
 from simulator.specs import Frozen, ScenarioSpec, fingerprint
 
 __all__ = ["METRICS", "USER_METRICS", "AuditSpec", "Criterion", "PolicySpec"]
@@ -236,12 +236,20 @@ class AuditSpec(Frozen):
         out += [(r.name, r) for r in others]
         return out
 
-    def reported_metrics(self) -> list[str]:
-        chosen = list(METRICS) if self.metrics is None else list(self.metrics)
+    def reported_metrics(self, scenario: ScenarioSpec | None = None) -> list[str]:
+        """The reported metrics in report order. For an axis-free scenario (``scenario``:
+        the resolved scenario, by default :meth:`scenario_spec`) the axis-free metrics
+        lead, and the axis metrics are left out unless named in ``metrics`` or by a
+        criterion (see :func:`simulator.metric_registry.report_order`)."""
+        free = (scenario or self.scenario_spec()).axis_free
+        if self.metrics is not None:
+            chosen = list(self.metrics)
+        else:
+            chosen = [m for m in METRICS if not (free and m in AXIS_METRICS)]
         for c in self.criteria:
             if c.metric not in chosen:
                 chosen.append(c.metric)
-        return [m for m in METRICS if m in chosen]
+        return report_order(chosen, free)
 
     def fingerprint(self) -> str:
         """Identifies the audit: the resolved scenario's contents and every other field."""

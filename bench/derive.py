@@ -1,11 +1,12 @@
 """Benchmark `recaudit scenario derive` on a log it generates; prints one JSON line.
 
-    python bench/derive.py --interactions 1000000 --users 50000 --items 10000 [--epochs 20] [--threads 2]
+    python bench/derive.py --interactions 1000000 --users 50000 --items 10000 [--epochs 20] [--threads 1]
 
 The log comes from ``recommenders.derive.synthetic_log`` (taste groups, skewed activity,
 Zipf popularity; seed 0), written as parquet with its item table, then derived with the
 CLI's defaults (BPR, 16 dimensions, 20 epochs, 50 steps, slate 10, T-RECS drift, the
-item table's ``leaning`` as polarity axis). ``seconds`` is the derivation alone (reading
+item table's ``leaning`` as polarity axis, 1 torch thread: RecBole's many small operations
+run slower on 2 threads of a shared 2-core machine). ``seconds`` is the derivation alone (reading
 the log, RecBole, calibration, writing); ``peak_rss_mb`` is the process's peak resident
 memory (ru_maxrss), log generation included.
 """
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--dim", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]

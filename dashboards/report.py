@@ -264,8 +264,9 @@ def _boundary(report: AuditReport) -> str:
 
 def _metrics(report: AuditReport) -> str:
     arms = [a for a in arm_order(report) if a in report.metrics]
-    present = {m for per_arm in report.metrics.values() for m in per_arm}
-    names = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+    # the report's own order (the registry's; an axis-free scenario's leads with the
+    # axis-free metrics)
+    names = list(dict.fromkeys(m for per_arm in report.metrics.values() for m in per_arm))
     if not arms or not names:
         return "<p>No metrics.</p>"
     rows = []

@@ -192,8 +192,11 @@ def render_table(report: Any) -> str:
         f"({report.users} users x {report.steps} steps x {len(report.provenance.seeds)} replicates)",
         "",
     ]
-    keys = ["engagement", "welfare", "shift", "induced_shift", "polarization", "extreme_share"]
-    keys = [k for k in keys if k in next(iter(report.metrics.values()))]
+    # the headline metrics present, in the report's order (an axis-free scenario's
+    # report leads with shift, induced shift, dispersion), at most 6
+    headline = {"engagement", "welfare", "shift", "induced_shift", "dispersion"}
+    headline |= {"polarization", "extreme_share"}
+    keys = [k for k in next(iter(report.metrics.values())) if k in headline][:6]
     header = f"{'arm':<30}" + "".join(f"{k:>15}" for k in keys)
     lines += [header, "-" * len(header)]
     for arm in report.arms:

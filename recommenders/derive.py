@@ -82,6 +82,9 @@ CALIBRATION_SAMPLE = 5000
 CHECK_USERS = 2000
 CALIBRATION_ROUNDS = 3
 CALIBRATION_TOLERANCE = 0.02
+#: the temperature's search stops when its bracket is this narrow in log T (each step
+#: scores the whole sample against every item)
+TEMPERATURE_TOLERANCE = 1e-6
 _SHOW_ROWS = 5
 _AUTO = {
     "user": ("user_id", "user"),
@@ -440,7 +443,9 @@ def fit_temperature(
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = nll(a), nll(b)
-    for _ in range(60):
+    for _ in range(60):  # stops at a relative precision of TEMPERATURE_TOLERANCE in T
+        if hi - lo < TEMPERATURE_TOLERANCE:
+            break
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)

@@ -376,6 +376,36 @@ ENGINE_SERIES: dict[str, str] = {
 }
 #: metrics with per-user values
 USER_METRICS: tuple[str, ...] = tuple(m.name for m in _LIST if m.per_user)
+#: metrics read on the polarity axis: not applicable to an axis-free scenario
+AXIS_METRICS: tuple[str, ...] = (
+    "polarization",
+    "polarization_change",
+    "esteban_ray",
+    "bimodality",
+    "mean_pairwise_distance",
+    "extreme_share",
+)
+#: the metrics that lead an axis-free scenario's report, in this order
+AXIS_FREE_LEAD: tuple[str, ...] = (
+    "shift",
+    "induced_shift",
+    "dispersion",
+    "engagement",
+    "topic_entropy",
+    "jaccard",
+)
+
+
+def report_order(names: list[str], axis_free: bool = False) -> list[str]:
+    """``names`` in report order: the registry's order; for an axis-free scenario the
+    :data:`AXIS_FREE_LEAD` metrics first, then the other axis-free ones, and the
+    :data:`AXIS_METRICS` (kept only when asked for by name) last."""
+    ordered = [m for m in REGISTRY if m in names]
+    if not axis_free:
+        return ordered
+    lead = [m for m in AXIS_FREE_LEAD if m in names]
+    rest = [m for m in ordered if m not in lead and m not in AXIS_METRICS]
+    return lead + rest + [m for m in ordered if m in AXIS_METRICS]
 
 
 def markdown_table() -> str:

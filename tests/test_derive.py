@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from auditor.spec import AuditSpec
+from auditor.spec import AuditSpec, axis_free_criteria
 from recaudit.audit_cli import build_spec
 from recaudit.cli import build_parser, main
 from recommenders.derive import (
@@ -219,6 +219,49 @@ def test_no_axis_means_axis_free_criteria_and_the_fit_seam(data, tmp_path):
     # a scenario with an axis keeps the axis criteria
     axis = AuditSpec(scenario="polarity-1d-v1", policy={"kind": "myopic"})
     assert "polarization" in [c.metric for c in axis.criteria]
+
+
+@pytest.mark.slow
+def test_an_axis_free_scenarios_report_leads_with_the_axis_free_metrics(data, tmp_path):
+    """Without a polarity axis the report (JSON order, HTML table, CLI table) leads with
+    shift, induced shift and dispersion and leaves the axis metrics out; named ones are
+    kept, last. A scenario with an axis keeps the registry's order."""
+    from auditor.audit import run_audit
+    from dashboards.report import render_html
+    from recaudit.audit_cli import render_table
+    from simulator.metric_registry import AXIS_METRICS, REGISTRY
+
+    derive(
+        data / "log.csv", tmp_path / "free", options=DeriveOptions(scenario_id="free-v1", **FAST)
+    )
+    spec = load_scenario_dir(tmp_path / "free")
+    audit = AuditSpec(
+        scenario=spec,
+        policy={"kind": "popularity"},
+        references=[{"kind": "natural"}],
+        criteria=[c for c in axis_free_criteria() if c.reference == "natural"],
+        users=20,
+        steps=3,
+        replicates=2,
+        bootstrap=200,
+    )
+    order = audit.reported_metrics()
+    assert order[:4] == ["shift", "induced_shift", "dispersion", "engagement"]
+    assert not set(order) & set(AXIS_METRICS)
+    assert set(order) == set(REGISTRY) - set(AXIS_METRICS)
+    named = audit.model_copy(update={"metrics": ["polarization", "engagement", "shift"]})
+    assert named.reported_metrics() == ["shift", "dispersion", "engagement", "polarization"]
+    with_axis = AuditSpec(scenario="polarity-1d-v1", policy={"kind": "myopic"})
+    assert with_axis.reported_metrics() == list(REGISTRY)
+
+    report = run_audit(audit, track=False).report
+    assert list(report.metrics["policy"]) == order
+    assert list(json.loads(report.to_json())["metrics"]["policy"]) == order
+    html = render_html(report, {})
+    at = [html.index(f"<strong>{m}</strong>") for m in order]
+    assert at == sorted(at) and "<strong>polarization</strong>" not in html
+    header = render_table(report).splitlines()[2].split()
+    assert header == ["arm", "shift", "induced_shift", "dispersion", "engagement", "welfare"]
 
 
 def test_fit_section_is_bounded_and_counts_in_the_fingerprint():

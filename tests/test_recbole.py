@@ -84,6 +84,36 @@ def test_atomic_files_refuse_bad_tokens(tmp_path):
         ra.write_atomic_files(nan, tmp_path, "../escape")
 
 
+def test_large_logs_train_in_larger_batches():
+    """Up to 200,000 interactions RecBole's default batch (so movielens-100k-v1 is
+    unchanged); above, about 128 batches per epoch (a power of two)."""
+    assert ra.train_batch_size(100_000) == ra.train_batch_size(200_000) == 2048
+    assert ra.train_batch_size(1_000_000) == 8192
+    assert ra.train_batch_size(10_000_000) == 65536
+
+
+def test_embeddings_are_validated_once_after_the_last_epoch(monkeypatch):
+    """A full-sort validation after every epoch dominated derivations of large logs; the
+    final weights are kept, so one validation at the end is all that is reported."""
+    from recbole.trainer import Trainer
+
+    calls: list[int] = []
+    original = Trainer._valid_epoch
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_valid_epoch", counting)
+    log = tiny_log().assign(
+        user=lambda d: d["user"].astype(str), item=lambda d: d["item"].astype(str)
+    )
+    emb = ra.train_embeddings(log, dim=4, epochs=3, seed=0)
+    assert len(calls) == 1
+    assert emb.summary["train_batch_size"] == 2048
+    assert emb.summary["validation"] == "once, after the last epoch"
+
+
 def test_feedback_to_frame_keeps_clicks_only():
     fb = Feedback(
         t=4,
