@@ -108,7 +108,6 @@ def _catalog(text: str, temperature: float | None) -> tuple[Any, Any, list[str],
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    import torch
 
     from simulator.fitting.families import DEFAULT_CANDIDATES, FAMILIES
     from simulator.fitting.likelihood import ChoiceForm
@@ -125,7 +124,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise SpecError("--temperature must be positive")
     if args.out is not None and args.out.exists() and args.out.is_dir():
         raise SpecError(f"--out {args.out} is a directory")
-    torch.manual_seed(args.seed)
     items, choice_spec, ids, directory = _catalog(args.catalog, args.temperature)
     raw = read_log(args.log)
     log, counts = from_interactions(
