@@ -10,6 +10,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +159,32 @@ def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen[bytes] | N
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+@contextmanager
+def real_service(tmp_path: Path, **overrides: Any) -> Iterator[Any]:
+    """The real app with the real auditor (in process), one tenant's key on ``c.key``."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app, real_execute
+    from service.uploads import PolicyStore
+
+    overrides.setdefault("remote_timeout_s", 60.0)  # a loaded test machine is slow
+    s = settings(tmp_path, **overrides)
+    engine = open_engine(s.db_url)
+    with TestClient(
+        create_app(s, execute=real_execute(s, PolicyStore(engine, s.policies_dir)))
+    ) as c:
+        c.key = make_key(s, "acme")  # type: ignore[attr-defined]
+        yield c
+    engine.dispose()
+
+
+def finish_audit(c: Any, aid: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Poll ``aid`` until it ends; its status body."""
+
+    def done() -> dict[str, Any] | None:
+        b = c.get(f"/v1/audits/{aid}", headers=auth(c.key)).json()
+        return b if b["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(done, timeout=timeout)  # type: ignore[no-any-return]

@@ -11,18 +11,13 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
 import pytest
-from fastapi.testclient import TestClient
 
 from recaudit.cli import main
-from service.app import create_app, real_execute
-from service.store import open_engine
-from service.uploads import PolicyStore
 
 from .byo_helpers import train_recbole_checkpoint
-from .service_helpers import auth, make_key, settings, wait_for
+from .service_helpers import auth, finish_audit, real_service
 from .service_policy_server import PolicyServer
 
 pytestmark = pytest.mark.slow
@@ -39,27 +34,6 @@ def ml100k_bundle(tmp_path_factory):
     out = tmp / "bundle"
     assert main(["model", "convert", str(ckpt), "--out", str(out), "--trust-pickle"]) == 0
     return ckpt, out
-
-
-@contextmanager
-def real_service(tmp_path, **overrides):
-    overrides.setdefault("remote_timeout_s", 60.0)  # a loaded test machine is slow
-    s = settings(tmp_path, **overrides)
-    engine = open_engine(s.db_url)
-    with TestClient(
-        create_app(s, execute=real_execute(s, PolicyStore(engine, s.policies_dir)))
-    ) as c:
-        c.key = make_key(s, "acme")  # type: ignore[attr-defined]
-        yield c
-    engine.dispose()
-
-
-def _finish(c, aid):
-    def done():
-        b = c.get(f"/v1/audits/{aid}", headers=auth(c.key)).json()
-        return b if b["status"] in ("succeeded", "failed", "cancelled") else None
-
-    return wait_for(done, timeout=600)
 
 
 def _upload(c, config: bytes, weights: bytes):
@@ -92,7 +66,7 @@ def test_a_recbole_trained_model_is_converted_uploaded_and_audited_over_rest(
         }
         r = c.post("/v1/audits", json=spec, headers=auth(c.key))
         assert r.status_code == 202, r.text
-        body = _finish(c, r.json()["id"])
+        body = finish_audit(c, r.json()["id"], timeout=600)
         assert body["status"] == "succeeded", body["error"]
         report = c.get(f"/v1/audits/{body['id']}/report", headers=auth(c.key)).json()
         html = c.get(f"/v1/audits/{body['id']}/report.html", headers=auth(c.key)).text
@@ -205,7 +179,9 @@ def test_a_remote_recommender_that_knows_only_its_ids_is_audited_over_rest(tmp_p
                 "steps": 3,
                 "replicates": 2,
             }
-            body = _finish(c, c.post("/v1/audits", json=spec, headers=auth(c.key)).json()["id"])
+            body = finish_audit(
+                c, c.post("/v1/audits", json=spec, headers=auth(c.key)).json()["id"], timeout=600
+            )
             assert body["status"] == "succeeded", body["error"]
             report = c.get(f"/v1/audits/{body['id']}/report", headers=auth(c.key)).json()
         _remote_checks(server, report)

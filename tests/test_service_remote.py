@@ -10,11 +10,9 @@ import hmac
 import re
 import socket
 import threading
-from contextlib import contextmanager
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from recommenders.remote import (
     CallCancelled,
@@ -26,16 +24,19 @@ from recommenders.remote import (
     check_params,
     stop_calls_when,
 )
-from service.app import create_app, real_execute
-from service.store import open_engine
-from service.uploads import PolicyStore
 from simulator.catalog import build_catalog
 from simulator.errors import SpecError
 from simulator.policy import PolicyContext
 from simulator.scenarios import get_scenario
 from simulator.types import Feedback, Observation
 
-from .service_helpers import TINY_SPEC, auth, make_key, settings, wait_for
+from .service_helpers import (
+    TINY_SPEC,
+    auth,
+    finish_audit,
+    real_service,
+    wait_for,
+)
 from .service_policy_server import PolicyServer
 
 
@@ -336,27 +337,6 @@ def test_cancellation_interrupts_a_call_in_flight(server):
     assert server.hits["/trickle"] == 1 and not server.trickles[0][1]
 
 
-@contextmanager
-def real_service(tmp_path, **overrides):
-    overrides.setdefault("remote_timeout_s", 60.0)  # a loaded test machine is slow
-    s = settings(tmp_path, **overrides)
-    engine = open_engine(s.db_url)
-    with TestClient(
-        create_app(s, execute=real_execute(s, PolicyStore(engine, s.policies_dir)))
-    ) as c:
-        c.key = make_key(s, "acme")  # type: ignore[attr-defined]
-        yield c
-    engine.dispose()
-
-
-def _finish(c, aid):
-    def done():
-        b = c.get(f"/v1/audits/{aid}", headers=auth(c.key)).json()
-        return b if b["status"] in ("succeeded", "failed", "cancelled") else None
-
-    return wait_for(done, timeout=120)
-
-
 def test_a_v1_remote_policy_is_audited_end_to_end(tmp_path, server):
     with real_service(
         tmp_path, remote_allowlist=(f"127.0.0.1:{server.port}",), remote_batch=8
@@ -365,7 +345,7 @@ def test_a_v1_remote_policy_is_audited_end_to_end(tmp_path, server):
         spec = {**TINY_SPEC, "policy": {"kind": "remote", "params": params}}
         r = c.post("/v1/audits", json=spec, headers=auth(c.key))
         assert r.status_code == 202, r.text
-        body = _finish(c, r.json()["id"])
+        body = finish_audit(c, r.json()["id"])
         assert body["status"] == "succeeded", body["error"]
         report = c.get(f"/v1/audits/{body['id']}/report", headers=auth(c.key)).json()
     assert report["arms"][0] == {**report["arms"][0], "label": "policy", "kind": "remote"}
@@ -381,7 +361,7 @@ def test_a_v2_remote_policy_is_audited_end_to_end_by_ids(tmp_path, server):
         tmp_path, remote_allowlist=(f"127.0.0.1:{server.port}",), remote_batch=8
     ) as c:
         spec = {**TINY_SPEC, "policy": {"kind": "remote", "params": {"url": server.url()}}}
-        body = _finish(c, c.post("/v1/audits", json=spec, headers=auth(c.key)).json()["id"])
+        body = finish_audit(c, c.post("/v1/audits", json=spec, headers=auth(c.key)).json()["id"])
         assert body["status"] == "succeeded", body["error"]
         report = c.get(f"/v1/audits/{body['id']}/report", headers=auth(c.key)).json()
     assert {r["protocol"] for r in server.requests} == {"recaudit.remote-policy/v2"}
@@ -415,7 +395,7 @@ def test_a_remote_policy_that_misbehaves_fails_the_audit_with_the_reason(
     with real_service(tmp_path, remote_allowlist=(f"127.0.0.1:{server.port}",)) as c:
         params = {"url": server.url(path), "protocol": protocol}
         spec = {**TINY_SPEC, "policy": {"kind": "remote", "params": params}}
-        body = _finish(c, c.post("/v1/audits", json=spec, headers=auth(c.key)).json()["id"])
+        body = finish_audit(c, c.post("/v1/audits", json=spec, headers=auth(c.key)).json()["id"])
     assert body["status"] == "failed"
     assert reason in body["error"] and "internal" not in body["error"].lower()
 
@@ -432,7 +412,7 @@ def test_a_cancel_reaches_a_remote_call_in_flight(tmp_path, server):
         aid = c.post("/v1/audits", json=spec, headers=auth(c.key)).json()["id"]
         wait_for(lambda: server.hits["/trickle"] >= 1, timeout=60)
         assert c.delete(f"/v1/audits/{aid}", headers=auth(c.key)).status_code == 202
-        body = _finish(c, aid)
+        body = finish_audit(c, aid)
     assert body["status"] == "cancelled", body
     assert server.trickle_done.wait(30)
     assert server.hits["/trickle"] == 1 and server.trickles[0][1] is False
