@@ -28,9 +28,17 @@ class CandidateFit(_Frozen):
 
     family: str
     parameters: dict[str, float] = Field(description="estimates on the training split")
-    heldout_loglik_per_event: float = Field(description="all held-out events")
-    later_loglik_per_event: float = Field(description="training users' later events")
-    heldout_users_loglik_per_event: float | None = Field(description="held-out users' later events")
+    heldout_loglik_per_event: float = Field(
+        description="held-out users' whole histories, Laplace-approximated marginal "
+        "log-likelihood per event (initial preferences integrated out)"
+    )
+    later_loglik_per_event: float | None = Field(
+        default=None,
+        description="no longer scored: one-step-ahead prediction of later events favours drift",
+    )
+    heldout_users_loglik_per_event: float | None = Field(
+        description="the same as heldout_loglik_per_event"
+    )
     vs_static: float = Field(description="held-out log-likelihood per event minus static's")
     vs_static_interval: tuple[float, float] = Field(description="95% bootstrap over users")
 

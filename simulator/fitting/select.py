@@ -1,14 +1,25 @@
 """Family selection by held-out likelihood, and the whole fit of a log.
 
-Split: a share of users is held out entirely; every user's events are cut at the same
-share of their history (the first 70% by default are "early", the rest "later"). Each
-candidate's parameters are fitted on the training users' early events; every user's
-initial preferences are then fitted on their early events with those parameters fixed,
-and the later events are predicted. The score is the log-likelihood per later event,
-against the static baseline (paired per user, bootstrap over users for the interval).
-The family with the best score is selected if its gain over static has a 95% interval
-above 0; otherwise static is (parsimony: a drift the data cannot tell from no drift is
-not claimed).
+Split: a share of users (20% by default) is held out entirely. Each candidate's
+parameters are fitted on the training users' whole histories. Each held-out user's whole
+history (their early and later interactions) is then scored by its marginal likelihood
+with the parameters fixed and their initial preferences integrated out, by the Laplace
+approximation ``log p(y | u0_hat) - 1/2 log det J(u0_hat)`` (``J`` the observed
+information of ``u0`` on the sphere; the constants are the same for every family, since
+every family has the same initial-preference dimension, and cancel in comparisons).
+
+Every family thus gets the same information about a held-out user: all their choices,
+with their taste integrated out. Scoring later events one step ahead after fitting
+``u0`` on early events would not: a drift family moves its state toward the later
+choices and so corrects the noisy early estimate of ``u0``, which static cannot, and
+static data then select drift.
+
+The score is the held-out log-likelihood per event, reported against the static baseline
+(paired per user, bootstrap over held-out users for the interval). The family with the
+best score is selected unless a family with fewer parameters is not significantly worse
+(the 95% interval of its deficit includes 0), in which case the simplest such is
+(parsimony: a drift the data cannot tell from no drift, or an anchor they cannot tell from
+none, is not claimed).
 """
 
 from __future__ import annotations
@@ -28,8 +39,12 @@ from .report import CandidateFit, FitSection, ParameterFit
 from .uncertainty import NOT, analyse, bootstrap_ratio
 
 SELECTION_RULE = (
-    "the candidate with the highest held-out log-likelihood per event is selected when the "
-    "95% bootstrap interval of its gain over static lies above 0; otherwise static"
+    "parameters fitted on 80% of users; each held-out user's whole history scored by its "
+    "Laplace-approximated marginal likelihood (initial preferences integrated out, same "
+    "for every family); the candidate with the highest held-out log-likelihood per event "
+    "is selected unless a candidate with fewer parameters is not significantly worse (95% "
+    "bootstrap interval over held-out users of its deficit per event includes 0), in which "
+    "case the simplest such is; static is the simplest"
 )
 METHOD = (
     "maximum of the Laplace-adjusted profile likelihood (each user's initial preferences "
@@ -41,43 +56,79 @@ METHOD = (
 
 @dataclass(frozen=True)
 class Split:
-    train_users: torch.Tensor  # [U] bool
-    early: torch.Tensor  # [U, T] bool
-    later: torch.Tensor  # [U, T] bool
+    train_users: torch.Tensor  # [U] bool; the others are held out
 
 
-def make_split(log: EventLog, seed: int, holdout_users: float = 0.2, later: float = 0.3) -> Split:
+def make_split(log: EventLog, seed: int, holdout_users: float = 0.2) -> Split:
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(log.users, generator=gen)
-    n_hold = round(holdout_users * log.users)
+    n_hold = max(1, round(holdout_users * log.users)) if log.users > 1 else 0
     train = torch.ones(log.users, dtype=torch.bool)
     train[perm[:n_hold]] = False
-    lengths = log.lengths()
-    cut = torch.ceil(lengths.double() * (1 - later)).long().clamp_max(lengths)
-    pos = torch.arange(log.mask.shape[1])[None, :]
-    early = (pos < cut[:, None]) & log.mask
-    return Split(train, early, log.mask & ~early)
+    return Split(train)
 
 
 @dataclass
 class CandidateScore:
     family: Family
     theta: dict[str, float]
-    later_u: np.ndarray  # [U] summed log-likelihood of later events
+    heldout_u: np.ndarray  # [H] held-out users' Laplace marginal log-likelihood
+
+
+def heldout_marginal(
+    family: Family,
+    theta: dict[str, float],
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    seed: int,
+) -> torch.Tensor:
+    """[U] each user's Laplace-approximated marginal log-likelihood of their whole history
+    at fixed parameters: ``l_u(u0_hat) - 1/2 log det J_u`` (constants common to every
+    family dropped)."""
+    u0 = fit_u0(family, theta, log, items, choice, log.mask, initial_u0(log, items, seed))
+    ll, ld = user_terms(family, theta, log, items, choice, log.mask, u0)
+    return ll - 0.5 * ld
 
 
 def score_candidate(
     family: Family, log: EventLog, items: Items, choice: ChoiceForm, split: Split, seed: int
 ) -> CandidateScore:
-    weight = split.early & split.train_users[:, None]
-    ev = Evaluator(family, log, items, choice, weight=weight, seed=seed)
+    train = torch.nonzero(split.train_users)[:, 0]
+    hold = torch.nonzero(~split.train_users)[:, 0]
+    if len(hold) == 0:  # a single user: nothing to hold out, scored in sample
+        hold = train
+    ev = Evaluator(family, log.subset(train), items, choice, seed=seed)
     best = maximize(ev)
-    start = torch.where(split.train_users[:, None], best.u0, initial_u0(log, items, seed))
-    u0 = fit_u0(family, best.theta, log, items, choice, split.early, start)
-    later, _ = user_terms(
-        family, best.theta, log, items, choice, split.later, u0, information=False
+    held = heldout_marginal(family, best.theta, log.subset(hold), items, choice, seed)
+    return CandidateScore(family, best.theta, held.numpy())
+
+
+def select(
+    names: tuple[str, ...],
+    scores: dict[str, CandidateScore],
+    n_held: np.ndarray,
+    replicates: int,
+    seed: int,
+) -> str:
+    """Parsimony among the candidates: the one with the best held-out score, unless a
+    candidate with fewer parameters is not significantly worse (the 95% bootstrap
+    interval of its deficit per event includes 0); then the simplest such (by score
+    among equally simple ones). Static is the simplest of all."""
+    best = max(names, key=lambda n: scores[n].heldout_u.sum())
+    eligible = []
+    for i, name in enumerate(names):
+        if name == best:
+            eligible.append(name)
+            continue
+        diff = scores[best].heldout_u - scores[name].heldout_u
+        _, low, _ = bootstrap_ratio(diff, n_held, replicates, seed + 101 + i)
+        if low <= 0:
+            eligible.append(name)
+    return min(
+        eligible,
+        key=lambda n: (len(FAMILIES[n].params), -float(scores[n].heldout_u.sum())),
     )
-    return CandidateScore(family, best.theta, later.numpy())
 
 
 def fit_log(
@@ -97,36 +148,32 @@ def fit_log(
     start_time = time.perf_counter()
     names = ("static", *[c for c in candidates if c != "static"])
     split = make_split(log, seed)
-    n_later = split.later.sum(dim=1).numpy().astype(float)
+    held_users = ~split.train_users if bool((~split.train_users).any()) else split.train_users
+    n_held = log.lengths()[held_users].numpy().astype(float)
     scores: dict[str, CandidateScore] = {}
     for name in names:
         if progress:
             progress(f"selection: fitting {name}")
         scores[name] = score_candidate(FAMILIES[name], log, items, choice, split, seed)
-    base = scores["static"].later_u
-    train = split.train_users.numpy()
+    base = scores["static"].heldout_u
     rows = []
     gains: dict[str, tuple[float, float, float]] = {}
     for i, name in enumerate(names):
         s = scores[name]
-        gain = bootstrap_ratio(s.later_u - base, n_later, replicates, seed + 1 + i)
+        gain = bootstrap_ratio(s.heldout_u - base, n_held, replicates, seed + 1 + i)
         gains[name] = gain
-        held = n_later[~train].sum()
+        per_event = float(s.heldout_u.sum() / max(n_held.sum(), 1))
         rows.append(
             CandidateFit(
                 family=name,
                 parameters=s.theta,
-                heldout_loglik_per_event=float(s.later_u.sum() / max(n_later.sum(), 1)),
-                later_loglik_per_event=float(s.later_u[train].sum() / max(n_later[train].sum(), 1)),
-                heldout_users_loglik_per_event=float(s.later_u[~train].sum() / held)
-                if held
-                else None,
+                heldout_loglik_per_event=per_event,
+                heldout_users_loglik_per_event=per_event,
                 vs_static=gain[0],
                 vs_static_interval=(gain[1], gain[2]),
             )
         )
-    best_name = max(names, key=lambda n: gains[n][0])
-    selected = best_name if best_name != "static" and gains[best_name][1] > 0 else "static"
+    selected = select(names, scores, n_held, replicates, seed)
     family = FAMILIES[selected]
     if progress:
         progress(f"fitting {selected} on the whole log")
@@ -168,7 +215,7 @@ def fit_log(
                 "no_click_utility": choice.no_click_utility,
                 "position_bias": choice.position_bias,
             },
-            "split": {"holdout_users": 0.2, "later_events": 0.3, "seed": seed},
+            "split": {"holdout_users": 0.2, "seed": seed},
             "bootstrap_replicates": replicates,
             **(data or {}),
         },
