@@ -25,6 +25,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
+from simulator.threads import configure_process  # noqa: E402
+
+configure_process()  # before torch loads OpenMP: idle threads sleep instead of spinning
+
 import torch  # noqa: E402
 
 from recommenders.baselines import UniformRandom  # noqa: E402

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..geometry import unit
-from .families import Family
+from .families import FAMILIES, Family
 from .likelihood import ChoiceForm, Items, consumed_mean, event_loglik
 from .log import EventLog
 
@@ -38,6 +38,9 @@ SMOOTH = 0.05
 RIDGE = 1e-3
 #: search box on the unconstrained scale
 RAW_LOW, RAW_HIGH = -7.0, 4.0
+STATIC = FAMILIES["static"]
+#: L-BFGS evaluations per initial-preference fit at the coarse grid's points
+ROUGH_EVALS = 25
 
 
 def initial_u0(log: EventLog, items: Items, seed: int = 0) -> torch.Tensor:
@@ -195,8 +198,13 @@ class Evaluator:
     ) -> None:
         self.family, self.log, self.items, self.choice = family, log, items, choice
         self.weight = log.mask if weight is None else (weight & log.mask)
-        self.start = u0 if u0 is not None else initial_u0(log, items, seed)
+        if u0 is None:
+            u0 = initial_u0(log, items, seed)
+            if family.params:  # the static fit is cheap and a far better start
+                u0 = fit_u0(STATIC, {}, log, items, choice, self.weight, u0)
+        self.start = u0
         self.profile = Profile(family)
+        self.rough: dict[tuple[float, ...], Point] = {}
         self.max_rows = max_rows
         self.evaluations = 0
 
@@ -207,22 +215,29 @@ class Evaluator:
     def __call__(self, raw: tuple[float, ...]) -> Point:
         return self.many([raw])[0]
 
-    def many(self, raws: list[tuple[float, ...]]) -> list[Point]:
+    def many(self, raws: list[tuple[float, ...]], rough: bool = False) -> list[Point]:
+        """The points at these values. ``rough``: each user's initial preferences fitted
+        with at most :data:`ROUGH_EVALS` evaluations and the points kept apart from the
+        profile (they only locate a start for the search, never an estimate)."""
         keys = [self.key(r) for r in raws]
-        todo = list(dict.fromkeys(k for k in keys if k not in self.profile.points))
+        store = self.rough if rough else self.profile.points
+        todo = list(dict.fromkeys(k for k in keys if k not in store))
         per = max(1, self.max_rows // max(self.log.users, 1))
         for i in range(0, len(todo), per):
-            self._evaluate(todo[i : i + per])
-        return [self.profile.points[k] for k in keys]
+            self._evaluate(todo[i : i + per], rough)
+        return [store[k] for k in keys]
 
-    def _evaluate(self, keys: list[tuple[float, ...]]) -> None:
+    def _evaluate(self, keys: list[tuple[float, ...]], rough: bool = False) -> None:
         log, n, p = self.log, self.log.users, len(keys)
         pts = self.profile.points
+        known = list(pts.values()) or list(self.rough.values())
         starts = []
         for raw in keys:
-            if pts:
+            if raw in self.rough and not rough:
+                starts.append(self.rough[raw].u0)
+            elif known:
                 near = min(
-                    pts.values(),
+                    known,
                     key=lambda q: sum((a - b) ** 2 for a, b in zip(q.raw, raw, strict=True)),
                 )
                 starts.append(near.u0)
@@ -240,12 +255,18 @@ class Evaluator:
                 q.name: torch.tensor([t[q.name] for t in thetas]).repeat_interleave(n)
                 for q in self.family.params
             }
-        u0 = fit_u0(self.family, theta, big, self.items, self.choice, weight, torch.cat(starts))
+        evals = ROUGH_EVALS if rough else 100
+        u0 = fit_u0(
+            self.family, theta, big, self.items, self.choice, weight, torch.cat(starts), evals
+        )
         ll, ld = user_terms(self.family, theta, big, self.items, self.choice, weight, u0)
         self.evaluations += p
         for j, raw in enumerate(keys):
             rows = slice(j * n, (j + 1) * n)
             point = Point(raw, thetas[j], ll[rows], ld[rows], u0[rows])
+            if rough:
+                self.rough[raw] = point
+                continue
             pts[raw] = point
             if self.profile.best is None or point.adjusted > self.profile.best.adjusted:
                 self.profile.best = point
@@ -282,12 +303,14 @@ def zoom(ev: Evaluator, step: float, rounds: int) -> Point:
 
 def maximize(ev: Evaluator, grid: int | None = None, rounds: int = 4) -> Point:
     """The adjusted-profile maximum: a coarse grid (``grid`` points per parameter;
-    default 7 for one parameter, 4 for more), then a pattern search from its best."""
+    default 7 for one parameter, 4 for more; rough fits, only to locate a start), then a
+    pattern search from its best."""
     fam = ev.family
     if not fam.params:
         return ev(())
     size = grid or (7 if len(fam.params) == 1 else 4)
-    ev.many(list(itertools.product(*grid_axes(fam, size))))
+    coarse = ev.many(list(itertools.product(*grid_axes(fam, size))), rough=True)
+    ev(max(coarse, key=lambda q: q.adjusted).raw)
     return zoom(ev, (RAW_HIGH - RAW_LOW) / size / 2, rounds)
 
 

@@ -9,6 +9,7 @@ outside option (proxy slates: every event is a click) the same form without ``c0
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,31 @@ class Items:
     appeal: torch.Tensor  # [K]
 
 
+def states(
+    family: Family,
+    theta: dict[str, torch.Tensor],
+    u0: torch.Tensor,
+    log: EventLog,
+    items: Items,
+    smooth: float = 0.0,
+) -> torch.Tensor:
+    """[U, T, d] each user's state before each event: ``u0``, then the family's update
+    after every consumed item (padding and no-clicks leave it unchanged)."""
+    steps = log.slates.shape[1]
+    if not family.params or steps == 0:
+        return u0[:, None, :].expand(-1, steps, -1)
+    consumed = log.consumed()  # [U, T], -1 where nothing was consumed
+    clicked = (consumed >= 0).to(u0.dtype)
+    xc = items.features[consumed.clamp_min(0)]  # [U, T, d]
+    u = u0
+    out = [u]
+    for t in range(steps - 1):
+        new = family.step(u, u0, xc[:, t], clicked[:, t], theta, smooth)
+        u = torch.where(log.mask[:, t, None], new, u)
+        out.append(u)
+    return torch.stack(out, dim=1)
+
+
 def event_loglik(
     family: Family,
     theta: dict[str, torch.Tensor],
@@ -63,39 +89,31 @@ def event_loglik(
     choice: ChoiceForm,
     smooth: float = 0.0,
 ) -> torch.Tensor:
-    """[U, T] log-probability of each logged event (0 where the mask is off)."""
+    """[U, T] log-probability of each logged event (0 where the mask is off). The states
+    are carried forward in a loop over events (only the update); the choice
+    probabilities of all events are then computed at once."""
     num_users, steps, k = log.slates.shape
     temp = choice.temperature
-    pos = None
+    if family.params:
+        u = states(family, theta, u0, log, items, smooth)  # [U, T, d]
+        x = items.features[log.slates]  # [U, T, k, d]
+        scores = torch.einsum("utd,utkd->utk", u, x)
+    else:  # one state per user: score the catalog once, then pick the slates
+        every = u0 @ items.features.T  # [U, K]
+        scores = every.gather(1, log.slates.reshape(num_users, -1)).reshape(log.slates.shape)
+    logits = (scores + items.appeal[log.slates]) / temp
     if choice.position_bias != 1.0:
-        pos = torch.arange(k, dtype=u0.dtype).mul(torch.log(torch.tensor(choice.position_bias)))
-    outside = None
-    if choice.no_click_utility is not None:
-        outside = torch.full((num_users, 1), choice.no_click_utility / temp, dtype=u0.dtype)
-    rows = torch.arange(num_users)
-    u = u0
-    out = []
-    dynamic = bool(family.params)
-    for t in range(steps):
-        s = log.slates[:, t]
-        x = items.features[s]  # [U, k, d]
-        logits = (torch.einsum("ud,ukd->uk", u, x) + items.appeal[s]) / temp
-        if pos is not None:
-            logits = logits + pos
-        if outside is not None:
-            logits = torch.cat([logits, outside], dim=1)
-        slot = log.chosen[:, t]
-        # a no-click is the outside option (last column); without one, only padding has -1
-        idx = torch.where(slot >= 0, slot, torch.full_like(slot, k if outside is not None else 0))
-        lp = logits.gather(1, idx[:, None])[:, 0] - torch.logsumexp(logits, dim=1)
-        m = log.mask[:, t]
-        out.append(torch.where(m, lp, torch.zeros_like(lp)))
-        if dynamic and t + 1 < steps:
-            clicked = (slot >= 0) & m
-            xc = x[rows, slot.clamp_min(0)]
-            new = family.step(u, u0, xc, clicked.to(u.dtype), theta, smooth)
-            u = torch.where(m[:, None], new, u)
-    return torch.stack(out, dim=1)
+        pos = torch.arange(k, dtype=u0.dtype) * math.log(choice.position_bias)
+        logits = logits + pos
+    outside = choice.no_click_utility is not None
+    if outside:
+        c0 = torch.full((num_users, steps, 1), choice.no_click_utility / temp, dtype=u0.dtype)
+        logits = torch.cat([logits, c0], dim=2)
+    slot = log.chosen
+    # a no-click is the outside option (last column); without one, only padding has -1
+    idx = torch.where(slot >= 0, slot, torch.full_like(slot, k if outside else 0))
+    lp = logits.gather(2, idx[..., None])[..., 0] - torch.logsumexp(logits, dim=2)
+    return torch.where(log.mask, lp, torch.zeros_like(lp))
 
 
 def consumed_mean(log: EventLog, items: Items, upto: torch.Tensor | None = None) -> torch.Tensor:
