@@ -45,9 +45,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--dim", type=int, default=6)
     ap.add_argument("--full", action="store_true", help="also time the whole selection")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = round(os.getloadavg()[0], 2)
     rows = []
     for n in (int(x) for x in args.interactions.split(",")):
         users = max(1, n // args.steps)
@@ -78,6 +79,8 @@ def main() -> None:
                 "benchmark": "fit",
                 "rows": rows,
                 "threads": args.threads,
+                "load_before": load_before,
+                "load_after": round(os.getloadavg()[0], 2),
                 "cpus": os.cpu_count(),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 "python": platform.python_version(),

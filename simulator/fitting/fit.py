@@ -281,11 +281,11 @@ def grid_axes(family: Family, size: int) -> list[list[float]]:
 
 
 def zoom(ev: Evaluator, step: float, rounds: int) -> Point:
-    """Pattern search around the best point: evaluate its 3^p - 1 neighbours at ``step``
-    (all at once), move to the best, and shrink the step by 3 once the centre stays best
-    (or after three moves at one step)."""
+    """Compass search around the best point: evaluate its 2p neighbours at ``step`` along
+    each axis (all at once), move to the best, and shrink the step by 3 once the centre
+    stays best (or after three moves at one step)."""
     p = len(ev.family.params)
-    offsets = [o for o in itertools.product((-1, 0, 1), repeat=p) if any(o)]
+    offsets = [tuple(s if j == i else 0 for j in range(p)) for i in range(p) for s in (-1, 1)]
     level, moves = 0, 0
     while level < rounds:
         assert ev.profile.best is not None

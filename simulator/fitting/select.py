@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .families import DEFAULT_CANDIDATES, FAMILIES, Family
-from .fit import Evaluator, fit_u0, initial_u0, maximize, refit, user_terms
+from .fit import Evaluator, maximize, refit
 from .likelihood import ChoiceForm, Items
 from .log import EventLog
 from .report import CandidateFit, FitSection, ParameterFit
@@ -75,22 +75,6 @@ class CandidateScore:
     heldout_u: np.ndarray  # [H] held-out users' Laplace marginal log-likelihood
 
 
-def heldout_marginal(
-    family: Family,
-    theta: dict[str, float],
-    log: EventLog,
-    items: Items,
-    choice: ChoiceForm,
-    seed: int,
-) -> torch.Tensor:
-    """[U] each user's Laplace-approximated marginal log-likelihood of their whole history
-    at fixed parameters: ``l_u(u0_hat) - 1/2 log det J_u`` (constants common to every
-    family dropped)."""
-    u0 = fit_u0(family, theta, log, items, choice, log.mask, initial_u0(log, items, seed))
-    ll, ld = user_terms(family, theta, log, items, choice, log.mask, u0)
-    return ll - 0.5 * ld
-
-
 def score_candidate(
     family: Family, log: EventLog, items: Items, choice: ChoiceForm, split: Split, seed: int
 ) -> CandidateScore:
@@ -100,8 +84,11 @@ def score_candidate(
         hold = train
     ev = Evaluator(family, log.subset(train), items, choice, seed=seed)
     best = maximize(ev)
-    held = heldout_marginal(family, best.theta, log.subset(hold), items, choice, seed)
-    return CandidateScore(family, best.theta, held.numpy())
+    # each held-out user's l_u(u0_hat) - 1/2 log det J_u at the training estimate: the
+    # Laplace-approximated marginal likelihood of their whole history (constants common
+    # to every family dropped)
+    held = Evaluator(family, log.subset(hold), items, choice, seed=seed)(best.raw)
+    return CandidateScore(family, best.theta, held.adjusted_u.numpy())
 
 
 def select(
