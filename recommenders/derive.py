@@ -25,10 +25,12 @@ numeric attribute), :func:`derive` writes a scenario directory (see
    mapping of category labels to numbers; the axis is the least-squares direction in
    embedding space that predicts the attribute (R^2 reported). Without one the scenario
    is marked ``axis_free`` and audits default to axis-free criteria.
-5. **Dynamics.** Chosen by the team (kind and parameters). The seam for fitting them from
-   the log is :data:`DynamicsFitter`: a function of the :class:`DerivedLog` and the
-   derived catalog and users that returns the dynamics, natural drift and a ``fit``
-   section for the scenario; :func:`chosen_dynamics` is the one that fits nothing.
+5. **Dynamics.** Chosen by the team (kind and parameters), or fitted from the log. The
+   seam is :data:`DynamicsFitter`: a function of the :class:`DerivedLog`, the derived
+   catalog and users and the calibrated choice model that returns the dynamics, natural
+   drift and a ``fit`` section for the scenario; :func:`chosen_dynamics` is the one that
+   fits nothing, :func:`recommenders.fit_step.fitted_dynamics` the one that runs
+   ``recaudit fit``'s fitter (:mod:`simulator.fitting.run`).
 
 The log and the item table are read by :mod:`simulator.logs` (the reader of
 ``recaudit fit`` too): bad input raises :class:`~simulator.errors.SpecError` naming the
@@ -319,8 +321,9 @@ class DynamicsChoice:
 
 
 #: the seam for fitting dynamics from the log: (log in scenario terms, the derived
-#: catalog's unit item vectors [K, d], the users' unit vectors [B, d]) -> DynamicsChoice
-DynamicsFitter = Callable[[DerivedLog, torch.Tensor, torch.Tensor], DynamicsChoice]
+#: catalog's unit item vectors [K, d], the users' unit vectors [B, d], the calibrated
+#: choice model) -> DynamicsChoice
+DynamicsFitter = Callable[[DerivedLog, torch.Tensor, torch.Tensor, MNLChoice], DynamicsChoice]
 
 _DYNAMICS = TypeAdapter(DynamicsSpec)
 
@@ -338,7 +341,9 @@ def chosen_dynamics(spec: Mapping[str, Any], drift: NaturalDrift | None = None) 
     """A fitter that fits nothing: the team's chosen dynamics, stated as assumed."""
     dyn = parse_dynamics(spec)
 
-    def fitter(log: DerivedLog, items: torch.Tensor, users: torch.Tensor) -> DynamicsChoice:
+    def fitter(
+        log: DerivedLog, items: torch.Tensor, users: torch.Tensor, choice: MNLChoice
+    ) -> DynamicsChoice:
         return DynamicsChoice(
             dynamics=dyn,
             drift=drift or NaturalDrift(),
@@ -472,7 +477,7 @@ def derive(
     rng = np.random.default_rng(options.seed)
     sample = rng.choice(len(user_ids), size=min(len(user_ids), CALIBRATION_SAMPLE), replace=False)
     c0 = solve_no_click(u[torch.from_numpy(np.sort(sample))], x, slate, temp["temperature"], rate)
-    dyn = fitter(dlog, x, u)
+    dyn = fitter(dlog, x, u, MNLChoice(temperature=temp["temperature"], no_click_utility=c0))
 
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)

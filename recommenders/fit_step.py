@@ -1,0 +1,224 @@
+"""A derivation's fit step: the scenario's dynamics fitted from its own log.
+
+:func:`fitted_dynamics` is a :data:`recommenders.derive.DynamicsFitter` that runs
+``recaudit fit``'s fitter (:func:`simulator.fitting.run.fit_interactions`) on the log
+against the derived catalog, under the calibrated choice model; the scenario gets the
+selected family's dynamics and carries the fit section. With ``isolated`` the fit runs
+in a child process (``python -m recommenders.fit_step DIR``: inputs and the section are
+files in DIR, progress one line each on its stdout), polled every :data:`POLL_S`
+seconds: each poll calls ``progress`` with the current phase, and an exception raised by
+``progress`` (the service's cancellation) kills the child at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from simulator.errors import SpecError
+from simulator.fitting.run import FitOptions
+from simulator.specs import MNLChoice, NaturalDrift
+
+from .derive import DerivedLog, DynamicsChoice, DynamicsFitter, parse_dynamics
+
+#: seconds between two looks at a fit running in a child process
+POLL_S = 0.2
+_LOG, _ITEMS, _JOB, _OUT, _ERR = "log.parquet", "items.npy", "job.json", "fit.json", "stderr.txt"
+
+Progress = Callable[[str], None]
+
+
+def fitted_dynamics(
+    options: FitOptions,
+    *,
+    progress: Progress | None = None,
+    isolated: bool = False,
+    threads: int | None = 1,
+) -> DynamicsFitter:
+    """A fitter that fits: see the module docstring. The fit's ``data`` names the
+    exposure proxy; its slates have the scenario's slate size (``options.slate_size``)."""
+
+    def fitter(
+        log: DerivedLog, items: torch.Tensor, users: torch.Tensor, choice: MNLChoice
+    ) -> DynamicsChoice:
+        raw = pd.DataFrame(
+            {
+                "user": np.asarray(log.user_ids, dtype=object)[log.user],
+                "item": np.asarray(log.item_ids, dtype=object)[log.item],
+                "timestamp": log.timestamp,
+            }
+        )
+        features = items.float().contiguous()
+        run = _in_child if isolated else _here
+        fit = run(raw, log.item_ids, features, choice, options, progress, threads)
+        dynamics = parse_dynamics(fit["dynamics"])
+        return DynamicsChoice(
+            dynamics=dynamics,
+            drift=NaturalDrift(),
+            fit=fit,
+            summary={
+                "by": "fitted",
+                "fitted": True,
+                "family": fit["family"],
+                "vs_static": fit["vs_static"],
+                "vs_static_interval": fit["vs_static_interval"],
+                **dynamics.model_dump(mode="json"),
+            },
+        )
+
+    return fitter
+
+
+def _fit(
+    raw: pd.DataFrame,
+    item_ids: tuple[str, ...] | list[str],
+    features: torch.Tensor,
+    choice: MNLChoice,
+    options: FitOptions,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    from simulator.fitting.likelihood import Items
+    from simulator.fitting.run import fit_interactions
+
+    items = Items(features, torch.zeros(features.shape[0], dtype=features.dtype))
+    section = fit_interactions(
+        raw,
+        item_ids,
+        items,
+        choice,
+        options,
+        data={"log": "the derivation's log"},
+        progress=progress,
+    )
+    out: dict[str, Any] = section.model_dump(mode="json")
+    return out
+
+
+def _here(
+    raw: pd.DataFrame,
+    item_ids: tuple[str, ...],
+    features: torch.Tensor,
+    choice: MNLChoice,
+    options: FitOptions,
+    progress: Progress | None,
+    threads: int | None,
+) -> dict[str, Any]:
+    from simulator.threads import torch_threads
+
+    with torch_threads(threads):
+        return _fit(raw, item_ids, features, choice, options, progress)
+
+
+def _in_child(
+    raw: pd.DataFrame,
+    item_ids: tuple[str, ...],
+    features: torch.Tensor,
+    choice: MNLChoice,
+    options: FitOptions,
+    progress: Progress | None,
+    threads: int | None,
+) -> dict[str, Any]:
+    from simulator.fitting.report import FitSection
+
+    with tempfile.TemporaryDirectory(prefix="recaudit-fit-") as tmp:
+        d = Path(tmp)
+        raw.to_parquet(d / _LOG, index=False)
+        np.save(d / _ITEMS, features.numpy(), allow_pickle=False)
+        job = {
+            "item_ids": list(item_ids),
+            "choice": choice.model_dump(mode="json"),
+            "options": asdict(options),
+            "threads": threads,
+        }
+        (d / _JOB).write_text(json.dumps(job), encoding="utf-8")
+        root = str(Path(__file__).resolve().parents[1])
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
+        with open(d / _ERR, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "recommenders.fit_step", str(d)],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                text=True,
+            )
+            lines: queue.Queue[str] = queue.Queue()
+            reader = threading.Thread(target=_pump, args=(proc, lines), daemon=True)
+            reader.start()
+            phase = "starting"
+            try:
+                while True:
+                    try:
+                        rc: int | None = proc.wait(timeout=POLL_S)
+                    except subprocess.TimeoutExpired:
+                        rc = None
+                    while not lines.empty():
+                        phase = lines.get()
+                    if progress is not None:
+                        progress(phase)  # raises when the job is cancelled
+                    if rc is not None:
+                        break
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                reader.join(1.0)
+        if rc != 0:
+            text = (d / _ERR).read_text(encoding="utf-8", errors="replace").strip()
+            last = text.splitlines()[-1] if text else f"exit status {rc}"
+            if rc == 2:
+                raise SpecError(last)
+            raise RuntimeError(f"the fit's process failed: {last}")
+        section = FitSection.model_validate_json((d / _OUT).read_text(encoding="utf-8"))
+    out: dict[str, Any] = section.model_dump(mode="json")
+    return out
+
+
+def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip():
+            lines.put(line.strip())
+
+
+def main(argv: list[str]) -> int:
+    """The child: fit the inputs in ``argv[0]``; exit 2 with the message on bad input."""
+    d = Path(argv[0])
+    job = json.loads((d / _JOB).read_text(encoding="utf-8"))
+    raw = pd.read_parquet(d / _LOG, engine="pyarrow")
+    features = torch.from_numpy(np.load(d / _ITEMS, allow_pickle=False))
+    try:
+        fit = _here(
+            raw,
+            job["item_ids"],
+            features,
+            MNLChoice.model_validate(job["choice"]),
+            FitOptions(**{**job["options"], "candidates": tuple(job["options"]["candidates"])}),
+            lambda msg: print(msg, flush=True),
+            job["threads"],
+        )
+    except SpecError as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        return 2
+    (d / _OUT).write_text(json.dumps(fit), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
