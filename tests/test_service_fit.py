@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 
@@ -39,6 +40,18 @@ def audited_service(tmp_path):
         c.settings = s  # type: ignore[attr-defined]
         yield c
     engine.dispose()
+
+
+def fit_children() -> list[psutil.Process]:
+    """This process's children running a fit (recommenders.fit_step)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "recommenders.fit_step" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.NoSuchProcess:  # ended while listed
+            pass
+    return out
 
 
 def finish_dataset(c, did: str, timeout: float = 300.0) -> dict:
@@ -139,10 +152,12 @@ def test_delete_stops_a_fit_in_progress(tmp_path, log):
 
         seen = wait_for(fitting, timeout=300)
         assert seen["status"] == "running" and 0.5 <= seen["progress"] < 1
+        assert len(fit_children()) == 1  # the fit runs in its own process
         d = c.delete(f"/v1/datasets/{did}", headers=auth(c.key))
         assert d.status_code == 202, d.text
         body = finish_dataset(c, did, timeout=60)
         assert body["status"] == "cancelled" and body["derivation"] is None
+        assert fit_children() == []  # killed, not left running
         again = c.delete(f"/v1/datasets/{did}", headers=auth(c.key))
         assert "already cancelled" in problem(again, 409)
         # the scenario was not written and its id is free again
