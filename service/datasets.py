@@ -26,6 +26,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
+from auditor.budget import FIT_PASSES
 from simulator.errors import SpecError
 from simulator.specs import ScenarioSpec
 
@@ -441,8 +442,8 @@ class Dataset(BaseModel):
     )
     fit_cost: int | None = Field(
         None,
-        description="The fit step's work: events x slate size x dimension x families "
-        "(None: no fit; the dynamics are the chosen ones).",
+        description="The fit step's work: events x slate size x dimension x families x "
+        f"{FIT_PASSES} passes (None: no fit; the dynamics are the chosen ones).",
     )
     created: str | None = Field(None, description="Submitted at (ISO 8601, UTC).")
     finished: str | None = Field(None, description="Finished at (ISO 8601, UTC).")

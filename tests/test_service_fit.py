@@ -10,6 +10,7 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
+from auditor.budget import FIT_PASSES
 from recommenders.derive import synthetic_log
 from service.app import create_app, real_execute
 from service.datasets import DatasetStore
@@ -71,9 +72,10 @@ def test_a_derivation_with_fit_carries_the_fit_into_the_scenario_and_the_report(
         r = upload(c, csv_bytes(log), options={"fit": FIT})
         assert r.status_code == 202, r.text
         ds = r.json()
-        # events: each user's first 12, x slate 3 x dimension 8 x 2 families (static, trecs)
+        # each user's first 12 events x slate 3 x dimension 8 x 2 families (static, trecs)
+        # x the passes of a family's search
         events = int(log.groupby("user_id").size().clip(upper=12).sum())
-        assert ds["fit_cost"] == events * 3 * 8 * 2
+        assert ds["fit_cost"] == events * 3 * 8 * 2 * FIT_PASSES
         assert ds["cost"] == 900 * 8 * 1 + ds["fit_cost"]
         body = finish_dataset(c, ds["id"])
         assert body["status"] == "succeeded", body
