@@ -235,8 +235,8 @@ def _bytes(n: float) -> str:
 #: a dynamics fit's work per (event x slate item x dimension x family): the likelihood
 #: passes of one family's search, in the units of the derivation's budget (log rows x
 #: dimension x epochs). Measured with docs/derive.md's REST example (400 users, 8,000
-#: rows): its fit did 1,760,960 such units in 60 s, its derivation 2,560,000 units in
-#: about 5.5 s, so one unit of fit costs about 16 units of derivation.
+#: rows): its fit did 1,760,960 such units in 56 to 60 s, its derivation 2,560,000 units
+#: in 5.8 s, so one unit of fit costs about 15 units of derivation.
 FIT_PASSES = 16
 
 
