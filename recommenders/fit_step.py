@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,64 @@ POLL_S = 0.2
 _LOG, _ITEMS, _JOB, _OUT, _ERR = "log.parquet", "items.npy", "job.json", "fit.json", "stderr.txt"
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FitInputs:
+    """What one fit needs: the log (user, item, timestamp), the catalog (ids and unit
+    features, row for row), the calibrated choice model and the options."""
+
+    log: pd.DataFrame
+    item_ids: tuple[str, ...]
+    features: torch.Tensor
+    choice: MNLChoice
+    options: FitOptions
+    threads: int | None = 1
+
+    def fit(self, progress: Progress | None) -> dict[str, Any]:
+        """The fit section, fitted in this process."""
+        from simulator.fitting.likelihood import Items
+        from simulator.fitting.run import fit_interactions
+        from simulator.threads import torch_threads
+
+        f = self.features
+        with torch_threads(self.threads):
+            section = fit_interactions(
+                self.log,
+                self.item_ids,
+                Items(f, torch.zeros(f.shape[0], dtype=f.dtype)),
+                self.choice,
+                self.options,
+                data={"log": "the derivation's log"},
+                progress=progress,
+            )
+        out: dict[str, Any] = section.model_dump(mode="json")
+        return out
+
+    def write(self, d: Path) -> None:
+        """The inputs as files for the child (parquet, .npy without pickles, JSON)."""
+        self.log.to_parquet(d / _LOG, index=False)
+        np.save(d / _ITEMS, self.features.numpy(), allow_pickle=False)
+        job = {
+            "item_ids": list(self.item_ids),
+            "choice": self.choice.model_dump(mode="json"),
+            "options": asdict(self.options),
+            "threads": self.threads,
+        }
+        (d / _JOB).write_text(json.dumps(job), encoding="utf-8")
+
+    @classmethod
+    def read(cls, d: Path) -> FitInputs:
+        job = json.loads((d / _JOB).read_text(encoding="utf-8"))
+        options = {**job["options"], "candidates": tuple(job["options"]["candidates"])}
+        return cls(
+            log=pd.read_parquet(d / _LOG, engine="pyarrow"),
+            item_ids=tuple(job["item_ids"]),
+            features=torch.from_numpy(np.load(d / _ITEMS, allow_pickle=False)),
+            choice=MNLChoice.model_validate(job["choice"]),
+            options=FitOptions(**options),
+            threads=job["threads"],
+        )
 
 
 def fitted_dynamics(
@@ -61,9 +119,8 @@ def fitted_dynamics(
                 "timestamp": log.timestamp,
             }
         )
-        features = items.float().contiguous()
-        run = _in_child if isolated else _here
-        fit = run(raw, log.item_ids, features, choice, options, progress, threads)
+        inputs = FitInputs(raw, log.item_ids, items.float().contiguous(), choice, options, threads)
+        fit = _in_child(inputs, progress) if isolated else inputs.fit(progress)
         dynamics = parse_dynamics(fit["dynamics"])
         return DynamicsChoice(
             dynamics=dynamics,
@@ -82,68 +139,12 @@ def fitted_dynamics(
     return fitter
 
 
-def _fit(
-    raw: pd.DataFrame,
-    item_ids: tuple[str, ...] | list[str],
-    features: torch.Tensor,
-    choice: MNLChoice,
-    options: FitOptions,
-    progress: Progress | None,
-) -> dict[str, Any]:
-    from simulator.fitting.likelihood import Items
-    from simulator.fitting.run import fit_interactions
-
-    items = Items(features, torch.zeros(features.shape[0], dtype=features.dtype))
-    section = fit_interactions(
-        raw,
-        item_ids,
-        items,
-        choice,
-        options,
-        data={"log": "the derivation's log"},
-        progress=progress,
-    )
-    out: dict[str, Any] = section.model_dump(mode="json")
-    return out
-
-
-def _here(
-    raw: pd.DataFrame,
-    item_ids: tuple[str, ...],
-    features: torch.Tensor,
-    choice: MNLChoice,
-    options: FitOptions,
-    progress: Progress | None,
-    threads: int | None,
-) -> dict[str, Any]:
-    from simulator.threads import torch_threads
-
-    with torch_threads(threads):
-        return _fit(raw, item_ids, features, choice, options, progress)
-
-
-def _in_child(
-    raw: pd.DataFrame,
-    item_ids: tuple[str, ...],
-    features: torch.Tensor,
-    choice: MNLChoice,
-    options: FitOptions,
-    progress: Progress | None,
-    threads: int | None,
-) -> dict[str, Any]:
+def _in_child(inputs: FitInputs, progress: Progress | None) -> dict[str, Any]:
     from simulator.fitting.report import FitSection
 
     with tempfile.TemporaryDirectory(prefix="recaudit-fit-") as tmp:
         d = Path(tmp)
-        raw.to_parquet(d / _LOG, index=False)
-        np.save(d / _ITEMS, features.numpy(), allow_pickle=False)
-        job = {
-            "item_ids": list(item_ids),
-            "choice": choice.model_dump(mode="json"),
-            "options": asdict(options),
-            "threads": threads,
-        }
-        (d / _JOB).write_text(json.dumps(job), encoding="utf-8")
+        inputs.write(d)
         root = str(Path(__file__).resolve().parents[1])
         env = {
             **os.environ,
@@ -200,19 +201,8 @@ def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
 def main(argv: list[str]) -> int:
     """The child: fit the inputs in ``argv[0]``; exit 2 with the message on bad input."""
     d = Path(argv[0])
-    job = json.loads((d / _JOB).read_text(encoding="utf-8"))
-    raw = pd.read_parquet(d / _LOG, engine="pyarrow")
-    features = torch.from_numpy(np.load(d / _ITEMS, allow_pickle=False))
     try:
-        fit = _here(
-            raw,
-            job["item_ids"],
-            features,
-            MNLChoice.model_validate(job["choice"]),
-            FitOptions(**{**job["options"], "candidates": tuple(job["options"]["candidates"])}),
-            lambda msg: print(msg, flush=True),
-            job["threads"],
-        )
+        fit = FitInputs.read(d).fit(lambda msg: print(msg, flush=True))
     except SpecError as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return 2

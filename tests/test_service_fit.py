@@ -167,3 +167,47 @@ def test_delete_stops_a_fit_in_progress(tmp_path, log):
             s["id"] for s in c.get("/v1/scenarios", headers=auth(c.key)).json()
         ]
         problem(c.delete("/v1/datasets/d0000000000000000", headers=auth(c.key)), 404)
+
+
+@pytest.mark.slow
+def test_the_fit_in_a_child_process_equals_the_cli_derivation_fit(tmp_path, log, capsys):
+    from recaudit.cli import main
+    from recommenders.derive import DeriveOptions, derive
+    from recommenders.fit_step import fitted_dynamics
+    from simulator.derived import load_scenario_dir
+    from simulator.fitting.run import FitOptions
+
+    log.to_csv(tmp_path / "log.csv", index=False)
+    flags = ["--epochs", "1", "--learning-rate", "0.05", "--steps", "5", "--slate-size", "3"]
+    flags += ["--dim", "8", "--fit", "trecs", "--fit-max-events", "12", "--fit-replicates", "10"]
+    out = tmp_path / "cli"
+    assert main(["scenario", "derive", str(tmp_path / "log.csv"), "--out", str(out), *flags]) == 0
+    assert "fitting dynamics: selection: fitting trecs" in capsys.readouterr().err
+    options = DeriveOptions(
+        scenario_id="derived-v1", epochs=1, learning_rate=0.05, steps=5, slate_size=3, dim=8
+    )
+    fit = FitOptions(candidates=("trecs",), slate_size=3, max_events=12, replicates=10)
+    derive(
+        tmp_path / "log.csv",
+        tmp_path / "child",
+        options=options,
+        dynamics_fitter=fitted_dynamics(fit, isolated=True),
+    )
+    here, there = (load_scenario_dir(tmp_path / d) for d in ("cli", "child"))
+    assert here.fit is not None and there.fit is not None
+    assert {**here.fit, "seconds": 0} == {**there.fit, "seconds": 0}
+    assert here.dynamics == there.dynamics and here.fingerprint() == there.fingerprint()
+    # a fit chooses the dynamics; asking for both is bad input
+    both = ["scenario", "derive", str(tmp_path / "log.csv"), "--out", str(tmp_path / "x")]
+    assert main([*both, "--fit", "--dynamics", "none"]) == 2
+    assert "give --dynamics or --fit, not both" in capsys.readouterr().err
+
+
+def test_recaudit_fit_reads_logs_with_the_derivation_reader(tmp_path, capsys):
+    from recaudit.cli import main
+
+    p = tmp_path / "log.csv"
+    p.write_text("user_id,item_id,time\na,1,10\nb,2,2024-01-01\nc,3,soon\n")
+    assert main(["fit", str(p), "--catalog", "topics-tiny-v1"]) == 2
+    err = capsys.readouterr().err
+    assert "log.csv: unparsable timestamp (time) in row 3 ('soon')" in err
