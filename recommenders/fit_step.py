@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,9 +199,18 @@ def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
             lines.put(line.strip())
 
 
+def _orphan_watch(parent: int) -> None:
+    while True:
+        time.sleep(POLL_S)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
 def main(argv: list[str]) -> int:
-    """The child: fit the inputs in ``argv[0]``; exit 2 with the message on bad input."""
+    """The child: fit the inputs in ``argv[0]``; exit 2 with the message on bad input.
+    It ends itself (exit 3) when its parent is gone: a fit outlives no service."""
     d = Path(argv[0])
+    threading.Thread(target=_orphan_watch, args=(os.getppid(),), daemon=True).start()
     try:
         fit = FitInputs.read(d).fit(lambda msg: print(msg, flush=True))
     except SpecError as exc:
