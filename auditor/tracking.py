@@ -19,6 +19,7 @@ from typing import Any
 
 from simulator.errors import SpecError
 from simulator.fitting.report import fit_summary
+from simulator.metric_registry import HEADLINE
 
 EXPERIMENT_TRAIN = "recaudit-training"
 EXPERIMENT_AUDIT = "recaudit-audits"
@@ -391,10 +392,6 @@ def live_audit(spec: Any, audit_id: str) -> Iterator[tuple[str, str]]:
         raise
 
 
-#: the audited arm's figures kept as metrics on the parent run (the rest: tables/)
-HEADLINE_METRICS = ("engagement", "welfare", "shift", "induced_shift", "polarization")
-
-
 def headline_metrics(report: Any) -> dict[str, float]:
     """The parent run's few metrics: the audited arm's headline figures
     (``policy/<metric>``) and, per criterion, its effect with the bounds it was judged
@@ -402,7 +399,7 @@ def headline_metrics(report: Any) -> dict[str, float]:
     (``effect/<metric>/<arm>``...). Everything else goes to the run's tables."""
     out: dict[str, float] = {}
     audited = next((a.label for a in report.arms if a.role == "audited"), "policy")
-    for name in HEADLINE_METRICS:
+    for name in HEADLINE:  # the registry's headline figures
         s = report.metrics.get(audited, {}).get(name)
         if s is not None and s.mean is not None:
             out[f"{audited}/{name}"] = s.mean

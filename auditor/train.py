@@ -99,7 +99,7 @@ def evaluate(
     rec = res.arms["policy"]
     assert rec.final is not None
     return {
-        "final/engagement": sum(rec.summaries["click_rate"]) / steps,
+        "final/engagement": sum(rec.summaries["engagement"]) / steps,
         "final/induced_shift": rec.summaries["induced_shift"][-1],
         "final/shift": rec.summaries["shift"][-1],
         "final/polarization": rec.summaries["polarization"][-1],

@@ -376,18 +376,10 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-FIGURES = (
-    ("engagement", "clicks/user-step"),
-    ("welfare", "welfare/user-step"),
-    ("shift", "mean shift ||u_T-u_0||"),
-    ("induced_shift", "induced shift vs natural"),
-    ("polarization_initial", "polarization at start"),
-    ("polarization", "polarization at end"),
-)
-
-
 def render_table(result: dict[str, Any]) -> str:
     from tabulate import tabulate
+
+    from simulator.metric_registry import HEADLINE, REGISTRY
 
     arms = result["arms"]
     n = len(result["seeds"])
@@ -397,8 +389,8 @@ def render_table(result: dict[str, Any]) -> str:
         f"natural: {result['natural_policy']}",
     ]
     rows = []
-    for key, label in FIGURES:
-        row = [label]
+    for key in HEADLINE:  # every figure is in result.json and --json
+        row = [f"{key} ({REGISTRY[key].unit})"]
         for arm in ("policy", "natural"):
             f = arms[arm][key]
             row.append(f"{f['mean']:.4f} ± {f['sd']:.4f}")

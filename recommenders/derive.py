@@ -521,7 +521,7 @@ def check_calibration(spec: ScenarioSpec, slate: torch.Tensor, seed: int) -> flo
     res = run_arms(
         env, {"proxy": FixedSlate(slate)}, users=users, steps=spec.default_steps, seed=seed
     )
-    return float(np.mean(res.arms["proxy"].summaries["click_rate"]))
+    return float(np.mean(res.arms["proxy"].summaries["engagement"]))
 
 
 # ========================================================================== polarity

@@ -70,7 +70,8 @@ def test_simulate_table_and_out_dir(recaudit_bin, tmp_path):
         "--full",
         check=True,
     )
-    assert "induced shift vs natural" in proc.stdout and "oracle-greedy" in proc.stdout
+    assert "induced_shift (preference-space distance)" in proc.stdout
+    assert "oracle-greedy" in proc.stdout
     summary = pd.read_parquet(out / "summary.parquet")
     assert len(summary) == 2 * 2 * 4  # seeds x arms x steps
     per_user = pd.read_parquet(out / "per_user.parquet")

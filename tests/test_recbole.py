@@ -376,8 +376,8 @@ def test_bpr_in_the_loop_changes_slates_only_when_retrained():
         assert warm.float().mean() >= 0.5
         assert torch.equal(slates[t][warm], slates[t - 1][warm])
     # the retrained model learned the users' tastes: more engaging than random slates
-    bpr = np.mean(rec.summaries["expected_clicks"][3:])
-    rnd = np.mean(res.arms["random"].summaries["expected_clicks"][3:])
+    bpr = np.mean(rec.summaries["expected_engagement"][3:])
+    rnd = np.mean(res.arms["random"].summaries["expected_engagement"][3:])
     assert bpr > rnd + 0.05, (bpr, rnd)
     assert rec.summaries["induced_shift"][-1] > 0.01
 
@@ -471,8 +471,8 @@ def test_movielens_click_rates_under_oracle_and_random():
     res = run_arms(
         env, {"oracle": OracleGreedy(), "random": UniformRandom()}, users=943, steps=5, seed=0
     )
-    oracle = res.arms["oracle"].summaries["expected_clicks"]
-    rnd = res.arms["random"].summaries["expected_clicks"]
+    oracle = res.arms["oracle"].summaries["expected_engagement"]
+    rnd = res.arms["random"].summaries["expected_engagement"]
     assert 0.3 <= oracle[0] <= 0.7, oracle
     assert max(rnd) < 0.15, rnd
 
