@@ -16,11 +16,13 @@ from ..deps import Svc, Tenant
 from ..intake import EXTRA_KIND_HELP, UPLOADED
 from ..problems import ApiError
 from ..schemas import (
+    POLICY_UPLOAD_EXAMPLES,
     PolicyKindInfo,
     PolicyListing,
     ScenarioDetail,
     ScenarioSummary,
     UploadedPolicy,
+    multipart_examples,
 )
 from .audits import _problems, iso
 
@@ -118,6 +120,7 @@ def list_policies(svc: Svc, tenant: Tenant) -> PolicyListing:
     response_model=UploadedPolicy,
     summary="Upload a RecBole model",
     responses=_problems(401, 413, 415, 422),
+    openapi_extra=multipart_examples(POLICY_UPLOAD_EXAMPLES),
 )
 def upload_policy(
     svc: Svc,
