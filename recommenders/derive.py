@@ -6,7 +6,7 @@ numeric attribute), :func:`derive` writes a scenario directory (see
 :mod:`simulator.derived`):
 
 1. **Embeddings.** User and item embeddings are learned with RecBole
-   (:func:`recommenders.recbole_adapter.train_embeddings`) and scaled to unit norm; the
+   (:func:`recommenders.recbole.train_embeddings`) and scaled to unit norm; the
    catalog's ``item_id`` and the population's ``user_id`` are the data's own ids.
 2. **Horizon.** The log's time span is cut into ``steps`` equal steps. The log's
    consumption rate is the share of (user, step) cells in which the user consumed at
@@ -161,7 +161,7 @@ def _read_table(path: Path, suffixes: tuple[str, ...], what: str) -> pd.DataFram
             return pd.read_csv(path, dtype=str, encoding="utf-8")
         if suffix == ".parquet":
             return pd.read_parquet(path, engine="pyarrow")
-        from recommenders.recbole_adapter import read_atomic
+        from recommenders.recbole import read_atomic
 
         table = read_atomic(path)
         # atomic files mark nothing missing; an empty cell is a missing value
@@ -622,7 +622,7 @@ def derive(
     """Derive a scenario directory from a log (see the module docstring); returns the
     provenance written to ``derivation.json``. ``out_dir`` must not exist or be empty
     (``force``: replaced); it is written whole or not at all."""
-    from recommenders.recbole_adapter import EMBEDDING_MODELS, train_embeddings
+    from recommenders.recbole import EMBEDDING_MODELS, train_embeddings
 
     if options.model not in EMBEDDING_MODELS:
         raise SpecError(
@@ -886,7 +886,7 @@ def derive_movielens(
     category column keeps its published name ``genre``) and ``users.parquet`` into
     ``out_dir``; returns the derivation's provenance. The published preset keeps its own
     choice model and dynamics; the calibration in the provenance is for reference."""
-    from recommenders.recbole_adapter import ml100k_dir
+    from recommenders.ml100k import ml100k_dir
 
     src = ml100k_dir()
     out = Path(out_dir)

@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from recommenders import recbole_adapter as ra
+from recommenders import recbole as ra
 from recommenders.baselines import OracleGreedy, UniformRandom
+from recommenders.ml100k import load_ml100k
 from simulator.catalog import build_catalog
 from simulator.checks import check_scenario
 from simulator.engine import build_environment, run_arms
@@ -128,7 +129,7 @@ def test_feedback_to_frame_keeps_clicks_only():
 
 
 def test_bundled_ml100k_is_read_not_downloaded():
-    log, genres = ra.load_ml100k()
+    log, genres = load_ml100k()
     assert len(log) == 100_000
     assert log["user"].nunique() == 943 and log["item"].nunique() == 1682
     assert len(genres) == 1682
@@ -138,7 +139,7 @@ def test_bundled_ml100k_is_read_not_downloaded():
 # ----------------------------------------------- (b) training agrees with RecBole's eval
 @pytest.fixture(scope="module")
 def ml100k_bpr(tmp_path_factory):
-    log, genres = ra.load_ml100k()
+    log, genres = load_ml100k()
     data = tmp_path_factory.mktemp("ml")
     ra.write_atomic_files(log, data, "ml100k", item_genres=genres)
     return ra.train_model(
