@@ -2,36 +2,39 @@
 
 What is here, in the order of a workflow:
 
-1. **Atomic files** (:mod:`.atomic`). :func:`write_atomic_files` writes an interaction log (a DataFrame with
-   columns ``user``, ``item``, ``timestamp``) as RecBole atomic files: ``<name>.inter``
-   (``user_id:token item_id:token timestamp:float``) and, when item topics are known,
-   ``<name>.item`` (``item_id:token genre:token_seq``), which also makes every listed item
-   known to RecBole even if nobody clicked it. :func:`read_atomic` reads them back; :func:`feedback_to_frame` turns simulator
+1. **Atomic files** (:mod:`.atomic`). :func:`write_atomic_files` writes an interaction
+   log (a DataFrame with columns ``user``, ``item``, ``timestamp``) as RecBole atomic
+   files: ``<name>.inter`` (``user_id:token item_id:token timestamp:float``) and, when
+   item topics are known, ``<name>.item`` (``item_id:token genre:token_seq``), which
+   also makes every listed item known to RecBole even if nobody clicked it.
+   :func:`read_atomic` reads them back; :func:`feedback_to_frame` turns simulator
    feedback into a log. (:mod:`recommenders.ml100k` reads the MovieLens 100k files
    bundled with RecBole; nothing is ever downloaded.)
-2. **Training** (:mod:`.training`, fenced by :mod:`.fence`). :func:`train_model` runs RecBole's own pipeline (``Config``,
-   ``create_dataset``, ``data_preparation``, ``get_model``, ``get_trainer``,
-   ``fit(saved=False)``, ``evaluate(load_best_model=False)``) without
-   ``recbole.quick_start`` (it imports ``ray.tune``). RecBole's global side effects are
-   fenced (see :func:`.fence._recbole_env`): command-line parsing, ``eval`` of string settings,
+2. **Training** (:mod:`.training`, fenced by :mod:`.fence`). :func:`train_model` runs
+   RecBole's own pipeline (``Config``, ``create_dataset``, ``data_preparation``,
+   ``get_model``, ``get_trainer``, ``fit(saved=False)``,
+   ``evaluate(load_best_model=False)``) without ``recbole.quick_start`` (it imports
+   ``ray.tune``). RecBole's global side effects are fenced (see
+   :func:`.fence._recbole_env`): command-line parsing, ``eval`` of string settings,
    ``CUDA_VISIBLE_DEVICES``, global RNG state, logging, TensorBoard files in the working
    directory, and unpickling of saved datasets or dataloaders are all disabled.
-3. **Saving** (:mod:`.bundle`). :func:`save_model` writes the weights as safetensors plus a JSON file
-   naming the model class, the settings that rebuild it and the token <-> id maps.
-   :func:`load_model` rebuilds the model from RecBole's defaults and the JSON settings,
-   checks every tensor name, shape and dtype, then ``load_state_dict(strict=True)``. It
-   never unpickles (no ``torch.load``, no ``pickle``).
-4. **The policy** (:mod:`.policy`). :class:`RecBolePolicy` shows each simulated user the top-k catalog
-   items by the model's scores, logs clicks as interactions and retrains every ``R``
-   steps on the accumulated log: the feedback loop of Chaney, Stewart and Engelhardt
-   (RecSys 2018).
-5. **Scenario data** (:mod:`.embeddings`). :func:`train_embeddings` learns user and item embeddings from a
-   log, for ``recommenders.derive`` (``recaudit scenario derive``), which also derives the
-   ``movielens-100k-v1`` scenario's catalog and population.
+3. **Saving** (:mod:`.bundle`). :func:`save_model` writes the weights as safetensors
+   plus a JSON file naming the model class, the settings that rebuild it and the token
+   <-> id maps. :func:`load_model` rebuilds the model from RecBole's defaults and the
+   JSON settings, checks every tensor name, shape and dtype, then
+   ``load_state_dict(strict=True)``. It never unpickles (no ``torch.load``, no
+   ``pickle``).
+4. **The policy** (:mod:`.policy`). :class:`RecBolePolicy` shows each simulated user the
+   top-k catalog items by the model's scores, logs clicks as interactions and retrains
+   every ``R`` steps on the accumulated log: the feedback loop of Chaney, Stewart and
+   Engelhardt (RecSys 2018).
+5. **Scenario data** (:mod:`.embeddings`). :func:`train_embeddings` learns user and item
+   embeddings from a log, for ``recommenders.derive`` (``recaudit scenario derive``),
+   which also derives the ``movielens-100k-v1`` scenario's catalog and population.
 
-A policy retrained in the loop logs simulator item ``i`` as token ``str(i)`` and user ``b``
-as ``str(b)`` (its own log); a frozen model trained elsewhere is matched by the catalog's
-item ids and the population's user ids (:mod:`.frozen`; uploads are checked by
+A policy retrained in the loop logs simulator item ``i`` as token ``str(i)`` and user
+``b`` as ``str(b)`` (its own log); a frozen model trained elsewhere is matched by the
+catalog's item ids and the population's user ids (:mod:`.frozen`; uploads are checked by
 :mod:`.uploads`). RecBole runs on the CPU here.
 """
 
