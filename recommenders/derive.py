@@ -6,7 +6,7 @@ numeric attribute), :func:`derive` writes a scenario directory (see
 :mod:`simulator.derived`):
 
 1. **Embeddings.** User and item embeddings are learned with RecBole
-   (:func:`recommenders.recbole_adapter.train_embeddings`) and scaled to unit norm; the
+   (:func:`recommenders.recbole.train_embeddings`) and scaled to unit norm; the
    catalog's ``item_id`` and the population's ``user_id`` are the data's own ids.
 2. **Horizon.** The log's time span is cut into ``steps`` equal steps. The log's
    consumption rate is the share of (user, step) cells in which the user consumed at
@@ -286,7 +286,7 @@ def check_calibration(spec: ScenarioSpec, slate: torch.Tensor, seed: int) -> flo
     res = run_arms(
         env, {"proxy": FixedSlate(slate)}, users=users, steps=spec.default_steps, seed=seed
     )
-    return float(np.mean(res.arms["proxy"].summaries["click_rate"]))
+    return float(np.mean(res.arms["proxy"].summaries["engagement"]))
 
 
 # ========================================================================== polarity
@@ -390,7 +390,7 @@ def derive(
     """Derive a scenario directory from a log (see the module docstring); returns the
     provenance written to ``derivation.json``. ``out_dir`` must not exist or be empty
     (``force``: replaced); it is written whole or not at all."""
-    from recommenders.recbole_adapter import EMBEDDING_MODELS, train_embeddings
+    from recommenders.recbole import EMBEDDING_MODELS, train_embeddings
 
     if options.model not in EMBEDDING_MODELS:
         raise SpecError(
@@ -654,7 +654,7 @@ def derive_movielens(
     category column keeps its published name ``genre``) and ``users.parquet`` into
     ``out_dir``; returns the derivation's provenance. The published preset keeps its own
     choice model and dynamics; the calibration in the provenance is for reference."""
-    from recommenders.recbole_adapter import ml100k_dir
+    from recommenders.ml100k import ml100k_dir
 
     src = ml100k_dir()
     out = Path(out_dir)

@@ -31,7 +31,8 @@ from simulator.errors import SpecError
 from simulator.specs import ScenarioSpec
 
 from .config import Settings
-from .jobs import Execute, JobStore, Outcome
+from .jobs import JobStore
+from .runner import Execute, Outcome
 from .store import datasets
 from .uploads import STAGING, PolicyStore
 

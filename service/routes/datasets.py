@@ -13,6 +13,7 @@ from simulator.errors import SpecError
 from ..datasets import Dataset, DeriveOverBudget, DeriveRequest, UnsupportedDataset
 from ..deps import Svc, Tenant
 from ..problems import ApiError
+from ..schemas import DATASET_EXAMPLES, multipart_examples
 from .audits import _problems, iso
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -42,6 +43,7 @@ def _dataset(svc: Svc, row: dict[str, Any]) -> Dataset:
     response_model=Dataset,
     summary="Upload a log and derive a scenario",
     responses=_problems(401, 413, 415, 422),
+    openapi_extra=multipart_examples(DATASET_EXAMPLES),
 )
 def submit_dataset(
     svc: Svc,
