@@ -106,9 +106,13 @@ def fitted_dynamics(
     progress: Progress | None = None,
     isolated: bool = False,
     threads: int | None = 1,
+    workdir: tuple[Path, str] | None = None,
 ) -> DynamicsFitter:
     """A fitter that fits: see the module docstring. The fit's ``data`` names the
-    exposure proxy; its slates have the scenario's slate size (``options.slate_size``)."""
+    exposure proxy; its slates have the scenario's slate size (``options.slate_size``).
+    ``workdir`` (directory, name prefix) is where an isolated fit keeps its files while
+    it runs (the service puts them where its start-up cleaning finds what a killed
+    process left); the system's temporary directory by default."""
 
     def fitter(
         log: DerivedLog, items: torch.Tensor, users: torch.Tensor, choice: MNLChoice
@@ -121,7 +125,7 @@ def fitted_dynamics(
             }
         )
         inputs = FitInputs(raw, log.item_ids, items.float().contiguous(), choice, options, threads)
-        fit = _in_child(inputs, progress) if isolated else inputs.fit(progress)
+        fit = _in_child(inputs, progress, workdir) if isolated else inputs.fit(progress)
         dynamics = parse_dynamics(fit["dynamics"])
         return DynamicsChoice(
             dynamics=dynamics,
@@ -140,10 +144,13 @@ def fitted_dynamics(
     return fitter
 
 
-def _in_child(inputs: FitInputs, progress: Progress | None) -> dict[str, Any]:
+def _in_child(
+    inputs: FitInputs, progress: Progress | None, workdir: tuple[Path, str] | None = None
+) -> dict[str, Any]:
     from simulator.fitting.report import FitSection
 
-    with tempfile.TemporaryDirectory(prefix="recaudit-fit-") as tmp:
+    where, prefix = workdir if workdir is not None else (None, "recaudit-fit-")
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=where) as tmp:
         d = Path(tmp)
         inputs.write(d)
         root = str(Path(__file__).resolve().parents[1])

@@ -393,7 +393,12 @@ def derive_execute(store: DatasetStore) -> Execute:
                 done = min(len(seen) - 1, phases) / phases
                 progress(0.5 + 0.45 * done, f"fitting dynamics: {msg}")
 
-            fitter = fitted_dynamics(fit, progress=fit_progress, isolated=True, threads=1)
+            # named as an upload's staging directory: a fit whose service process was
+            # killed leaves its files where the next start's clean_staging removes them
+            staging = (store.root, f"{STAGING}{socket.gethostname()}.{os.getpid()}.")
+            fitter = fitted_dynamics(
+                fit, progress=fit_progress, isolated=True, threads=1, workdir=staging
+            )
         progress(0.05, "deriving: training embeddings, calibrating")
         derive(
             base / "input" / job["log"],

@@ -155,11 +155,15 @@ def test_delete_stops_a_fit_in_progress(tmp_path, log):
         seen = wait_for(fitting, timeout=300)
         assert seen["status"] == "running" and 0.5 <= seen["progress"] < 1
         assert len(fit_children()) == 1  # the fit runs in its own process
+        # its files sit where a restart's staging clean-up finds them if the service dies
+        root = c.settings.datasets_root
+        assert len([p for p in root.iterdir() if p.name.startswith(".upload-")]) == 1
         d = c.delete(f"/v1/datasets/{did}", headers=auth(c.key))
         assert d.status_code == 202, d.text
         body = finish_dataset(c, did, timeout=60)
         assert body["status"] == "cancelled" and body["derivation"] is None
         assert fit_children() == []  # killed, not left running
+        assert not [p for p in root.iterdir() if p.name.startswith(".upload-")]
         again = c.delete(f"/v1/datasets/{did}", headers=auth(c.key))
         assert "already cancelled" in problem(again, 409)
         # the scenario was not written and its id is free again
