@@ -21,9 +21,10 @@ import torch
 from simulator import metrics
 from simulator.engine import Environment, StepView, build_environment, run_arms
 from simulator.metric_registry import (
-    ENGINE_SERIES,
+    EXTREME_THRESHOLD,
     REGISTRY,
     STEP_SERIES,
+    STREAMED,
     RunMeasures,
     StepMeasures,
 )
@@ -67,7 +68,7 @@ class ArmJob:
     seed: int
     replicate: int
     checkpoints: tuple[int, ...]
-    extreme_threshold: float = 0.8
+    extreme_threshold: float = EXTREME_THRESHOLD
     device: str = "cpu"
     #: the natural counterfactual's policy, run in lockstep (common random numbers) to
     #: score this arm's slates under the preferences its users would have had; None for
@@ -214,7 +215,7 @@ def run_arm(job: ArmJob) -> ArmOutcome:
     )
     rec = result.arms[job.label]
     assert rec.final is not None and rec.clicks is not None
-    per_step = {ENGINE_SERIES[k]: list(v) for k, v in rec.summaries.items() if k in ENGINE_SERIES}
+    per_step = {k: list(rec.summaries[k]) for k in STREAMED}
     per_step.update(meter.per_step)
     per_step = {m: per_step[m] for m in STEP_METRICS}
     natural = result.arms[_COUNTERFACTUAL] if job.counterfactual is not None else rec

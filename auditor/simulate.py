@@ -25,7 +25,17 @@ from recommenders.rl.policy import PolicyBundle
 from simulator import metrics
 from simulator.engine import SUMMARY_COLUMNS, RunResult, build_environment, run_arms
 from simulator.errors import SpecError
+from simulator.metric_registry import (
+    EXTREME_THRESHOLD,
+    REGISTRY,
+    STATE_METRICS,
+    STREAMED,
+    RunMeasures,
+    StepMeasures,
+)
 from simulator.specs import Frozen, ScenarioSpec
+
+from .measure import axis_range
 
 POLICY_ARM, NATURAL_ARM = "policy", "natural"
 
@@ -100,23 +110,41 @@ def check_fits(jobs: list[SimJob], concurrent: int) -> None:
 
 
 def final_figures(result: RunResult, arm: str) -> dict[str, float]:
+    """The registry's metrics that a run's summaries and states give
+    (:data:`~simulator.metric_registry.STATE_METRICS`), computed by the registry's own
+    functions, in report order; the induced shift is against the run's reference arm."""
     rec = result.arms[arm]
     assert rec.final is not None and rec.clicks is not None
-    s = rec.summaries
-    z0 = metrics.polarity(result.initial, result.axis)
-    z = metrics.polarity(rec.final, result.axis)
     ref = result.arms[result.reference].final if result.reference else rec.final
     assert ref is not None
-    return {
-        "engagement": float(np.mean(s["click_rate"])),
-        "expected_engagement": float(np.mean(s["expected_clicks"])),
-        "welfare": float(np.mean(s["welfare"])),
-        "shift": float((rec.final - result.initial).norm(dim=1).mean()),
-        "induced_shift": float((rec.final - ref).norm(dim=1).mean()),
-        "polarization_initial": metrics.variance_index(z0),
-        "polarization": metrics.variance_index(z),
-        "bimodality": metrics.bimodality_coefficient(z) if z.numel() >= 4 else float("nan"),
-    }
+    lo, hi = axis_range(result.scenario.space)
+    at_end = StepMeasures(
+        u=rec.final,
+        z=metrics.polarity(rec.final, result.axis),
+        lo=lo,
+        hi=hi,
+        extreme_threshold=EXTREME_THRESHOLD,
+    )
+    series = {k: list(rec.summaries[k]) for k in STREAMED}
+    # the stepped metrics' final value is the step function at the end (their series's last)
+    series.update({m.name: [m.step(at_end)] for m in REGISTRY.values() if m.step is not None})
+    empty = torch.zeros(0, device=rec.final.device)
+    measures = RunMeasures(
+        steps=result.steps,
+        series=series,
+        u0=result.initial,
+        u=rec.final,
+        u_natural=ref,
+        axis=result.axis,
+        clicks=rec.clicks,
+        exposure=empty,
+        consumed=empty.bool(),
+        pairs=empty.long(),
+        topic_counts=empty,
+        expected_actual=empty,
+        expected_natural=empty,
+    )
+    return {name: REGISTRY[name].final(measures) for name in STATE_METRICS}
 
 
 def run_simulation(job: SimJob, progress: Callable[[int], None] | None = None) -> SimOutcome:

@@ -13,7 +13,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from simulator.metric_registry import AXIS_METRICS, DESCRIPTIONS, USER_METRICS, report_order
+from simulator.metric_registry import (
+    AXIS_METRICS,
+    DESCRIPTIONS,
+    EXTREME_THRESHOLD,
+    USER_METRICS,
+    report_order,
+)
 from simulator.specs import Frozen, ScenarioSpec, fingerprint
 
 __all__ = ["METRICS", "USER_METRICS", "AuditSpec", "Criterion", "PolicySpec"]
@@ -172,7 +178,9 @@ class AuditSpec(Frozen):
         4000, ge=200, le=100_000, description="Bootstrap resamples of the replicates."
     )
     extreme_threshold: float = Field(
-        0.8, gt=0.0, description="|position| beyond which a user counts as extreme."
+        EXTREME_THRESHOLD,
+        gt=0.0,
+        description="|position| beyond which a user counts as extreme.",
     )
     device: Literal["cpu", "cuda"] = Field("cpu", description="Torch device of the simulations.")
 

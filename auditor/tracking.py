@@ -19,6 +19,7 @@ from typing import Any
 
 from simulator.errors import SpecError
 from simulator.fitting.report import fit_summary
+from simulator.metric_registry import HEADLINE
 
 EXPERIMENT_TRAIN = "recaudit-training"
 EXPERIMENT_AUDIT = "recaudit-audits"
@@ -379,6 +380,7 @@ def live_audit(spec: Any, audit_id: str) -> Iterator[tuple[str, str]]:
     fingerprint = spec.fingerprint()
     run = client.create_run(exp, tags=_audit_tags(spec, audit_id, scenario.id, fingerprint))
     run_id = str(run.info.run_id)
+    close_interrupted(client, exp, audit_id, run_id)
     try:
         steps = spec.steps or scenario.default_steps
         _params(client, run_id, _spec_params(spec, scenario.id, steps))
@@ -391,8 +393,26 @@ def live_audit(spec: Any, audit_id: str) -> Iterator[tuple[str, str]]:
         raise
 
 
-#: the audited arm's figures kept as metrics on the parent run (the rest: tables/)
-HEADLINE_METRICS = ("engagement", "welfare", "shift", "induced_shift", "polarization")
+def close_interrupted(client: Any, exp: str, audit_id: str, run_id: str) -> list[str]:
+    """An audit is run again after its process died (kill -9, a crash, a lost host): the
+    dead attempt's run was never closed and would show RUNNING for ever. Close every other
+    RUNNING run of the same audit id KILLED, tagged with the run that replaced it. Only
+    one attempt of an audit runs at a time (the job store hands each audit to one
+    worker), so any other RUNNING run of the same id is a dead one."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", audit_id):
+        return []
+    stale = client.search_runs(
+        [exp],
+        f"tags.`recaudit.audit_id` = '{audit_id}' and attributes.status = 'RUNNING'",
+    )
+    closed = []
+    for r in stale:
+        if r.info.run_id == run_id:
+            continue
+        client.set_tag(r.info.run_id, "recaudit.interrupted", f"re-run as {run_id}")
+        client.set_terminated(r.info.run_id, "KILLED")
+        closed.append(str(r.info.run_id))
+    return closed
 
 
 def headline_metrics(report: Any) -> dict[str, float]:
@@ -402,7 +422,7 @@ def headline_metrics(report: Any) -> dict[str, float]:
     (``effect/<metric>/<arm>``...). Everything else goes to the run's tables."""
     out: dict[str, float] = {}
     audited = next((a.label for a in report.arms if a.role == "audited"), "policy")
-    for name in HEADLINE_METRICS:
+    for name in HEADLINE:  # the registry's headline figures
         s = report.metrics.get(audited, {}).get(name)
         if s is not None and s.mean is not None:
             out[f"{audited}/{name}"] = s.mean

@@ -27,6 +27,7 @@ from simulator.specs import Frozen, ScenarioSpec, fingerprint
 
 from . import tracking
 from .executor import check_stop, run_jobs
+from .simulate import final_figures
 
 EVAL_SEED_OFFSET = 1_000_000
 
@@ -91,19 +92,14 @@ def trainable_kinds() -> list[str]:
 def evaluate(
     bundle: PolicyBundle, scenario: ScenarioSpec, users: int, seed: int, device: str = "cpu"
 ) -> dict[str, float]:
-    """The trained policy (greedy) against the natural counterfactual on fresh users."""
+    """The trained policy (greedy) against the natural counterfactual on fresh users:
+    ``final/<metric>`` for every metric ``recaudit simulate`` reports, measured as it
+    measures them (:func:`auditor.simulate.final_figures`, from the metric registry)."""
     env = build_environment(scenario, device)
     steps = int(bundle.config.get("horizon") or scenario.default_steps)
     arms = {"policy": LearnedPolicy(bundle), "natural": make_policy(scenario.natural_policy)}
     res = run_arms(env, arms, users=users, steps=steps, seed=seed, reference="natural")
-    rec = res.arms["policy"]
-    assert rec.final is not None
-    return {
-        "final/engagement": sum(rec.summaries["click_rate"]) / steps,
-        "final/induced_shift": rec.summaries["induced_shift"][-1],
-        "final/shift": rec.summaries["shift"][-1],
-        "final/polarization": rec.summaries["polarization"][-1],
-    }
+    return {f"final/{name}": value for name, value in final_figures(res, "policy").items()}
 
 
 def _after_iteration(report: Callable[[int], None] | None, it: int, _row: object) -> None:

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         # sanity values, so a fast but broken run is visible
-        "final_click_rate": round(summ["click_rate"][-1], 4),
+        "final_click_rate": round(summ["engagement"][-1], 4),
         "final_shift": round(summ["shift"][-1], 4),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         **contended,

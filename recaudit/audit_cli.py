@@ -15,6 +15,8 @@ from typing import Any
 
 from simulator.errors import SpecError
 
+from .args import add_ray_flags, prepare_out_dir, requested_backend
+
 _SPEC_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?:\[(.*)\])?\s*$")
 
 
@@ -111,13 +113,7 @@ def add_parsers(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
     au.add_argument("--steps", type=positive_int, help="steps (default: the scenario's)")
     au.add_argument("--replicates", type=positive_int, help="replicates (default 8)")
     au.add_argument("--seed", type=non_negative_int, help="first replicate's seed (default 0)")
-    au.add_argument(
-        "--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else chosen by the work)"
-    )
-    au.add_argument(
-        "--in-process", action="store_true", help="run every task in this process (no Ray)"
-    )
-    au.add_argument("--ray", action="store_true", help="run every task on embedded Ray")
+    add_ray_flags(au, "task")
     au.add_argument("--out", type=Path, help="write report.json, report.html and figures here")
     au.add_argument("--json", action="store_true", help="print the JSON report")
     au.add_argument("--no-track", action="store_true", help="do not log the audit to MLflow")
@@ -222,21 +218,16 @@ def render_table(report: Any) -> str:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from auditor.audit import plan_audit, run_audit
-    from auditor.executor import AUTO, resolve_ray_address
 
     from .policy_sources import INDEPENDENT, KINDS, check
 
     spec = build_spec(args)
     plan = plan_audit(spec, extra_kinds=KINDS, independent_kinds=INDEPENDENT)  # checked once
     resolve = check(spec)  # bundles and remote endpoints, before anything runs
-    if sum(map(bool, (args.in_process, args.ray_address, args.ray))) > 1:
-        raise SpecError("--in-process, --ray and --ray-address exclude each other")
+    address = requested_backend(args)
     out: Path | None = args.out
     if out is not None:
-        from .cli import prepare_out_dir
-
         prepare_out_dir(out, "report.json")
-    address = None if args.in_process else resolve_ray_address(args.ray, args.ray_address) or AUTO
 
     from tqdm import tqdm
 

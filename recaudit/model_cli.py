@@ -73,7 +73,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise SpecError(f"--out {out} is not empty; choose a new directory")
     if not args.checkpoint.is_file():
         raise SpecError(f"checkpoint not found: {args.checkpoint}")
-    from recommenders.recbole_adapter import convert_checkpoint
+    from recommenders.recbole import convert_checkpoint
 
     summary = convert_checkpoint(args.checkpoint, out, data_path=args.data_path)
     if args.json:

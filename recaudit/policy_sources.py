@@ -49,7 +49,7 @@ def _remote_settings() -> Any:
 
 
 def _bundle_files(params: dict[str, Any]) -> tuple[bytes, bytes]:
-    from recommenders.recbole_adapter import CONFIG_FILE, WEIGHTS_FILE
+    from recommenders.recbole import CONFIG_FILE, WEIGHTS_FILE
 
     extra = sorted(set(params) - {"path"})
     if extra or not isinstance(params.get("path"), str):
@@ -71,7 +71,7 @@ def _bundle_files(params: dict[str, Any]) -> tuple[bytes, bytes]:
 def check(spec: Any) -> Callable[[Any], Callable[[], Any] | None]:
     """Check the bundle and remote arms of an audit before anything runs (SpecError:
     exit 2) and return the ``resolve_policy`` that builds their factories."""
-    from recommenders.recbole_adapter import (
+    from recommenders.recbole import (
         UploadedModelFactory,
         check_covers_catalog,
         validate_upload,

@@ -14,7 +14,7 @@ from simulator.policy import Policy
 
 from .baselines import OracleGreedy, Popularity, UniformRandom
 from .myopic import MyopicEstimate
-from .recbole_adapter import RecBolePolicy
+from .recbole import RecBolePolicy
 from .rl.policy import LearnedPolicy, PolicyBundle
 
 

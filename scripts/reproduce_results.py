@@ -48,7 +48,7 @@ def evaluate(spec: ScenarioSpec, policy: Any, replicates: int, users: int) -> di
         )
         rec = res.arms["policy"]
         row = {
-            "engagement": float(np.mean(rec.summaries["click_rate"])),
+            "engagement": float(np.mean(rec.summaries["engagement"])),
             "induced_shift": rec.summaries["induced_shift"][-1],
             "shift": rec.summaries["shift"][-1],
             "polarization": rec.summaries["polarization"][-1],

@@ -18,8 +18,9 @@ from . import problems
 from .config import Settings
 from .datasets import DatasetStore, derive_execute, with_tenant_scenario
 from .deps import Services
-from .jobs import Execute, JobRunner, JobStore, Outcome
+from .jobs import JobStore
 from .keys import KeyStore
+from .runner import Execute, JobRunner, Outcome
 from .store import open_engine
 from .uploads import PolicyStore
 

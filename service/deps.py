@@ -13,9 +13,10 @@ from sqlalchemy.engine import Engine
 
 from .config import Settings
 from .datasets import DatasetStore
-from .jobs import JobRunner, JobStore
+from .jobs import JobStore
 from .keys import KeyStore
 from .problems import ApiError
+from .runner import JobRunner
 from .uploads import PolicyStore
 
 

@@ -113,7 +113,7 @@ def _check_catalog(uploads: PolicyStore, tenant: str, policy_id: str, scenario: 
     item ids is bounded."""
     import json
 
-    from recommenders.recbole_adapter import check_covers_catalog
+    from recommenders.recbole import check_covers_catalog
     from simulator.catalog import build_catalog
 
     config, _ = uploads.files(tenant, policy_id)
@@ -147,7 +147,7 @@ def resolver(
         if p.kind == REMOTE:
             return RemotePolicyFactory.for_audit(dict(p.params), remote, p.name)
         if p.kind == UPLOADED:
-            from recommenders.recbole_adapter import UploadedModelFactory
+            from recommenders.recbole import UploadedModelFactory
 
             config, weights = uploads.files(tenant, str(p.params["id"]))
             return UploadedModelFactory(config=config, weights=weights, name=p.name)

@@ -46,6 +46,45 @@ AUDIT_EXAMPLES = {
 }
 
 
+#: examples of the multipart uploads, shown in /docs; file fields name the file to attach
+#: (a test posts each example with such a file)
+DATASET_EXAMPLES = {
+    "a log and an item table": {
+        "summary": "Derive shop-v1 with a political-leaning axis",
+        "description": "curl -H 'Authorization: Bearer $KEY' -F log=@log.csv "
+        "-F items=@items.csv -F scenario_id=shop-v1 "
+        '-F \'options={"item_id_col": "item_id", "polarity_column": '
+        '"leaning", "dim": 8, "epochs": 5}\' http://127.0.0.1:8000/v1/datasets',
+        "value": {
+            "log": "log.csv (user_id,item_id,timestamp[,rating])",
+            "items": "items.csv (item_id,genre,leaning)",
+            "scenario_id": "shop-v1",
+            "options": '{"item_id_col": "item_id", "polarity_column": "leaning", '
+            '"dim": 8, "epochs": 5}',
+        },
+    }
+}
+
+POLICY_UPLOAD_EXAMPLES = {
+    "a converted model": {
+        "summary": "Upload the bundle written by recaudit model convert",
+        "description": "curl -H 'Authorization: Bearer $KEY' "
+        "-F weights=@bundle/model.safetensors -F config=@bundle/model.json "
+        "-F name=shop-bpr http://127.0.0.1:8000/v1/policies",
+        "value": {
+            "weights": "model.safetensors",
+            "config": "model.json",
+            "name": "shop-bpr",
+        },
+    }
+}
+
+
+def multipart_examples(examples: dict) -> dict:
+    """A route's ``openapi_extra`` giving its multipart/form-data body these examples."""
+    return {"requestBody": {"content": {"multipart/form-data": {"examples": examples}}}}
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -51,7 +51,7 @@ class PolicyStore:
     ) -> dict[str, Any]:
         """Validate and keep an upload; SpecError (UnsupportedUpload for 415,
         BudgetExceeded for a model over ``max_params`` parameters) otherwise."""
-        from recommenders.recbole_adapter import validate_upload
+        from recommenders.recbole import validate_upload
 
         if name is not None and not NAME_RE.match(name):
             raise SpecError("name must be 1-64 letters, digits, '_', '.', '-'")
@@ -127,7 +127,7 @@ class PolicyStore:
 
     def files(self, tenant: str, policy_id: str) -> tuple[bytes, bytes]:
         """(config, weights) bytes of a kept upload."""
-        from recommenders.recbole_adapter import CONFIG_FILE, WEIGHTS_FILE
+        from recommenders.recbole import CONFIG_FILE, WEIGHTS_FILE
 
         d = self.directory(tenant, policy_id)
         try:
@@ -148,7 +148,7 @@ def check_model_size(config: bytes, weights: bytes, max_params: int) -> None:
     parameters, from the config alone, before any model is built. Malformed bytes are
     left to the full validation (which answers 415/422)."""
     from auditor.budget import BudgetExceeded
-    from recommenders.recbole_adapter import (
+    from recommenders.recbole import (
         SUPPORTED_MODELS,
         model_params,
         sniff_config,

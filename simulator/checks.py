@@ -73,7 +73,7 @@ def check_scenario(
             )
         if not _in_space(spec.space, a.final):
             raise ConformanceError(f"{spec.id}: preferences left the {spec.space} space")
-        for name in ("click_rate", "expected_clicks"):
+        for name in ("engagement", "expected_engagement"):
             vals = a.summaries[name]
             if not all(0.0 <= v <= 1.0 + 1e-6 for v in vals):
                 raise ConformanceError(f"{spec.id}: {name} outside [0, 1]: {vals}")

@@ -35,10 +35,11 @@ from .specs import ScenarioSpec
 from .types import Catalog, Feedback, Observation, StepNoise, check_ids
 from .users import sample_population_with_ids, user_types
 
-#: per-step summary columns, in order
+#: per-step summary columns, in order, named as the metrics of ``metric_registry`` they
+#: stream (``induced_shift`` here is per step, against the run's reference arm)
 SUMMARY_COLUMNS = (
-    "click_rate",  # share of users who clicked
-    "expected_clicks",  # mean probability of a click (lower-variance engagement)
+    "engagement",  # share of users who clicked
+    "expected_engagement",  # mean probability of a click (lower-variance engagement)
     "initial_pref_engagement",  # mean click probability of the slate under initial preferences
     "welfare",  # mean value of consumed items: <u, x> + quality (0 without a click)
     "shift",  # mean ||u_t - u_0||
@@ -288,8 +289,8 @@ def run_arms(
             value = (u * cat.features[safe_item]).sum(dim=1) + cat.quality[safe_item]
             p0 = env.choice.probabilities(u0, out.items, out.appeal)
             s = rec.summaries
-            s["click_rate"].append(float(clicked.float().mean()))
-            s["expected_clicks"].append(float(1.0 - out.probs[:, -1].mean()))
+            s["engagement"].append(float(clicked.float().mean()))
+            s["expected_engagement"].append(float(1.0 - out.probs[:, -1].mean()))
             s["initial_pref_engagement"].append(float(1.0 - p0[:, -1].mean()))
             s["welfare"].append(float(torch.where(clicked, value, torch.zeros_like(value)).mean()))
             s["shift"].append(float((new_u - u0).norm(dim=1).mean()))

@@ -2,14 +2,15 @@
 is measured, and the function that computes it.
 
 A metric is measured per arm and replicate. ``per_step`` metrics also have a series (one
-value after every step, the curves of a report): the engine streams some of them (their
-``engine_column``), the others are computed from a :class:`StepMeasures` by ``step``.
+value after every step, the curves of a report): the engine streams some of them
+(``streamed``: a column of ``simulator.engine.SUMMARY_COLUMNS`` with the metric's name),
+the others are computed from a :class:`StepMeasures` by ``step``.
 Every reported metric has a ``final`` function of a :class:`RunMeasures`, the ingredients
 one arm of one replicate leaves. ``per_user`` metrics are a mean over users of a per-user
 value (``user``), which allows a user-level analysis (see ``auditor.stats.user_level``).
 
-The auditor's spec, measurements, report and MLflow keys, and the docs' metric table,
-read this registry.
+The engine's summary columns, the auditor's spec, measurements, report and MLflow keys,
+``recaudit simulate``'s figures and table, and the docs' metric table read this registry.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import numpy as np
 import torch
 
 from . import metrics
+
+#: |position| on the polarity axis beyond which a user counts as extreme (the default)
+EXTREME_THRESHOLD = 0.8
 
 Direction = Literal["higher is worse", "higher is better", "neutral"]
 Timing = Literal["per_step", "final"]
@@ -67,8 +71,11 @@ class Metric:
     timing: Timing
     final: Callable[[RunMeasures], float]
     user: Callable[[RunMeasures], np.ndarray] | None = None  # per-user values (mean = final)
-    engine_column: str | None = None  # the engine's streamed summary column
+    streamed: bool = False  # the engine streams its series (a summary column of this name)
     step: Callable[[StepMeasures], float] | None = None  # per-step value (not streamed)
+    #: measured from a run's summaries and states alone (no per-step meter of exposure,
+    #: consumed items or mediation): what ``recaudit simulate`` reports
+    from_state: bool = True
 
     @property
     def per_user(self) -> bool:
@@ -158,6 +165,12 @@ def mediated_share(r: RunMeasures) -> float:
     return 1.0 - natural / actual if actual > 0 else math.nan
 
 
+def mediated_share_initial(r: RunMeasures) -> float:
+    actual = float(np.sum(r.series["expected_engagement"]))
+    initial = float(np.sum(r.series["initial_pref_engagement"]))
+    return 1.0 - initial / actual if actual > 0 else math.nan
+
+
 def _user_mean(user: Callable[[RunMeasures], np.ndarray]) -> Callable[[RunMeasures], float]:
     def f(r: RunMeasures) -> float:
         return float(user(r).mean())
@@ -180,7 +193,7 @@ _LIST = (
         "per_step",
         final=_mean("engagement"),
         user=lambda r: _per_user_clicks(r) / r.steps,
-        engine_column="click_rate",
+        streamed=True,
     ),
     Metric(
         "expected_engagement",
@@ -189,7 +202,7 @@ _LIST = (
         "higher is better",
         "per_step",
         final=_mean("expected_engagement"),
-        engine_column="expected_clicks",
+        streamed=True,
     ),
     Metric(
         "cumulative_clicks",
@@ -207,7 +220,7 @@ _LIST = (
         "higher is better",
         "per_step",
         final=_mean("initial_pref_engagement"),
-        engine_column="initial_pref_engagement",
+        streamed=True,
     ),
     Metric(
         "welfare",
@@ -216,7 +229,7 @@ _LIST = (
         "higher is better",
         "per_step",
         final=_mean("welfare"),
-        engine_column="welfare",
+        streamed=True,
     ),
     Metric(
         "shift",
@@ -226,7 +239,7 @@ _LIST = (
         "per_step",
         final=_user_mean(_shift),
         user=_shift,
-        engine_column="shift",
+        streamed=True,
     ),
     Metric(
         "shift_angle",
@@ -252,7 +265,7 @@ _LIST = (
         "higher is worse",
         "per_step",
         final=_last("polarization"),
-        engine_column="polarization",
+        streamed=True,
     ),
     Metric(
         "polarization_change",
@@ -314,6 +327,7 @@ _LIST = (
         "higher is worse",
         "final",
         final=lambda r: mean_jaccard(r.consumed, r.pairs),
+        from_state=False,
     ),
     Metric(
         "topic_entropy",
@@ -322,6 +336,7 @@ _LIST = (
         "higher is better",
         "final",
         final=lambda r: mean_topic_entropy(r.topic_counts),
+        from_state=False,
     ),
     Metric(
         "coverage",
@@ -330,6 +345,7 @@ _LIST = (
         "higher is better",
         "final",
         final=lambda r: float((r.exposure > 0).double().mean()),
+        from_state=False,
     ),
     Metric(
         "exposure_gini",
@@ -338,6 +354,7 @@ _LIST = (
         "higher is worse",
         "final",
         final=lambda r: gini(r.exposure),
+        from_state=False,
     ),
     Metric(
         "mediated_engagement",
@@ -348,6 +365,7 @@ _LIST = (
         "final",
         final=_user_mean(_mediated),
         user=_mediated,
+        from_state=False,
     ),
     Metric(
         "mediated_share",
@@ -357,6 +375,17 @@ _LIST = (
         "higher is worse",
         "final",
         final=mediated_share,
+        from_state=False,
+    ),
+    Metric(
+        "mediated_share_initial",
+        "share of expected engagement that preference change bought, against the initial "
+        "preferences: 1 - E[clicks | initial preferences] / E[clicks | actual preferences], "
+        "same slates (mediated_share against preferences that do not move)",
+        "share of expected clicks",
+        "higher is worse",
+        "final",
+        final=mediated_share_initial,
     ),
 )
 
@@ -369,11 +398,12 @@ STEP_SERIES: tuple[str, ...] = (
     *(m.name for m in _LIST if m.timing == "per_step"),
     "polarity_mean",
 )
-#: engine summary column -> series name
-ENGINE_SERIES: dict[str, str] = {
-    **{m.engine_column: m.name for m in _LIST if m.engine_column},
-    "polarity_mean": "polarity_mean",
-}
+#: the per-step series the engine streams (columns of ``simulator.engine.SUMMARY_COLUMNS``)
+STREAMED: tuple[str, ...] = (*(m.name for m in _LIST if m.streamed), "polarity_mean")
+#: the metrics ``recaudit simulate`` reports: those a run's summaries and states give
+STATE_METRICS: tuple[str, ...] = tuple(m.name for m in _LIST if m.from_state)
+#: the headline figures: ``recaudit simulate``'s table and an audit's MLflow run metrics
+HEADLINE: tuple[str, ...] = ("engagement", "welfare", "shift", "induced_shift", "polarization")
 #: metrics with per-user values
 USER_METRICS: tuple[str, ...] = tuple(m.name for m in _LIST if m.per_user)
 #: metrics read on the polarity axis: not applicable to an axis-free scenario

@@ -17,8 +17,8 @@ from typing import Any
 
 from auditor.executor import Cancelled
 from service.config import Settings
-from service.jobs import Outcome
 from service.keys import KeyStore
+from service.runner import Outcome
 from service.store import open_engine
 
 TINY_SPEC: dict[str, Any] = {

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from recaudit.cli import main
-from recommenders import recbole_adapter as ra
+from recommenders import recbole as ra
 
 from .byo_helpers import train_recbole_checkpoint
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from recaudit.cli import main
-from recommenders.recbole_adapter import ml100k_dir
+from recommenders.ml100k import ml100k_dir
 
 from .byo_helpers import train_recbole_checkpoint
 from .service_helpers import free_port, start_group, stop_group, wait_for, wait_http

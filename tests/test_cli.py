@@ -70,7 +70,8 @@ def test_simulate_table_and_out_dir(recaudit_bin, tmp_path):
         "--full",
         check=True,
     )
-    assert "induced shift vs natural" in proc.stdout and "oracle-greedy" in proc.stdout
+    assert "induced_shift (preference-space distance)" in proc.stdout
+    assert "oracle-greedy" in proc.stdout
     summary = pd.read_parquet(out / "summary.parquet")
     assert len(summary) == 2 * 2 * 4  # seeds x arms x steps
     per_user = pd.read_parquet(out / "per_user.parquet")
@@ -168,3 +169,61 @@ def test_unreachable_ray_cluster_is_exit_2(recaudit_bin):
     )
     assert proc.returncode == 2, proc.stderr
     assert "cannot connect to Ray" in proc.stderr and "Traceback" not in proc.stderr
+
+
+RAY_FLAGS = {"--in-process", "--ray", "--ray-address"}
+
+
+def _flags(parser, command):
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {
+        o: (a.default, a.help) for a in sub._actions for o in a.option_strings if o in RAY_FLAGS
+    }
+
+
+def test_simulate_train_and_audit_share_the_ray_flags_and_their_default():
+    from recaudit.cli import build_parser
+
+    parser = build_parser()
+    seen = {c: _flags(parser, c) for c in ("simulate", "train", "audit")}
+    for command, flags in seen.items():
+        assert set(flags) == RAY_FLAGS, command
+        assert flags["--ray-address"] == seen["audit"]["--ray-address"], command
+        assert flags["--in-process"][0] is False and flags["--ray"][0] is False, command
+
+
+@pytest.mark.parametrize("command", ["simulate", "train", "audit"])
+def test_two_ray_flags_at_once_are_refused_by_every_command(command, capsys):
+    from recaudit.cli import main
+
+    common = ("--policy", "myopic" if command != "train" else "ppo", "--scenario", "topics-tiny-v1")
+    sizes = {"simulate": ("--users", "5", "--steps", "2"), "train": ("--iterations", "1")}
+    argv = [command, *common, *sizes.get(command, ()), "--in-process", "--ray", "--no-progress"]
+    if command == "audit":
+        argv += ["--references", "natural", "--no-track"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.strip() == "recaudit: error: --in-process, --ray and --ray-address exclude each other"
+    )
+
+
+def test_simulate_chooses_its_backend_by_the_work_as_audit_does(recaudit_bin):
+    import os
+
+    from auditor.executor import AUTO, BackendChoice
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    args = ("simulate", "--scenario", "topics-tiny-v1", "--policy", "random", "--json")
+    proc = subprocess.run(
+        [recaudit_bin, *args, "--users", "10", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    want = BackendChoice(AUTO, user_steps=10 * 2 * 2 * 3)  # users x steps x arms x seeds
+    assert want.resolve() is None and out["backend"] == "in-process"
+    assert out["backend_reason"] == want.reason

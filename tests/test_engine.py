@@ -145,8 +145,10 @@ def test_click_rate_of_a_constant_slate_matches_the_logit():
     x = env.catalog.features[0]
     t, c0 = spec.choice.temperature, spec.choice.no_click_utility
     p = torch.sigmoid(((u @ x) + env.catalog.appeal[0] - c0) / t)
-    assert res.arms["c"].summaries["expected_clicks"][0] == pytest.approx(float(p.mean()), abs=1e-5)
-    assert res.arms["c"].summaries["click_rate"][0] == pytest.approx(float(p.mean()), abs=0.01)
+    assert res.arms["c"].summaries["expected_engagement"][0] == pytest.approx(
+        float(p.mean()), abs=1e-5
+    )
+    assert res.arms["c"].summaries["engagement"][0] == pytest.approx(float(p.mean()), abs=0.01)
 
 
 def test_evans_centrists_never_change_and_myopic_oracle_induces_no_shift():

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["simulator", "recommenders", "auditor", "dashboards", "service", "recaudit"]
 #: modules allowed to import each heavy integration
 FENCED = {
-    "recbole": {"recommenders/recbole_adapter.py"},
+    "recbole": {"recommenders/recbole"},
     "mlflow": {"auditor/tracking.py", "dashboards"},
 }
 

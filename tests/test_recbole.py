@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from recommenders import recbole_adapter as ra
+from recommenders import recbole as ra
 from recommenders.baselines import OracleGreedy, UniformRandom
+from recommenders.ml100k import load_ml100k
 from simulator.catalog import build_catalog
 from simulator.checks import check_scenario
 from simulator.engine import build_environment, run_arms
@@ -128,7 +129,7 @@ def test_feedback_to_frame_keeps_clicks_only():
 
 
 def test_bundled_ml100k_is_read_not_downloaded():
-    log, genres = ra.load_ml100k()
+    log, genres = load_ml100k()
     assert len(log) == 100_000
     assert log["user"].nunique() == 943 and log["item"].nunique() == 1682
     assert len(genres) == 1682
@@ -138,7 +139,7 @@ def test_bundled_ml100k_is_read_not_downloaded():
 # ----------------------------------------------- (b) training agrees with RecBole's eval
 @pytest.fixture(scope="module")
 def ml100k_bpr(tmp_path_factory):
-    log, genres = ra.load_ml100k()
+    log, genres = load_ml100k()
     data = tmp_path_factory.mktemp("ml")
     ra.write_atomic_files(log, data, "ml100k", item_genres=genres)
     return ra.train_model(
@@ -376,8 +377,8 @@ def test_bpr_in_the_loop_changes_slates_only_when_retrained():
         assert warm.float().mean() >= 0.5
         assert torch.equal(slates[t][warm], slates[t - 1][warm])
     # the retrained model learned the users' tastes: more engaging than random slates
-    bpr = np.mean(rec.summaries["expected_clicks"][3:])
-    rnd = np.mean(res.arms["random"].summaries["expected_clicks"][3:])
+    bpr = np.mean(rec.summaries["expected_engagement"][3:])
+    rnd = np.mean(res.arms["random"].summaries["expected_engagement"][3:])
     assert bpr > rnd + 0.05, (bpr, rnd)
     assert rec.summaries["induced_shift"][-1] > 0.01
 
@@ -471,8 +472,8 @@ def test_movielens_click_rates_under_oracle_and_random():
     res = run_arms(
         env, {"oracle": OracleGreedy(), "random": UniformRandom()}, users=943, steps=5, seed=0
     )
-    oracle = res.arms["oracle"].summaries["expected_clicks"]
-    rnd = res.arms["random"].summaries["expected_clicks"]
+    oracle = res.arms["oracle"].summaries["expected_engagement"]
+    rnd = res.arms["random"].summaries["expected_engagement"]
     assert 0.3 <= oracle[0] <= 0.7, oracle
     assert max(rnd) < 0.15, rnd
 

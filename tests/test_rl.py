@@ -202,7 +202,7 @@ def test_polarity_long_horizon_learner_shifts_more_and_the_penalty_brings_it_dow
             reference="n",
         )
         s = res.arms["l"].summaries
-        figures[name] = (sum(s["click_rate"]) / 50, s["induced_shift"][-1])
+        figures[name] = (sum(s["engagement"]) / 50, s["induced_shift"][-1])
     (e_my, i_my), (e_rl, i_rl), (e_pen, i_pen) = (
         figures["myopic"],
         figures["ppo"],

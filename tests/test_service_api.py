@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.jobs import JobRunner, JobStore, Owner
+from service.jobs import JobStore, Owner
 from service.keys import KeyStore
+from service.runner import JobRunner
 from service.store import audits, open_engine
 from simulator.errors import SpecError
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from recommenders import recbole_adapter as ra
+from recommenders import recbole as ra
 from service.app import create_app
 from simulator.errors import SpecError
 

@@ -111,3 +111,43 @@ def test_a_cancelled_audit_is_killed(client):
         run_audit(AuditSpec.model_validate(SPEC), progress=progress, cancel=cancel)
     _, runs = _audit_runs(client)
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_a_killed_attempts_run_is_closed_when_the_audit_runs_again(client, tmp_path):
+    """A process killed mid-audit (os._exit, as kill -9) leaves its run RUNNING; when the
+    service runs the audit again under the same id, the dead attempt's run is closed
+    KILLED and names the run that replaced it."""
+    import os
+    import subprocess
+    import sys
+
+    audit_id = "a00000000000000ab"
+    script = f"""
+import json, os
+from auditor.audit import run_audit
+from auditor.spec import AuditSpec
+
+def progress(fraction, phase):
+    if phase.startswith("simulated "):
+        os._exit(9)
+
+run_audit(AuditSpec.model_validate(json.loads({json.dumps(json.dumps(SPEC))})),
+          audit_id={audit_id!r}, progress=progress)
+"""
+    env = {**os.environ, "RECAUDIT_HOME": str(tmp_path / "home")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, timeout=300)
+    assert done.returncode == 9
+    _, runs = _audit_runs(client)
+    assert [r.info.status for r in runs] == ["RUNNING"]  # what the dead process left
+    dead = runs[0].info.run_id
+
+    run_audit(AuditSpec.model_validate(SPEC), audit_id=audit_id)
+    _, runs = _audit_runs(client)
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status.pop(dead) == "KILLED"
+    ((new, new_status),) = status.items()
+    assert new_status == "FINISHED"
+    closed = client.get_run(dead)
+    assert closed.data.tags["recaudit.interrupted"] == f"re-run as {new}"
+    assert closed.info.end_time is not None

@@ -161,6 +161,30 @@ def test_trained_weights_do_not_depend_on_the_thread_count():
     assert one == two
 
 
+def test_training_evaluation_is_what_simulate_reports_for_the_trained_policy():
+    """The evaluation logged as ``final/<metric>`` is ``recaudit simulate``'s figures of
+    the same trained policy on the same users and seed, every registry metric of them."""
+    from auditor.simulate import SimJob, run_simulation
+    from auditor.train import EVAL_SEED_OFFSET, run_training
+    from simulator.metric_registry import STATE_METRICS
+
+    job = _repro_job()
+    out = run_training(job)
+    seed = job.config.seed + EVAL_SEED_OFFSET
+    sim = run_simulation(
+        SimJob(
+            scenario=job.scenario,
+            policy="ppo",
+            users=job.eval_users,
+            steps=int(out.bundle.config.get("horizon") or job.scenario.default_steps),
+            seed=seed,
+            policy_config=out.bundle.config,
+            policy_weights=out.bundle.weights,
+        )
+    )
+    assert out.evaluation == {f"final/{m}": sim.final["policy"][m] for m in STATE_METRICS}
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_trained_weights_on_ray_equal_in_process(embedded_ray):

@@ -16,11 +16,13 @@ from ..deps import Svc, Tenant
 from ..intake import EXTRA_KIND_HELP, UPLOADED
 from ..problems import ApiError
 from ..schemas import (
+    POLICY_UPLOAD_EXAMPLES,
     PolicyKindInfo,
     PolicyListing,
     ScenarioDetail,
     ScenarioSummary,
     UploadedPolicy,
+    multipart_examples,
 )
 from .audits import _problems, iso
 
@@ -118,6 +120,7 @@ def list_policies(svc: Svc, tenant: Tenant) -> PolicyListing:
     response_model=UploadedPolicy,
     summary="Upload a RecBole model",
     responses=_problems(401, 413, 415, 422),
+    openapi_extra=multipart_examples(POLICY_UPLOAD_EXAMPLES),
 )
 def upload_policy(
     svc: Svc,
@@ -128,7 +131,7 @@ def upload_policy(
     config: Annotated[
         UploadFile,
         File(
-            description="model.json as written by recommenders.recbole_adapter.save_model: the "
+            description="model.json as written by recommenders.recbole.save_model: the "
             "model class (BPR, GRU4Rec, SASRec), its settings, the item and user id maps "
             "(item_tokens, user_tokens) and the weights' SHA-256."
         ),
@@ -139,7 +142,7 @@ def upload_policy(
     non-safetensors weights are refused with 415; an unknown model class, settings,
     wrong tensor shapes or id maps that do not match the weights with 422. Nothing is
     kept from a refused upload."""
-    from recommenders.recbole_adapter import UnsupportedUpload
+    from recommenders.recbole import UnsupportedUpload
 
     w = weights.file.read()
     c = config.file.read()
