@@ -346,3 +346,33 @@ def test_proxy_sensitivity_refits_the_selected_family_under_the_other_proxy():
     assert out["proxy"] == "sampled" and "uniformly" in out["exposures"]
     assert 0.0 <= est <= 1.0
     assert out["relative_change"]["delta"] == pytest.approx(abs(est - 0.1) / 0.1)
+
+
+def test_selection_prefers_the_simpler_candidate_unless_significantly_worse():
+    """select(): the best held-out score wins unless a candidate with fewer parameters
+    is within noise of it (95% bootstrap interval of the deficit includes 0)."""
+    import numpy as np
+
+    from simulator.fitting.select import CandidateScore, select
+
+    rng = np.random.default_rng(0)
+    n_held = np.full(200, 40.0)
+    base = rng.normal(-60.0, 5.0, 200)
+
+    def scores(trecs_gain: float, anchored_gain: float) -> dict[str, CandidateScore]:
+        noise, other = rng.normal(0.0, 1.0, (2, 200))
+        return {
+            "static": CandidateScore(FAMILIES["static"], {}, base),
+            "trecs": CandidateScore(FAMILIES["trecs"], {}, base + trecs_gain + noise),
+            "anchored_trecs": CandidateScore(
+                FAMILIES["anchored_trecs"], {}, base + anchored_gain + other + 0.05
+            ),
+        }
+
+    names = ("static", "trecs", "anchored_trecs")
+    # no candidate beats static beyond noise: static
+    assert select(names, scores(0.0, -0.05), n_held, 200, 0) == "static"
+    # trecs clearly beats static; anchored is better by a hair (0.05 nats per user): trecs
+    assert select(names, scores(4.0, 4.0), n_held, 200, 0) == "trecs"
+    # anchored clearly beats trecs: anchored
+    assert select(names, scores(4.0, 8.0), n_held, 200, 0) == "anchored_trecs"
