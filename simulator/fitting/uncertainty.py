@@ -118,7 +118,13 @@ def analyse(
         z = np.clip(z, -edge, edge)
         return center + z * h, a, clamped
 
-    _, a_hat, _ = estimate(contrib.sum(axis=0))
+    raw_hat, a_hat, off = estimate(contrib.sum(axis=0))
+    if a_hat is not None and not off:  # the quadratic's maximum, if inside the stencil
+        ev(tuple(float(r) for r in raw_hat))
+    # the estimate is the best point evaluated: the search's, a stencil point or the
+    # quadratic's maximum (a search along the axes can stop short on a tilted ridge)
+    assert ev.profile.best is not None
+    best = ev.profile.best
     rng = np.random.default_rng(seed)
     users = contrib.shape[0]
     boot = np.empty((replicates, p))
@@ -129,7 +135,6 @@ def analyse(
         boot[r] = [
             float(q.to_value(torch.tensor(v))) for q, v in zip(fam.params, raw_r, strict=True)
         ]
-    # the point estimate is the best point evaluated (the quadratic only refines intervals)
     results = []
     cov_raw = None
     if a_hat is not None:
