@@ -105,9 +105,10 @@ def event_loglik(
     if choice.position_bias != 1.0:
         pos = torch.arange(k, dtype=u0.dtype) * math.log(choice.position_bias)
         logits = logits + pos
-    outside = choice.no_click_utility is not None
-    if outside:
-        c0 = torch.full((num_users, steps, 1), choice.no_click_utility / temp, dtype=u0.dtype)
+    c0_utility = choice.no_click_utility
+    outside = c0_utility is not None
+    if c0_utility is not None:
+        c0 = torch.full((num_users, steps, 1), c0_utility / temp, dtype=u0.dtype)
         logits = torch.cat([logits, c0], dim=2)
     slot = log.chosen
     # a no-click is the outside option (last column); without one, only padding has -1
