@@ -74,6 +74,11 @@ class ArmJob:
     #: score this arm's slates under the preferences its users would have had; None for
     #: the natural arm itself (its engagement is all unmediated)
     counterfactual: Callable[[], Policy] | None = None
+    #: keep the item each user consumed at every step (trajectory exports; with every
+    #: step among the checkpoints, the snapshots are the preference trajectory)
+    record_choices: bool = False
+    #: return the users' and the catalog's string ids (exports name them by these)
+    keep_ids: bool = False
 
 
 @dataclass
@@ -81,7 +86,9 @@ class ArmOutcome:
     label: str
     replicate: int
     seed: int
-    per_step: dict[str, list[float]]  # STEP_METRICS -> T values (after steps 1..T)
+    #: STEP_METRICS -> T values (after steps 1..T), and the engine's per-step
+    #: ``induced_shift`` against the counterfactual (0 without one)
+    per_step: dict[str, list[float]]
     final: dict[str, float]  # end-of-run figures measured inside the task
     per_user: dict[str, np.ndarray]  # per-user values of the USER_METRICS measured here, [B]
     snapshots: np.ndarray  # [K, B, d] float32 preferences at ``checkpoints``
@@ -93,6 +100,10 @@ class ArmOutcome:
     types: np.ndarray | None = None  # [B] user types of typed populations
     seconds: float = 0.0
     boundary: dict[str, Any] | None = None  # the policy's boundary() (ids, cold start)
+    axis: np.ndarray | None = None  # [d] the run's unit polarity axis
+    choices: np.ndarray | None = None  # [T, B] item consumed at each step or -1 (record_choices)
+    user_ids: tuple[str, ...] = ()  # user b is user_ids[b] (keep_ids)
+    item_ids: tuple[str, ...] = ()  # item i is item_ids[i] (keep_ids)
 
 
 class _Mediation:
@@ -152,6 +163,7 @@ class _Meter:
         self.consumed = torch.zeros(self.jac_users, n_items, dtype=torch.bool, device=dev)
         self.topic_counts = torch.zeros(job.users, n_topics, dtype=torch.float64, device=dev)
         self.axis: torch.Tensor | None = None
+        self.choices: list[torch.Tensor] | None = [] if job.record_choices else None
 
     def __call__(self, v: StepView) -> None:
         if v.t == 0:
@@ -177,6 +189,8 @@ class _Meter:
         self.topic_counts[rows, self.topics[items]] += 1.0
         keep = rows < self.jac_users
         self.consumed[rows[keep], items[keep]] = True
+        if self.choices is not None:
+            self.choices.append(v.item.cpu())
 
 
 def _boundary(policy: Policy) -> dict[str, Any] | None:
@@ -186,8 +200,9 @@ def _boundary(policy: Policy) -> dict[str, Any] | None:
     return dict(state()) if callable(state) else None
 
 
-def run_arm(job: ArmJob) -> ArmOutcome:
-    """Run one arm of one replicate. Plain Python: the executor adds ``.remote``."""
+def run_arm(job: ArmJob, progress: Callable[[int], None] | None = None) -> ArmOutcome:
+    """Run one arm of one replicate. Plain Python: the executor adds ``.remote``.
+    ``progress(steps_done)`` is called after every step."""
     start = time.perf_counter()
     env = build_environment(job.scenario, job.device)
     meter = _Meter(job, env.catalog.size, env.catalog.topic, env.device)
@@ -210,14 +225,16 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         users=job.users,
         steps=job.steps,
         seed=job.seed,
+        reference=_COUNTERFACTUAL if job.counterfactual is not None else None,
         observe=observe,
-        progress=lambda _t: check_stop(),  # a cancel stops it within a step
+        progress=lambda t: _step_done(t, progress),
     )
     rec = result.arms[job.label]
     assert rec.final is not None and rec.clicks is not None
     per_step = {k: list(rec.summaries[k]) for k in STREAMED}
     per_step.update(meter.per_step)
     per_step = {m: per_step[m] for m in STEP_METRICS}
+    per_step["induced_shift"] = list(rec.summaries["induced_shift"])
     natural = result.arms[_COUNTERFACTUAL] if job.counterfactual is not None else rec
     assert natural.final is not None
     gen = Streams(job.seed).generator("audit-pairs")
@@ -264,4 +281,14 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         types=None if result.types is None else result.types.cpu().numpy(),
         seconds=time.perf_counter() - start,
         boundary=_boundary(policy),
+        axis=result.axis.cpu().numpy(),
+        choices=None if meter.choices is None else torch.stack(meter.choices).numpy(),
+        user_ids=result.user_ids if job.keep_ids else (),
+        item_ids=result.item_ids if job.keep_ids else (),
     )
+
+
+def _step_done(t: int, progress: Callable[[int], None] | None) -> None:
+    check_stop()  # a cancel stops the run within a step
+    if progress is not None:
+        progress(t)

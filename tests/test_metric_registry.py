@@ -11,7 +11,6 @@ import torch
 from simulator.metric_registry import (
     DESCRIPTIONS,
     REGISTRY,
-    STATE_METRICS,
     STEP_SERIES,
     STREAMED,
     USER_METRICS,
@@ -154,9 +153,24 @@ def test_the_docs_metric_table_is_the_registrys():
     assert markdown_table() in docs.read_text()
 
 
+def _same(a: float, b: float) -> bool:
+    """Equal to the last bit, or both undefined (NaN)."""
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _simulate(scenario, policy: str, users: int, steps: int, seeds: list[int]):
+    """`recaudit simulate`'s outcomes and figures, in process."""
+    from auditor.measure import run_arm
+    from auditor.plan import BuiltinPolicy
+    from auditor.simulate import aggregate, simulation_jobs
+
+    jobs = simulation_jobs(scenario, BuiltinPolicy(policy), users=users, steps=steps, seeds=seeds)
+    outcomes = [run_arm(j) for j in jobs]
+    return outcomes, aggregate(outcomes)
+
+
 def test_simulate_and_audit_give_the_same_figures_on_the_same_run():
     from auditor.audit import run_audit
-    from auditor.simulate import SimJob, run_simulation
     from auditor.spec import AuditSpec
     from simulator.scenarios import get_scenario
 
@@ -176,11 +190,51 @@ def test_simulate_and_audit_give_the_same_figures_on_the_same_run():
         ),
         track=False,
     ).report
-    for r, seed in enumerate((11, 12)):
-        sim = run_simulation(
-            SimJob(scenario=scenario, policy="myopic", users=40, steps=6, seed=seed)
-        )
-        for arm in ("policy", "natural"):
-            assert list(sim.final[arm]) == list(STATE_METRICS)
-            for m in STATE_METRICS:  # every figure simulate reports, to the last bit
-                assert sim.final[arm][m] == report.metrics[arm][m].per_replicate[r], (arm, m)
+    _, figures = _simulate(scenario, "myopic", 40, 6, [11, 12])
+    for arm in ("policy", "natural"):
+        assert list(figures[arm]) == list(REGISTRY)  # simulate reports every metric
+        reported = [m for m in REGISTRY if m in report.metrics[arm]]
+        assert {"induced_shift", "mediated_share", "jaccard", "esteban_ray"} <= set(reported)
+        for m in reported:  # every figure both report, to the last bit
+            for r in range(2):
+                sim, aud = figures[arm][m]["per_seed"][r], report.metrics[arm][m].per_replicate[r]
+                assert _same(sim, aud), (arm, m, r, sim, aud)
+
+
+def test_simulate_runs_and_measures_every_arm_with_run_arm(monkeypatch, capsys):
+    """`recaudit simulate` has no run-and-measure path of its own: each seed's policy and
+    natural arms are the audit's jobs (the policy beside the natural counterfactual), run
+    by ``run_arm``, and every reported figure is an ``ArmOutcome``'s."""
+    import json
+
+    import auditor.simulate
+    from auditor import measure
+    from recaudit.cli import main
+
+    for gone in ("run_simulation", "SimJob", "SimOutcome", "final_figures"):
+        assert not hasattr(auditor.simulate, gone)
+    seen: list[tuple[measure.ArmJob, measure.ArmOutcome]] = []
+    real = measure.run_arm
+
+    def spy(job, progress=None):
+        out = real(job, progress)
+        seen.append((job, out))
+        return out
+
+    monkeypatch.setattr(measure, "run_arm", spy)
+    argv = ["simulate", "--scenario", "topics-tiny-v1", "--policy", "myopic"]
+    argv += ["--users", "30", "--steps", "4", "--seeds", "2", "--seed", "5", "--json"]
+    argv += ["--in-process"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(j.label, j.seed) for j, _ in seen] == [
+        ("policy", 5),
+        ("natural", 5),
+        ("policy", 6),
+        ("natural", 6),
+    ]
+    for job, out in seen:
+        assert (job.counterfactual is None) == (job.label == "natural")
+        for m, value in out.final.items():
+            got = result["arms"][job.label][m]["per_seed"][job.replicate]
+            assert (got is None and math.isnan(value)) or got == value, (job.label, m)
