@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from simulator import metrics
-from simulator.engine import Environment, StepView, build_environment, run_arms
+from simulator.engine import (
+    ArmRecord,
+    Environment,
+    RunResult,
+    StepView,
+    build_environment,
+    run_arms,
+)
 from simulator.metric_registry import (
     EXTREME_THRESHOLD,
     REGISTRY,
@@ -74,11 +81,19 @@ class ArmJob:
     #: score this arm's slates under the preferences its users would have had; None for
     #: the natural arm itself (its engagement is all unmediated)
     counterfactual: Callable[[], Policy] | None = None
+    #: also measure the counterfactual, as the arm of this label (the natural arm of the
+    #: same replicate: the same users and random numbers, so the same run), at no extra
+    #: run: :func:`measure_arms` returns its outcome second
+    counterfactual_label: str | None = None
     #: keep the item each user consumed at every step (trajectory exports; with every
     #: step among the checkpoints, the snapshots are the preference trajectory)
     record_choices: bool = False
     #: return the users' and the catalog's string ids (exports name them by these)
     keep_ids: bool = False
+
+    def __post_init__(self) -> None:
+        if self.counterfactual_label is not None and self.counterfactual is None:
+            raise ValueError("counterfactual_label needs a counterfactual")
 
 
 @dataclass
@@ -111,9 +126,9 @@ class _Mediation:
     their natural-counterfactual preferences (the natural arm's state at the same step of
     the same replicate), summed over steps per user."""
 
-    def __init__(self, job: ArmJob, env: Environment) -> None:
+    def __init__(self, job: ArmJob, env: Environment, has_counterfactual: bool) -> None:
         self.env = env
-        self.has_counterfactual = job.counterfactual is not None
+        self.has_counterfactual = has_counterfactual
         self.actual = torch.zeros(job.users, dtype=torch.float64, device=env.device)
         self.natural = torch.zeros(job.users, dtype=torch.float64, device=env.device)
         self.initial = torch.zeros(job.users, dtype=torch.float64, device=env.device)
@@ -201,23 +216,50 @@ def _boundary(policy: Policy) -> dict[str, Any] | None:
 
 
 def run_arm(job: ArmJob, progress: Callable[[int], None] | None = None) -> ArmOutcome:
-    """Run one arm of one replicate. Plain Python: the executor adds ``.remote``.
-    ``progress(steps_done)`` is called after every step."""
+    """Run one arm of one replicate and measure it. Plain Python: the executor adds
+    ``.remote``. ``progress(steps_done)`` is called after every step."""
+    return measure_arms(job, progress)[0]
+
+
+@dataclass
+class _Measured:
+    """One measured arm of a run: its label, policy and streamed meters."""
+
+    label: str
+    policy: Policy
+    meter: _Meter
+    mediation: _Mediation
+
+
+def measure_arms(job: ArmJob, progress: Callable[[int], None] | None = None) -> list[ArmOutcome]:
+    """Run one arm of one replicate (beside its counterfactual, if any) and measure it;
+    with ``job.counterfactual_label`` the counterfactual is measured too, its outcome
+    second. Plain Python: the executor adds ``.remote``."""
     start = time.perf_counter()
     env = build_environment(job.scenario, job.device)
-    meter = _Meter(job, env.catalog.size, env.catalog.topic, env.device)
-    mediation = _Mediation(job, env)
-    policy = job.factory()
-    policies = {job.label: policy}
+    cf = job.counterfactual is not None
+
+    def measured(label: str, policy: Policy, has_counterfactual: bool) -> _Measured:
+        meter = _Meter(job, env.catalog.size, env.catalog.topic, env.device)
+        return _Measured(label, policy, meter, _Mediation(job, env, has_counterfactual))
+
+    arm = measured(job.label, job.factory(), cf)
+    policies = {job.label: arm.policy}
+    natural: _Measured | None = None
     if job.counterfactual is not None:
         policies[_COUNTERFACTUAL] = job.counterfactual()  # steps after the arm
+        if job.counterfactual_label is not None:
+            natural = measured(job.counterfactual_label, policies[_COUNTERFACTUAL], False)
 
     def observe(v: StepView) -> None:
         if v.arm == job.label:
-            meter(v)
-            mediation.arm(v)
-        else:
-            mediation.counterfactual(v)
+            arm.meter(v)
+            arm.mediation.arm(v)
+            return
+        arm.mediation.counterfactual(v)
+        if natural is not None:
+            natural.meter(v)
+            natural.mediation.arm(v)
 
     result = run_arms(
         env,
@@ -225,20 +267,32 @@ def run_arm(job: ArmJob, progress: Callable[[int], None] | None = None) -> ArmOu
         users=job.users,
         steps=job.steps,
         seed=job.seed,
-        reference=_COUNTERFACTUAL if job.counterfactual is not None else None,
+        reference=_COUNTERFACTUAL if cf else None,
         observe=observe,
         progress=lambda t: _step_done(t, progress),
     )
-    rec = result.arms[job.label]
-    assert rec.final is not None and rec.clicks is not None
+    ref = result.arms[_COUNTERFACTUAL] if cf else result.arms[job.label]
+    outcomes = [_outcome(job, arm, result, result.arms[job.label], ref)]
+    if natural is not None:
+        outcomes.append(_outcome(job, natural, result, ref, ref))
+    for o in outcomes:
+        o.seconds = time.perf_counter() - start
+    return outcomes
+
+
+def _outcome(
+    job: ArmJob, arm: _Measured, result: RunResult, rec: ArmRecord, natural: ArmRecord
+) -> ArmOutcome:
+    """The registry's figures of one measured arm, from its record, its meters and its
+    natural counterfactual's final preferences (its own for the natural arm)."""
+    meter, mediation = arm.meter, arm.mediation
+    assert rec.final is not None and rec.clicks is not None and natural.final is not None
     per_step = {k: list(rec.summaries[k]) for k in STREAMED}
     per_step.update(meter.per_step)
     per_step = {m: per_step[m] for m in STEP_METRICS}
     per_step["induced_shift"] = list(rec.summaries["induced_shift"])
-    natural = result.arms[_COUNTERFACTUAL] if job.counterfactual is not None else rec
-    assert natural.final is not None
     gen = Streams(job.seed).generator("audit-pairs")
-    perm = torch.randperm(meter.jac_users, generator=gen).to(env.device)
+    perm = torch.randperm(meter.jac_users, generator=gen).to(rec.final.device)
     half = meter.jac_users // 2
     measures = RunMeasures(
         steps=job.steps,
@@ -267,7 +321,7 @@ def run_arm(job: ArmJob, progress: Callable[[int], None] | None = None) -> ArmOu
     idx = ((z - lo) / (hi - lo) * HIST_BINS).long().clamp(0, HIST_BINS - 1)
     hist = torch.stack([torch.bincount(row, minlength=HIST_BINS) for row in idx])
     return ArmOutcome(
-        label=job.label,
+        label=arm.label,
         replicate=job.replicate,
         seed=job.seed,
         per_step=per_step,
@@ -279,8 +333,7 @@ def run_arm(job: ArmJob, progress: Callable[[int], None] | None = None) -> ArmOu
         .cpu()
         .numpy(),
         types=None if result.types is None else result.types.cpu().numpy(),
-        seconds=time.perf_counter() - start,
-        boundary=_boundary(policy),
+        boundary=_boundary(arm.policy),
         axis=result.axis.cpu().numpy(),
         choices=None if meter.choices is None else torch.stack(meter.choices).numpy(),
         user_ids=result.user_ids if job.keep_ids else (),

@@ -26,7 +26,7 @@ from simulator.policy import Policy
 from simulator.specs import ScenarioSpec
 
 from .budget import catalog_shape
-from .measure import JACCARD_USERS, ArmJob, ArmOutcome
+from .measure import JACCARD_USERS, ArmJob, ArmOutcome, measure_arms
 from .plan import BuiltinPolicy
 
 POLICY_ARM, NATURAL_ARM = "policy", "natural"
@@ -42,44 +42,63 @@ def simulation_jobs(
     device: str = "cpu",
     full: bool = False,
     keep_ids: bool = False,
+    measure_natural: bool = True,
 ) -> list[ArmJob]:
     """A simulation as the audit with the natural reference and no criteria runs it: per
-    seed, the ``policy`` arm beside the natural counterfactual (lockstep, common random
-    numbers) and the natural arm, each an :class:`~auditor.measure.ArmJob` for
-    :func:`~auditor.measure.run_arm`. ``full`` keeps every step's preferences and choices
-    (the trajectory export); ``keep_ids`` the users' and items' ids (the exports)."""
+    seed, one :class:`~auditor.measure.ArmJob`, the ``policy`` arm beside the natural
+    counterfactual (lockstep, common random numbers), the counterfactual measured as the
+    natural arm (:func:`~auditor.measure.measure_arms` returns both outcomes). ``full``
+    keeps every step's preferences and choices (the trajectory export); ``keep_ids`` the
+    users' and items' ids (the exports); without ``measure_natural`` only the policy arm
+    is measured (its figures are the same)."""
     natural = BuiltinPolicy(scenario.natural_policy)
     kept = tuple(range(steps + 1)) if full else (0, steps)
     return [
         ArmJob(
             scenario=scenario,
-            label=label,
-            factory=factory,
+            label=POLICY_ARM,
+            factory=policy,
             users=users,
             steps=steps,
             seed=seed,
             replicate=r,
             checkpoints=kept,
             device=device,
-            counterfactual=counterfactual,
+            counterfactual=natural,
+            counterfactual_label=NATURAL_ARM if measure_natural else None,
             record_choices=full,
             keep_ids=keep_ids,
         )
         for r, seed in enumerate(seeds)
-        for label, factory, counterfactual in (
-            (POLICY_ARM, policy, natural),
-            (NATURAL_ARM, natural, None),
-        )
     ]
+
+
+def run_simulation_jobs(
+    jobs: list[ArmJob],
+    ray_address: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> list[ArmOutcome]:
+    """Run :func:`simulation_jobs` on the executor: every seed's outcomes, policy arm
+    then natural arm, in seed order. ``progress(steps_done)`` after every step (in
+    process only), ``on_done(i)`` when job ``i`` finishes."""
+    from functools import partial
+
+    from .executor import run_jobs
+
+    fn = measure_arms if progress is None else partial(measure_arms, progress=progress)
+    done = run_jobs(fn, jobs, ray_address=ray_address, on_done=on_done)
+    return [o for outs in done for o in outs]
 
 
 def estimate_bytes(job: ArmJob) -> int:
     """A generous estimate of the peak memory of one job (:func:`~auditor.measure.run_arm`),
-    to refuse runs that cannot fit: the arms' states and step tensors, the per-step meters
-    (consumed items, topic counts, exposure, mediation), the kept snapshots and choices,
-    and the per-user results."""
+    to refuse runs that cannot fit: the arms' states and step tensors, and per measured
+    arm the per-step meters (consumed items, topic counts, exposure, mediation), the kept
+    snapshots and choices, and the per-user results."""
     items, dim, topics = catalog_shape(job.scenario.catalog)
     arms = 1 if job.counterfactual is None else 2
+    measured = 2 if job.counterfactual_label is not None else 1
     k, b = job.scenario.slate_size, job.users
     per_user_arm = 4 * (6 * dim + 4 * k * dim + 6 * k + 16)
     scoring = 4 * 2 * min(b * items, 1 << 24)
@@ -92,7 +111,7 @@ def estimate_bytes(job: ArmJob) -> int:
     kept = len(job.checkpoints) * b * (dim * 4) + (job.steps * b * 8 if job.record_choices else 0)
     if job.record_choices:
         kept *= 4  # the long-format table built from it
-    return b * per_user_arm * arms + scoring + meters + kept
+    return b * per_user_arm * arms + scoring + (meters + kept) * measured
 
 
 def check_fits(jobs: list[ArmJob], concurrent: int) -> None:
@@ -210,6 +229,7 @@ __all__ = [
     "check_fits",
     "estimate_bytes",
     "per_user_frame",
+    "run_simulation_jobs",
     "simulation_jobs",
     "summary_frame",
     "trajectory_frame",

@@ -27,7 +27,7 @@ from simulator.specs import Frozen, ScenarioSpec, fingerprint
 from . import tracking
 from .executor import check_stop, run_jobs
 from .measure import run_arm
-from .simulate import POLICY_ARM, simulation_jobs
+from .simulate import simulation_jobs
 
 EVAL_SEED_OFFSET = 1_000_000
 
@@ -94,12 +94,19 @@ def evaluate(
 ) -> dict[str, float]:
     """The trained policy (greedy) against the natural counterfactual on fresh users:
     ``final/<metric>`` for every metric ``recaudit simulate`` reports, measured by the
-    same job and function (:func:`auditor.simulate.simulation_jobs`' policy arm,
-    :func:`auditor.measure.run_arm`)."""
+    same job and function (:func:`auditor.simulate.simulation_jobs`,
+    :func:`auditor.measure.run_arm`: the policy arm's outcome)."""
     steps = int(bundle.config.get("horizon") or scenario.default_steps)
     policy = functools.partial(LearnedPolicy, bundle)
-    jobs = simulation_jobs(scenario, policy, users=users, steps=steps, seeds=[seed], device=device)
-    [job] = [j for j in jobs if j.label == POLICY_ARM]
+    [job] = simulation_jobs(
+        scenario,
+        policy,
+        users=users,
+        steps=steps,
+        seeds=[seed],
+        device=device,
+        measure_natural=False,
+    )
     return {f"final/{name}": value for name, value in run_arm(job).final.items()}
 
 

@@ -59,10 +59,15 @@ def register(sub: Any) -> dict[str, Command]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from auditor.executor import BackendChoice, run_jobs
-    from auditor.measure import run_arm
+    from auditor.executor import BackendChoice
     from auditor.plan import BuiltinPolicy
-    from auditor.simulate import aggregate, check_fits, simulation_jobs, versions
+    from auditor.simulate import (
+        aggregate,
+        check_fits,
+        run_simulation_jobs,
+        simulation_jobs,
+        versions,
+    )
     from recommenders.registry import get_kind, make_policy
     from simulator.derived import resolve_scenario
 
@@ -108,8 +113,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     check_fits(jobs, concurrent=1 if address is None else (os.cpu_count() or 1))
 
-    from functools import partial
-
     from tqdm import tqdm
 
     show_progress = not args.no_progress and sys.stderr.isatty()
@@ -126,10 +129,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             bar.update(t - done_steps[0])
             done_steps[0] = 0 if t == steps else t
 
-        outcomes = run_jobs(partial(run_arm, progress=tick), jobs)
+        outcomes = run_simulation_jobs(jobs, progress=tick)
     else:  # progress per finished seed
-        bar = tqdm(total=len(jobs), desc="arms", unit="arm", disable=not show_progress)
-        outcomes = run_jobs(run_arm, jobs, ray_address=address, on_done=lambda _i: bar.update(1))
+        bar = tqdm(total=len(jobs), desc="seeds", unit="seed", disable=not show_progress)
+        outcomes = run_simulation_jobs(jobs, address, on_done=lambda _i: bar.update(1))
     bar.close()
     seconds = time.perf_counter() - start
 

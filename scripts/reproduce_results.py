@@ -24,7 +24,7 @@ import torch
 from auditor.executor import resolve_ray_address
 from auditor.measure import run_arm
 from auditor.plan import BuiltinPolicy
-from auditor.simulate import POLICY_ARM, simulation_jobs
+from auditor.simulate import simulation_jobs
 from auditor.train import TrainJob, default_config, train_many
 from recommenders.rl.policy import LearnedPolicy, PolicyBundle
 from simulator.engine import build_environment, run_arms
@@ -55,8 +55,10 @@ def evaluate(
     seed 1000..1000+R-1, measured as `recaudit simulate` and audits measure (run_arm and
     the metric registry)."""
     seeds = [1000 + r for r in range(replicates)]
-    jobs = simulation_jobs(spec, policy, users=users, steps=spec.default_steps, seeds=seeds)
-    outcomes = [run_arm(j) for j in jobs if j.label == POLICY_ARM]
+    jobs = simulation_jobs(
+        spec, policy, users=users, steps=spec.default_steps, seeds=seeds, measure_natural=False
+    )
+    outcomes = [run_arm(j) for j in jobs]
     out: dict[str, Any] = {}
     for key in FIGURES:
         vals = [o.final[key] for o in outcomes]

@@ -8,9 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from auditor.measure import run_arm
 from auditor.plan import BuiltinPolicy
-from auditor.simulate import per_user_frame, simulation_jobs, trajectory_frame
+from auditor.simulate import (
+    per_user_frame,
+    run_simulation_jobs,
+    simulation_jobs,
+    trajectory_frame,
+)
 from simulator.catalog import build_catalog
 from simulator.io import resolve_path
 from simulator.scenarios import get_scenario
@@ -87,7 +91,7 @@ def exports(scenario, users: int, steps: int, seed: int) -> tuple[pd.DataFrame, 
         full=True,
         keep_ids=True,
     )
-    outcomes = [run_arm(j) for j in jobs]
+    outcomes = run_simulation_jobs(jobs)
     return per_user_frame(outcomes), trajectory_frame(outcomes)
 
 

@@ -174,14 +174,14 @@ def test_training_evaluation_is_what_simulate_reports_for_the_trained_policy():
     job = _repro_job()
     out = run_training(job)
     seed = job.config.seed + EVAL_SEED_OFFSET
-    policy, _natural = simulation_jobs(
+    [both] = simulation_jobs(
         job.scenario,
         BuiltinPolicy("ppo", out.bundle.config, out.bundle.weights),
         users=job.eval_users,
         steps=int(out.bundle.config.get("horizon") or job.scenario.default_steps),
         seeds=[seed],
     )
-    sim = run_arm(policy).final
+    sim = run_arm(both).final
     assert list(sim) == list(REGISTRY)
     assert list(out.evaluation) == [f"final/{m}" for m in REGISTRY]
     for m in REGISTRY:
