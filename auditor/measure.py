@@ -132,7 +132,6 @@ class _Mediation:
         self.actual = torch.zeros(job.users, dtype=torch.float64, device=env.device)
         self.natural = torch.zeros(job.users, dtype=torch.float64, device=env.device)
         self.initial = torch.zeros(job.users, dtype=torch.float64, device=env.device)
-        self.u: torch.Tensor | None = None  # the arm's preferences before the next step
         self.u_nat: tuple[int, torch.Tensor] | None = None  # (step, counterfactual's after it)
 
     def clicks(self, u: torch.Tensor, slate: torch.Tensor) -> torch.Tensor:
@@ -142,10 +141,10 @@ class _Mediation:
 
     def arm(self, v: StepView) -> None:
         """The arm's step t (seen before the counterfactual's step t)."""
-        u = v.u0 if self.u is None else self.u
-        p = self.clicks(u, v.slate)
+        # the engine's choice probabilities under the actual and the initial preferences
+        p = 1.0 - v.p_none.double()
         self.actual += p
-        self.initial += p if u is v.u0 else self.clicks(v.u0, v.slate)
+        self.initial += 1.0 - v.p_none_initial.double()
         if self.has_counterfactual:
             if self.u_nat is None:
                 u_nat = v.u0
@@ -155,7 +154,6 @@ class _Mediation:
             self.natural += self.clicks(u_nat, v.slate)
         else:
             self.natural += p
-        self.u = v.u
 
     def counterfactual(self, v: StepView) -> None:
         self.u_nat = (v.t, v.u)
