@@ -230,3 +230,85 @@ def _bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"  # pragma: no cover
+
+
+#: a dynamics fit's work per (event x slate item x dimension x family): the likelihood
+#: passes of one family's search, in the units of the derivation's budget (log rows x
+#: dimension x epochs). Measured with docs/derive.md's REST example (400 users, 8,000
+#: rows): its fit did 1,760,960 such units in 56 to 60 s, its derivation 2,560,000 units
+#: in 5.8 s, so one unit of fit costs about 15 units of derivation.
+FIT_PASSES = 16
+
+
+@dataclass(frozen=True)
+class FitCost:
+    """A dynamics fit's estimated cost (see :func:`estimate_fit`)."""
+
+    users: int
+    events: int  # each user's first max_events events, summed
+    longest: int  # the longest user's events (the padded horizon of the event tensors)
+    families: int  # static and every candidate
+    slate: int
+    dim: int
+    work: int  # events x slate x dimension x families x FIT_PASSES
+    cells: int  # rows evaluated at once x longest x slate x dimension
+    rows: int
+
+
+def fit_rows(users: int) -> int:
+    """Rows (users times parameter points) the fitter evaluates at once: it stacks copies
+    of the users up to its evaluator's ``max_rows`` (simulator.fitting.fit.Evaluator)."""
+    import inspect
+
+    from simulator.fitting.fit import Evaluator
+
+    limit = inspect.signature(Evaluator).parameters["max_rows"].default
+    per = max(1, int(limit) // max(users, 1))
+    return per * users
+
+
+def estimate_fit(
+    events_per_user: Collection[int], *, max_events: int, slate: int, dim: int, families: int
+) -> FitCost:
+    """The cost of fitting ``families`` dynamics families to a log whose users have
+    ``events_per_user`` events, each cut to its first ``max_events``. The work counts
+    what one likelihood pass touches per family (event x slate item x dimension) times
+    :data:`FIT_PASSES`, in the units of the derivation's budget; the
+    largest memory is the slate items' features of every event of the rows evaluated at
+    once, which the gradient of the users' initial preferences holds."""
+    kept = [min(int(n), max_events) for n in events_per_user]
+    users, events, longest = len(kept), sum(kept), max(kept, default=0)
+    rows = fit_rows(users)
+    return FitCost(
+        users=users,
+        events=events,
+        longest=longest,
+        families=families,
+        slate=slate,
+        dim=dim,
+        work=events * slate * dim * families * FIT_PASSES,
+        cells=rows * longest * slate * dim,
+        rows=rows,
+    )
+
+
+def check_fit(
+    cost: FitCost, *, work_left: int, work_name: str, cells: int, cells_name: str
+) -> None:
+    """Refuse (BudgetExceeded) a fit whose work exceeds what the budget has left or whose
+    largest memory exceeds ``cells`` values, stating the estimate and the limit."""
+    if cost.work > work_left:
+        raise BudgetExceeded(
+            f"the dynamics fit costs {cost.events:,} events x {cost.slate} slate items x "
+            f"{cost.dim} dimensions x {cost.families} families x {FIT_PASSES} passes = "
+            f"{cost.work:,}, over the "
+            f"{max(work_left, 0):,} this service's limit ({work_name}) leaves after the "
+            "derivation; use fewer candidates, a smaller max_events or a shorter log"
+        )
+    if cost.cells > cells:
+        raise BudgetExceeded(
+            f"the dynamics fit would hold {_cells(cost.cells)}: the slate items' features of "
+            f"{cost.rows:,} user rows x {cost.longest:,} events x {cost.slate} items x "
+            f"{cost.dim} dimensions, over this service's limit of {cells:,} values "
+            f"({cells_name}); use a smaller max_events"
+        )

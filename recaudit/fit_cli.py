@@ -1,8 +1,9 @@
 """``recaudit fit``: fit users' preference dynamics from an interaction log.
 
-The log (CSV, parquet or RecBole ``.inter``; columns user, item, timestamp) is read
-against a catalog: a registered scenario id, a parquet table of item features with an
-``item_id`` column, or a scenario directory (``scenario.json``; its dynamics and ``fit``
+The log (CSV, parquet or RecBole ``.inter``; columns user, item, timestamp, read by
+:mod:`simulator.logs` as ``recaudit scenario derive`` reads it) is fitted against a
+catalog: a registered scenario id, a parquet table of item features with an ``item_id``
+column, or a scenario directory (``scenario.json``; its dynamics and ``fit``
 field are updated in place). Logged consumptions carry no exposures, so the slates are
 a stated logging-policy proxy. The fit section is written as JSON.
 """
@@ -64,6 +65,11 @@ def add_parser(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
         help="refit the selected family under the other proxy and report how estimates move",
     )
     p.add_argument("--out", type=Path, help="write the fit section here (default: stdout)")
+    for role, names in (("user", "user_id, user"), ("item", "item_id, item")):
+        p.add_argument(f"--{role}-col", help=f"the log's {role} column (default: {names})")
+    p.add_argument(
+        "--timestamp-col", help="the log's timestamp column (default: timestamp, time, ts)"
+    )
 
 
 def _catalog(text: str, temperature: float | None) -> tuple[Any, Any, list[str], Path | None]:
@@ -108,67 +114,32 @@ def _catalog(text: str, temperature: float | None) -> tuple[Any, Any, list[str],
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from simulator.fitting.run import FitOptions, fit_interactions, parse_candidates
+    from simulator.logs import Columns, read_log
 
-    from simulator.fitting.families import DEFAULT_CANDIDATES, FAMILIES
-    from simulator.fitting.likelihood import ChoiceForm
-    from simulator.fitting.log import from_interactions, read_log
-    from simulator.fitting.select import fit_log, proxy_sensitivity
-
-    candidates = tuple(DEFAULT_CANDIDATES)
-    if args.candidates:
-        candidates = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
-        unknown = [c for c in candidates if c not in FAMILIES]
-        if unknown:
-            raise SpecError(f"unknown family {unknown[0]!r}; one of {', '.join(FAMILIES)}")
+    options = FitOptions(
+        candidates=parse_candidates(args.candidates),
+        proxy=args.proxy,
+        slate_size=args.slate_size,
+        max_events=args.max_events,
+        replicates=args.replicates,
+        seed=args.seed,
+        sensitivity=args.sensitivity,
+    )
     if args.temperature is not None and not args.temperature > 0:
         raise SpecError("--temperature must be positive")
     if args.out is not None and args.out.exists() and args.out.is_dir():
         raise SpecError(f"--out {args.out} is a directory")
     items, choice_spec, ids, directory = _catalog(args.catalog, args.temperature)
-    raw = read_log(args.log)
-    log, counts = from_interactions(
-        raw,
-        ids,
-        proxy=args.proxy,
-        slate_size=args.slate_size,
-        seed=args.seed,
-        max_events=args.max_events,
-    )
-    choice = ChoiceForm.of(choice_spec, log)
+    columns = Columns(user=args.user_col, item=args.item_col, timestamp=args.timestamp_col)
+    raw = read_log(args.log, columns).log
 
     def progress(msg: str) -> None:
         print(f"recaudit fit: {msg}", file=sys.stderr, flush=True)
 
-    section, _ = fit_log(
-        log,
-        items,
-        choice,
-        candidates=candidates,
-        seed=args.seed,
-        replicates=args.replicates,
-        data={
-            "log": str(args.log),
-            "proxy": args.proxy,
-            "max_events_per_user": args.max_events,
-            **counts,
-        },
-        progress=progress,
+    section = fit_interactions(
+        raw, ids, items, choice_spec, options, data={"log": str(args.log)}, progress=progress
     )
-    if args.sensitivity and section.family != "static":
-        other = "sampled" if args.proxy == "popularity" else "popularity"
-        alt, _ = from_interactions(
-            raw,
-            ids,
-            proxy=other,
-            slate_size=args.slate_size,
-            seed=args.seed,
-            max_events=args.max_events,
-        )
-        progress(f"proxy sensitivity: refitting {section.family} under the {other} proxy")
-        sens = proxy_sensitivity(
-            section, alt, items, ChoiceForm.of(choice_spec, alt), other, args.seed
-        )
-        section = section.model_copy(update={"proxy_sensitivity": sens})
     payload = section.model_dump(mode="json")
     text = json.dumps(payload, indent=1) + "\n"
     if args.out is not None:

@@ -71,6 +71,18 @@ def add_parsers(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
         help="a parameter of the drift model (repeatable; default for trecs: delta=0.05)",
     )
     m.add_argument("--threads", type=positive_int, default=1, help="torch threads (1)")
+    f = de.add_argument_group("fitting the dynamics from the log (recaudit fit's fitter)")
+    f.add_argument(
+        "--fit",
+        nargs="?",
+        const="",
+        metavar="FAMILIES",
+        help="fit the dynamics instead of --dynamics: comma-separated candidates besides "
+        "static (default: all of them)",
+    )
+    f.add_argument("--fit-proxy", choices=("popularity", "sampled"), default="popularity")
+    f.add_argument("--fit-max-events", type=positive_int, default=200, help="per user (200)")
+    f.add_argument("--fit-replicates", type=positive_int, default=200, help="bootstrap (200)")
     de.add_argument(
         "--json", action="store_true", help="print derivation.json instead of a summary"
     )
@@ -89,6 +101,32 @@ def _dynamics(kind: str, params: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
+
+
+def _fitter(args: argparse.Namespace) -> Any:
+    """The fit step asked for with --fit (None: the chosen --dynamics)."""
+    if args.fit is None:
+        return None
+    if args.dynamics != "trecs" or args.dynamics_param:
+        raise SpecError("give --dynamics or --fit, not both: a fit chooses the dynamics")
+    import sys
+
+    from recommenders.fit_step import fitted_dynamics
+    from simulator.fitting.run import FitOptions, parse_candidates
+
+    options = FitOptions(
+        candidates=parse_candidates(args.fit or None),
+        proxy=args.fit_proxy,
+        slate_size=args.slate_size,
+        max_events=args.fit_max_events,
+        replicates=args.fit_replicates,
+        seed=args.seed,
+    )
+
+    def progress(msg: str) -> None:
+        print(f"recaudit scenario derive: fitting dynamics: {msg}", file=sys.stderr, flush=True)
+
+    return fitted_dynamics(options, progress=progress, threads=args.threads)
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
@@ -135,6 +173,7 @@ def cmd_scenario(args: argparse.Namespace) -> int:
             id=args.item_id_col, category=args.category_col, polarity=args.polarity_column
         ),
         options=options,
+        dynamics_fitter=_fitter(args),
         force=args.force,
     )
     if args.json:
@@ -162,5 +201,13 @@ def cmd_scenario(args: argparse.Namespace) -> int:
         else "none: axis-free scenario, audits default to axis-free criteria"
     )
     print(f"  polarity axis: {axis}")
-    print(f"  dynamics: {prov['dynamics']['kind']} ({prov['dynamics']['by']})")
+    dyn = prov["dynamics"]
+    fitted = ""
+    if dyn.get("fitted"):
+        lo, hi = dyn["vs_static_interval"]
+        fitted = (
+            f"; family {dyn['family']}, held-out log-likelihood per event vs static "
+            f"{dyn['vs_static']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        )
+    print(f"  dynamics: {dyn['kind']} ({dyn['by']}{fitted})")
     return 0

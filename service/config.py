@@ -14,7 +14,8 @@ RECAUDIT_MAX_BODY_BYTES            largest JSON request body                    
 RECAUDIT_MAX_UPLOAD_BYTES          largest policy upload (multipart)              64 MiB
 RECAUDIT_MAX_USER_STEPS            budget: users x steps x replicates x arms      20 000 000
 RECAUDIT_DATASETS_DIR              uploaded logs and their derived scenarios      ``$RECAUDIT_HOME/datasets``
-RECAUDIT_MAX_DERIVE_COST           budget: log rows x dimension x epochs          500 000 000
+RECAUDIT_MAX_DERIVE_COST           budget: log rows x dimension x epochs, plus    500 000 000
+                                   the dynamics fit's work (auditor.budget)
 RECAUDIT_MAX_CELLS                 budget: values in the largest array one        100 000 000
                                    simulation or training holds
 RECAUDIT_MAX_TRAIN_STEPS           budget: environment steps of the trainings     100 000 000
@@ -82,7 +83,10 @@ class Settings(Frozen):
         20_000_000, ge=1, description="Budget per audit: users x steps x replicates x arms."
     )
     max_derive_cost: int = Field(
-        500_000_000, ge=1, description="Budget per derivation: log rows x dimension x epochs."
+        500_000_000,
+        ge=1,
+        description="Budget per derivation: log rows x dimension x epochs, plus the dynamics "
+        "fit's work (auditor.budget.estimate_fit).",
     )
     max_cells: int = Field(
         100_000_000, ge=1, description="Budget: values in the largest array of an audit."

@@ -21,11 +21,12 @@ import socket
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
+from auditor.budget import FIT_PASSES
 from simulator.errors import SpecError
 from simulator.specs import ScenarioSpec
 
@@ -52,6 +53,40 @@ class DeriveOverBudget(SpecError):
     """A derivation over the service's budget (422, urn:recaudit:problem:budget)."""
 
 
+class FitRequest(BaseModel):
+    """A derivation's fit step: ``recaudit fit``'s options (the proxy's slate size is the
+    scenario's ``slate_size``; the seed, when not given, the derivation's)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    candidates: list[str] | None = Field(
+        None,
+        max_length=16,
+        description="Families to fit besides static (default: every one: static, trecs, "
+        "biased_assimilation, bounded_confidence, anchored_trecs).",
+    )
+    proxy: Literal["popularity", "sampled"] = Field(
+        "popularity", description="Logging-policy proxy for the exposures a log lacks."
+    )
+    max_events: int = Field(200, ge=1, le=10_000, description="Each user's first N events.")
+    replicates: int = Field(200, ge=10, le=2000, description="Bootstrap replicates over users.")
+    seed: int | None = Field(None, ge=0, le=2**31)
+    sensitivity: bool = Field(False, description="Refit the selected family under the other proxy.")
+
+    def options(self, slate_size: int, seed: int) -> Any:
+        from simulator.fitting.run import FitOptions, parse_candidates
+
+        return FitOptions(
+            candidates=parse_candidates(self.candidates),
+            proxy=self.proxy,
+            slate_size=slate_size,
+            max_events=self.max_events,
+            replicates=self.replicates,
+            seed=seed if self.seed is None else self.seed,
+            sensitivity=self.sensitivity,
+        )
+
+
 class DeriveRequest(BaseModel):
     """The options of a derivation (the form fields of ``POST /v1/datasets``)."""
 
@@ -76,6 +111,11 @@ class DeriveRequest(BaseModel):
     steps: int = Field(50, ge=1, le=10_000)
     slate_size: int = Field(10, ge=1, le=1000)
     dynamics: dict[str, Any] = Field(default_factory=lambda: {"kind": "trecs", "delta": 0.05})
+    fit: FitRequest | None = None
+
+    def fit_options(self) -> Any:
+        """The fit step's options (SpecError: unknown family), or None without one."""
+        return None if self.fit is None else self.fit.options(self.slate_size, self.seed)
 
     def derive_args(self) -> dict[str, Any]:
         from recommenders.derive import Columns, DeriveOptions, ItemColumns, parse_labels
@@ -175,6 +215,9 @@ class DatasetStore:
                 "derived); use a new version"
             )
         parse_dynamics(request.dynamics)
+        fit = request.fit_options()
+        if fit is not None and "dynamics" in request.model_fields_set:
+            raise SpecError("give dynamics or fit, not both: a fit chooses the dynamics")
         if request.polarity_column and request.polarity_labels:
             raise SpecError("give polarity_column or polarity_labels, not both")
         log_suffix = sniff(log[0], log[1], "log")
@@ -200,6 +243,7 @@ class DatasetStore:
                     f"{self.settings.max_derive_cost:,} (RECAUDIT_MAX_DERIVE_COST); use fewer "
                     "epochs, a smaller dimension or a shorter log"
                 )
+            fit_cost = self._fit_cost(read.log, request, fit, cost) if fit is not None else None
             name = "u" + secrets.token_hex(8)
             final = self.root / tenant / name
             final.mkdir(parents=True)
@@ -214,7 +258,8 @@ class DatasetStore:
                 "items": items_name,
                 "request": request.model_dump(mode="json"),
                 "rows": read.rows_read,
-                "cost": cost,
+                "cost": cost + (fit_cost or 0),
+                "fit_cost": fit_cost,
             },
             sort_keys=True,
         )
@@ -224,6 +269,30 @@ class DatasetStore:
             shutil.rmtree(final, ignore_errors=True)
             raise
         return row
+
+    def _fit_cost(self, log: Any, request: DeriveRequest, fit: Any, derive_cost: int) -> int:
+        """The fit step's work, counted in the derivation's budget (and its memory in the
+        audits' array limit); DeriveOverBudget when over either."""
+        from auditor.budget import BudgetExceeded, check_fit, estimate_fit
+
+        cost = estimate_fit(
+            log.groupby("user").size().tolist(),
+            max_events=fit.max_events,
+            slate=request.slate_size,
+            dim=request.dim,
+            families=len(fit.families),
+        )
+        try:
+            check_fit(
+                cost,
+                work_left=self.settings.max_derive_cost - derive_cost,
+                work_name="RECAUDIT_MAX_DERIVE_COST",
+                cells=self.settings.max_cells,
+                cells_name="RECAUDIT_MAX_CELLS",
+            )
+        except BudgetExceeded as exc:
+            raise DeriveOverBudget(str(exc)) from None
+        return cost.work
 
     def _taken(self, tenant: str, scenario_id: str) -> bool:
         t = self.jobs.table
@@ -310,12 +379,33 @@ def derive_execute(store: DatasetStore) -> Execute:
         job = json.loads(row["spec"])
         base = store.directory(row["tenant"], job["dir"])
         request = DeriveRequest.model_validate(job["request"])
+        fitter = None
+        fit = request.fit_options()
+        if fit is not None:
+            from recommenders.fit_step import fitted_dynamics
+
+            phases = len(fit.families) + 1 + int(fit.sensitivity)
+            seen: list[str] = []
+
+            def fit_progress(msg: str) -> None:
+                if not seen or msg != seen[-1]:
+                    seen.append(msg)
+                done = min(len(seen) - 1, phases) / phases
+                progress(0.5 + 0.45 * done, f"fitting dynamics: {msg}")
+
+            # named as an upload's staging directory: a fit whose service process was
+            # killed leaves its files where the next start's clean_staging removes them
+            staging = (store.root, f"{STAGING}{socket.gethostname()}.{os.getpid()}.")
+            fitter = fitted_dynamics(
+                fit, progress=fit_progress, isolated=True, threads=1, workdir=staging
+            )
         progress(0.05, "deriving: training embeddings, calibrating")
         derive(
             base / "input" / job["log"],
             base / "scenario",
             items_path=base / "input" / job["items"] if job["items"] else None,
             force=True,
+            dynamics_fitter=fitter,
             **request.derive_args(),
         )
         progress(1.0, "derived")
@@ -353,7 +443,14 @@ class Dataset(BaseModel):
     phase: str = Field(description="What the derivation is doing.")
     error: str | None = Field(None, description="Why it failed.")
     rows: int = Field(description="Rows of the uploaded log.")
-    cost: int = Field(description="Budget used: log rows x dimension x epochs.")
+    cost: int = Field(
+        description="Budget used: log rows x dimension x epochs, plus the fit's work."
+    )
+    fit_cost: int | None = Field(
+        None,
+        description="The fit step's work: events x slate size x dimension x families x "
+        f"{FIT_PASSES} passes (None: no fit; the dynamics are the chosen ones).",
+    )
     created: str | None = Field(None, description="Submitted at (ISO 8601, UTC).")
     finished: str | None = Field(None, description="Finished at (ISO 8601, UTC).")
     derivation: dict[str, Any] | None = Field(

@@ -395,11 +395,14 @@ class ScenarioSpec(Frozen):
         """Identifies the scenario's behaviour. Fields added after a scenario was published
         count only when set (so published fingerprints stay), and a data file with a
         recorded SHA-256 counts by its content, not its path (a derived scenario's
-        directory can move)."""
+        directory can move). A fit's wall-clock ``seconds`` does not count: the same log
+        and seed give the same fingerprint."""
         data = self.model_dump(mode="json")
         for key, default in (("axis_free", False), ("fit", None)):
             if data[key] == default:
                 del data[key]
+        if isinstance(data.get("fit"), dict):
+            data["fit"].pop("seconds", None)
         for part in ("catalog", "population"):
             if data[part].get("kind") == "file":
                 del data[part]["path" if data[part]["sha256"] else "sha256"]

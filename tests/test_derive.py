@@ -182,7 +182,7 @@ def test_a_named_attribute_gives_the_polarity_axis(derived):
 def test_no_axis_means_axis_free_criteria_and_the_fit_seam(data, tmp_path):
     seen = {}
 
-    def fitter(log, items, users):
+    def fitter(log, items, users, choice):
         seen["n"] = len(log.user)
         seen["steps"] = int(log.step.max()) + 1
         return DynamicsChoice(

@@ -148,15 +148,19 @@ def test_popularity_proxy_slates_hold_the_consumed_item_and_the_most_popular_bef
 
 
 def test_read_log_names_the_first_bad_rows(tmp_path):
+    # the fitter reads logs with the derivation's reader (one reader, one set of messages)
     from simulator.errors import SpecError
-    from simulator.fitting.log import read_log
+    from simulator.logs import read_log
 
     p = tmp_path / "log.csv"
     p.write_text("user,item,timestamp\na,1,10\nb,2,oops\nc,3,\n")
-    with pytest.raises(SpecError, match=r"2 row\(s\).*line\(s\) \[3, 4\]"):
+    with pytest.raises(SpecError, match=r"log.csv: missing timestamp \(timestamp\) in row 3$"):
+        read_log(p)
+    p.write_text("user,item,timestamp\na,1,10\nb,2,oops\nc,3,nope\n")
+    with pytest.raises(SpecError, match=r"unparsable timestamp \(timestamp\) in rows 2, 3 "):
         read_log(p)
     (tmp_path / "cols.csv").write_text("user,item\na,1\n")
-    with pytest.raises(SpecError, match="lacks column"):
+    with pytest.raises(SpecError, match="no timestamp column"):
         read_log(tmp_path / "cols.csv")
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from simulator.errors import SpecError
+from simulator.logs import read_atomic  # the one reader of atomic files (simulator layer)
 from simulator.types import Feedback
 
 PAD = "[PAD]"
@@ -93,29 +94,6 @@ def write_atomic_files(
 def _write_tsv(df: pd.DataFrame, path: Path) -> None:
     # floats are written with repr (shortest round-tripping form)
     df.to_csv(path, sep="\t", index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
-
-
-def read_atomic(path: str | Path) -> pd.DataFrame:
-    """Read one atomic file; columns are named by field (``user_id``), token and
-    token_seq fields are ``str``, float fields ``float64``."""
-    p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"atomic file not found: {p}")
-    raw = pd.read_csv(
-        p,
-        sep="\t",
-        dtype=str,
-        keep_default_na=False,
-        quoting=csv.QUOTE_NONE,
-        encoding="utf-8",
-    )
-    out = pd.DataFrame(index=raw.index)
-    for col in raw.columns:
-        name, _, ftype = str(col).partition(":")
-        if ftype not in ("token", "token_seq", "float", "float_seq"):
-            raise SpecError(f"{p.name}: column {col!r} is not 'name:type' with a RecBole type")
-        out[name] = raw[col].astype(float) if ftype == "float" else raw[col]
-    return out
 
 
 def read_atomic_files(

@@ -30,6 +30,7 @@ def _dataset(svc: Svc, row: dict[str, Any]) -> Dataset:
         error=row["error"],
         rows=job["rows"],
         cost=job["cost"],
+        fit_cost=job.get("fit_cost"),
         created=iso(row["created_at"]),
         finished=iso(row["finished_at"]),
         derivation=svc.datasets.derivation(row) if svc.datasets else None,
@@ -68,7 +69,9 @@ def submit_dataset(
             description="JSON object of derivation options, the CLI's flags: user_col, "
             "item_col, timestamp_col, rating_col, label_col, min_rating, item_id_col, "
             "category_col, polarity_column, polarity_labels ('left=-1,right=1'), model, dim, "
-            "epochs, seed, steps, slate_size, dynamics ({'kind': 'trecs', 'delta': 0.05})."
+            "epochs, seed, steps, slate_size, dynamics ({'kind': 'trecs', 'delta': 0.05}) or "
+            "fit ({'candidates': ['trecs'], 'max_events': 200, 'replicates': 200}: the "
+            "dynamics fitted from the log, as recaudit fit does; see docs/derive.md)."
         ),
     ] = None,
 ) -> Dataset:
@@ -119,3 +122,31 @@ def get_dataset(dataset_id: str, svc: Svc, tenant: Tenant) -> Dataset:
     if row is None:
         raise ApiError(404, f"no dataset {dataset_id!r}")
     return _dataset(svc, row)
+
+
+@router.delete(
+    "/{dataset_id}",
+    response_model=Dataset,
+    summary="Cancel a derivation",
+    responses={202: {"model": Dataset}, **_problems(401, 404, 409)},
+)
+def cancel_dataset(dataset_id: str, svc: Svc, tenant: Tenant, response: Response) -> Dataset:
+    """Cancel a queued derivation (200, status 'cancelled') or ask a running one to stop
+    (202): a fit step stops within about a second; the embedding training and the
+    calibration before it are not interrupted (the job stops when they end). A finished
+    derivation answers 409."""
+    row = svc.datasets.get(tenant, dataset_id) if svc.datasets else None
+    if row is None:
+        raise ApiError(404, f"no dataset {dataset_id!r}")
+    assert svc.datasets is not None
+    after = None
+    if row["status"] in ("queued", "running"):
+        after = svc.datasets.jobs.request_cancel(tenant, dataset_id)
+    if after is None or after["status"] not in ("running", "cancelled"):
+        status = (after or row)["status"]
+        raise ApiError(409, f"dataset {dataset_id} already {status}; there is nothing to cancel")
+    if svc.dataset_runner is not None:
+        svc.dataset_runner.wake()
+    if after["status"] == "running":
+        response.status_code = 202
+    return _dataset(svc, after)

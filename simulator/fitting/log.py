@@ -9,9 +9,7 @@ event is a click, so the likelihood is then conditional on a click (no outside o
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -92,50 +90,6 @@ def from_run(slates: list[torch.Tensor], choices: list[torch.Tensor]) -> EventLo
     )
 
 
-def read_log(path: str | Path) -> pd.DataFrame:
-    """A log file (CSV, parquet or RecBole atomic ``.inter``) as columns user, item (str
-    tokens) and timestamp (float). Missing columns, missing values or unparsable
-    timestamps raise SpecError naming the first offending rows."""
-    p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"log file not found: {p}")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            raw = pd.read_parquet(p)
-        elif suffix == ".csv":
-            raw = pd.read_csv(p, dtype=str, keep_default_na=False)
-        elif suffix == ".inter":
-            raw = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
-            raw.columns = [str(c).partition(":")[0] for c in raw.columns]
-            raw = raw.rename(columns={"user_id": "user", "item_id": "item"})
-        else:
-            raise SpecError(f"log file must be .csv, .parquet or .inter, not {p.name}")
-    except SpecError:
-        raise
-    except (ValueError, OSError) as exc:
-        raise SpecError(f"cannot read log file {p}: {exc}") from None
-    missing = [c for c in ("user", "item", "timestamp") if c not in raw.columns]
-    if missing:
-        raise SpecError(
-            f"log file {p.name} lacks column(s) {', '.join(missing)} (has {', '.join(map(str, raw.columns))})"
-        )
-    if len(raw) == 0:
-        raise SpecError(f"log file {p.name} has no rows")
-    user = raw["user"].astype(str)
-    item = raw["item"].astype(str)
-    ts = pd.to_numeric(raw["timestamp"], errors="coerce")
-    bad = ts.isna() | ~np.isfinite(ts.to_numpy(dtype=float, na_value=np.nan))
-    bad |= raw["user"].isna() | raw["item"].isna() | (user == "") | (item == "")
-    if bad.any():
-        rows = [int(i) + 2 for i in np.flatnonzero(bad.to_numpy())[:5]]  # 1-based, after header
-        raise SpecError(
-            f"log file {p.name}: {int(bad.sum())} row(s) with a missing user/item or an "
-            f"unparsable timestamp, first at line(s) {rows}"
-        )
-    return pd.DataFrame({"user": user, "item": item, "timestamp": ts.astype(float)})
-
-
 def from_interactions(
     log: pd.DataFrame,
     item_ids: list[str],
@@ -148,7 +102,9 @@ def from_interactions(
 ) -> tuple[EventLog, dict[str, int]]:
     """Event tensors from a consumption log under a logging-policy proxy.
 
-    Events are ordered by timestamp within each user (ties keep file order). Items not in
+    ``log`` has columns user, item (str tokens) and timestamp (float), as
+    :func:`simulator.logs.read_log` reads them. Events are ordered by timestamp within
+    each user (ties keep file order). Items not in
     the catalog are dropped and counted; ``max_events`` keeps each user's first events.
     Returns the log and counts (events kept, dropped items, users).
     """
