@@ -162,6 +162,12 @@ def mediated_share(r: RunMeasures) -> float:
     return 1.0 - natural / actual if actual > 0 else math.nan
 
 
+def mediated_share_initial(r: RunMeasures) -> float:
+    actual = float(np.sum(r.series["expected_engagement"]))
+    initial = float(np.sum(r.series["initial_pref_engagement"]))
+    return 1.0 - initial / actual if actual > 0 else math.nan
+
+
 def _user_mean(user: Callable[[RunMeasures], np.ndarray]) -> Callable[[RunMeasures], float]:
     def f(r: RunMeasures) -> float:
         return float(user(r).mean())
@@ -361,6 +367,16 @@ _LIST = (
         "higher is worse",
         "final",
         final=mediated_share,
+    ),
+    Metric(
+        "mediated_share_initial",
+        "share of expected engagement that preference change bought, against the initial "
+        "preferences: 1 - E[clicks | initial preferences] / E[clicks | actual preferences], "
+        "same slates (mediated_share against preferences that do not move)",
+        "share of expected clicks",
+        "higher is worse",
+        "final",
+        final=mediated_share_initial,
     ),
 )
 

@@ -78,6 +78,7 @@ EXPECTED = {
     "exposure_gini": 0.625,  # sorted (0, 0, 1, 3): 2 (3 + 12) / (4 * 4) - 5 / 4
     "mediated_engagement": 0.125,  # ((1 - 0.5) / 2 + 0) / 2
     "mediated_share": 0.25,  # 1 - 1.5 / 2
+    "mediated_share_initial": 0.2,  # 1 - (0.3 + 0.5) / (0.4 + 0.6)
 }
 
 
