@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from simulator import metrics
-from simulator.engine import Environment, StepView, build_environment, run_arms
+from simulator.engine import (
+    ArmRecord,
+    Environment,
+    RunResult,
+    StepView,
+    build_environment,
+    run_arms,
+)
 from simulator.metric_registry import (
     EXTREME_THRESHOLD,
     REGISTRY,
@@ -74,6 +81,19 @@ class ArmJob:
     #: score this arm's slates under the preferences its users would have had; None for
     #: the natural arm itself (its engagement is all unmediated)
     counterfactual: Callable[[], Policy] | None = None
+    #: also measure the counterfactual, as the arm of this label (the natural arm of the
+    #: same replicate: the same users and random numbers, so the same run), at no extra
+    #: run: :func:`measure_arms` returns its outcome second
+    counterfactual_label: str | None = None
+    #: keep the item each user consumed at every step (trajectory exports; with every
+    #: step among the checkpoints, the snapshots are the preference trajectory)
+    record_choices: bool = False
+    #: return the users' and the catalog's string ids (exports name them by these)
+    keep_ids: bool = False
+
+    def __post_init__(self) -> None:
+        if self.counterfactual_label is not None and self.counterfactual is None:
+            raise ValueError("counterfactual_label needs a counterfactual")
 
 
 @dataclass
@@ -81,7 +101,9 @@ class ArmOutcome:
     label: str
     replicate: int
     seed: int
-    per_step: dict[str, list[float]]  # STEP_METRICS -> T values (after steps 1..T)
+    #: STEP_METRICS -> T values (after steps 1..T), and the engine's per-step
+    #: ``induced_shift`` against the counterfactual (0 without one)
+    per_step: dict[str, list[float]]
     final: dict[str, float]  # end-of-run figures measured inside the task
     per_user: dict[str, np.ndarray]  # per-user values of the USER_METRICS measured here, [B]
     snapshots: np.ndarray  # [K, B, d] float32 preferences at ``checkpoints``
@@ -93,6 +115,10 @@ class ArmOutcome:
     types: np.ndarray | None = None  # [B] user types of typed populations
     seconds: float = 0.0
     boundary: dict[str, Any] | None = None  # the policy's boundary() (ids, cold start)
+    axis: np.ndarray | None = None  # [d] the run's unit polarity axis
+    choices: np.ndarray | None = None  # [T, B] item consumed at each step or -1 (record_choices)
+    user_ids: tuple[str, ...] = ()  # user b is user_ids[b] (keep_ids)
+    item_ids: tuple[str, ...] = ()  # item i is item_ids[i] (keep_ids)
 
 
 class _Mediation:
@@ -100,13 +126,12 @@ class _Mediation:
     their natural-counterfactual preferences (the natural arm's state at the same step of
     the same replicate), summed over steps per user."""
 
-    def __init__(self, job: ArmJob, env: Environment) -> None:
+    def __init__(self, job: ArmJob, env: Environment, has_counterfactual: bool) -> None:
         self.env = env
-        self.has_counterfactual = job.counterfactual is not None
+        self.has_counterfactual = has_counterfactual
         self.actual = torch.zeros(job.users, dtype=torch.float64, device=env.device)
         self.natural = torch.zeros(job.users, dtype=torch.float64, device=env.device)
         self.initial = torch.zeros(job.users, dtype=torch.float64, device=env.device)
-        self.u: torch.Tensor | None = None  # the arm's preferences before the next step
         self.u_nat: tuple[int, torch.Tensor] | None = None  # (step, counterfactual's after it)
 
     def clicks(self, u: torch.Tensor, slate: torch.Tensor) -> torch.Tensor:
@@ -116,10 +141,10 @@ class _Mediation:
 
     def arm(self, v: StepView) -> None:
         """The arm's step t (seen before the counterfactual's step t)."""
-        u = v.u0 if self.u is None else self.u
-        p = self.clicks(u, v.slate)
+        # the engine's choice probabilities under the actual and the initial preferences
+        p = 1.0 - v.p_none.double()
         self.actual += p
-        self.initial += p if u is v.u0 else self.clicks(v.u0, v.slate)
+        self.initial += 1.0 - v.p_none_initial.double()
         if self.has_counterfactual:
             if self.u_nat is None:
                 u_nat = v.u0
@@ -129,7 +154,6 @@ class _Mediation:
             self.natural += self.clicks(u_nat, v.slate)
         else:
             self.natural += p
-        self.u = v.u
 
     def counterfactual(self, v: StepView) -> None:
         self.u_nat = (v.t, v.u)
@@ -152,6 +176,7 @@ class _Meter:
         self.consumed = torch.zeros(self.jac_users, n_items, dtype=torch.bool, device=dev)
         self.topic_counts = torch.zeros(job.users, n_topics, dtype=torch.float64, device=dev)
         self.axis: torch.Tensor | None = None
+        self.choices: list[torch.Tensor] | None = [] if job.record_choices else None
 
     def __call__(self, v: StepView) -> None:
         if v.t == 0:
@@ -177,6 +202,8 @@ class _Meter:
         self.topic_counts[rows, self.topics[items]] += 1.0
         keep = rows < self.jac_users
         self.consumed[rows[keep], items[keep]] = True
+        if self.choices is not None:
+            self.choices.append(v.item.cpu())
 
 
 def _boundary(policy: Policy) -> dict[str, Any] | None:
@@ -186,23 +213,51 @@ def _boundary(policy: Policy) -> dict[str, Any] | None:
     return dict(state()) if callable(state) else None
 
 
-def run_arm(job: ArmJob) -> ArmOutcome:
-    """Run one arm of one replicate. Plain Python: the executor adds ``.remote``."""
+def run_arm(job: ArmJob, progress: Callable[[int], None] | None = None) -> ArmOutcome:
+    """Run one arm of one replicate and measure it. Plain Python: the executor adds
+    ``.remote``. ``progress(steps_done)`` is called after every step."""
+    return measure_arms(job, progress)[0]
+
+
+@dataclass
+class _Measured:
+    """One measured arm of a run: its label, policy and streamed meters."""
+
+    label: str
+    policy: Policy
+    meter: _Meter
+    mediation: _Mediation
+
+
+def measure_arms(job: ArmJob, progress: Callable[[int], None] | None = None) -> list[ArmOutcome]:
+    """Run one arm of one replicate (beside its counterfactual, if any) and measure it;
+    with ``job.counterfactual_label`` the counterfactual is measured too, its outcome
+    second. Plain Python: the executor adds ``.remote``."""
     start = time.perf_counter()
     env = build_environment(job.scenario, job.device)
-    meter = _Meter(job, env.catalog.size, env.catalog.topic, env.device)
-    mediation = _Mediation(job, env)
-    policy = job.factory()
-    policies = {job.label: policy}
+    cf = job.counterfactual is not None
+
+    def measured(label: str, policy: Policy, has_counterfactual: bool) -> _Measured:
+        meter = _Meter(job, env.catalog.size, env.catalog.topic, env.device)
+        return _Measured(label, policy, meter, _Mediation(job, env, has_counterfactual))
+
+    arm = measured(job.label, job.factory(), cf)
+    policies = {job.label: arm.policy}
+    natural: _Measured | None = None
     if job.counterfactual is not None:
         policies[_COUNTERFACTUAL] = job.counterfactual()  # steps after the arm
+        if job.counterfactual_label is not None:
+            natural = measured(job.counterfactual_label, policies[_COUNTERFACTUAL], False)
 
     def observe(v: StepView) -> None:
         if v.arm == job.label:
-            meter(v)
-            mediation.arm(v)
-        else:
-            mediation.counterfactual(v)
+            arm.meter(v)
+            arm.mediation.arm(v)
+            return
+        arm.mediation.counterfactual(v)
+        if natural is not None:
+            natural.meter(v)
+            natural.mediation.arm(v)
 
     result = run_arms(
         env,
@@ -210,18 +265,32 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         users=job.users,
         steps=job.steps,
         seed=job.seed,
+        reference=_COUNTERFACTUAL if cf else None,
         observe=observe,
-        progress=lambda _t: check_stop(),  # a cancel stops it within a step
+        progress=lambda t: _step_done(t, progress),
     )
-    rec = result.arms[job.label]
-    assert rec.final is not None and rec.clicks is not None
+    ref = result.arms[_COUNTERFACTUAL] if cf else result.arms[job.label]
+    outcomes = [_outcome(job, arm, result, result.arms[job.label], ref)]
+    if natural is not None:
+        outcomes.append(_outcome(job, natural, result, ref, ref))
+    for o in outcomes:
+        o.seconds = time.perf_counter() - start
+    return outcomes
+
+
+def _outcome(
+    job: ArmJob, arm: _Measured, result: RunResult, rec: ArmRecord, natural: ArmRecord
+) -> ArmOutcome:
+    """The registry's figures of one measured arm, from its record, its meters and its
+    natural counterfactual's final preferences (its own for the natural arm)."""
+    meter, mediation = arm.meter, arm.mediation
+    assert rec.final is not None and rec.clicks is not None and natural.final is not None
     per_step = {k: list(rec.summaries[k]) for k in STREAMED}
     per_step.update(meter.per_step)
     per_step = {m: per_step[m] for m in STEP_METRICS}
-    natural = result.arms[_COUNTERFACTUAL] if job.counterfactual is not None else rec
-    assert natural.final is not None
+    per_step["induced_shift"] = list(rec.summaries["induced_shift"])
     gen = Streams(job.seed).generator("audit-pairs")
-    perm = torch.randperm(meter.jac_users, generator=gen).to(env.device)
+    perm = torch.randperm(meter.jac_users, generator=gen).to(rec.final.device)
     half = meter.jac_users // 2
     measures = RunMeasures(
         steps=job.steps,
@@ -250,7 +319,7 @@ def run_arm(job: ArmJob) -> ArmOutcome:
     idx = ((z - lo) / (hi - lo) * HIST_BINS).long().clamp(0, HIST_BINS - 1)
     hist = torch.stack([torch.bincount(row, minlength=HIST_BINS) for row in idx])
     return ArmOutcome(
-        label=job.label,
+        label=arm.label,
         replicate=job.replicate,
         seed=job.seed,
         per_step=per_step,
@@ -262,6 +331,15 @@ def run_arm(job: ArmJob) -> ArmOutcome:
         .cpu()
         .numpy(),
         types=None if result.types is None else result.types.cpu().numpy(),
-        seconds=time.perf_counter() - start,
-        boundary=_boundary(policy),
+        boundary=_boundary(arm.policy),
+        axis=result.axis.cpu().numpy(),
+        choices=None if meter.choices is None else torch.stack(meter.choices).numpy(),
+        user_ids=result.user_ids if job.keep_ids else (),
+        item_ids=result.item_ids if job.keep_ids else (),
     )
+
+
+def _step_done(t: int, progress: Callable[[int], None] | None) -> None:
+    check_stop()  # a cancel stops the run within a step
+    if progress is not None:
+        progress(t)

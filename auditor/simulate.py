@@ -1,106 +1,125 @@
-"""Drift simulations: a policy against its natural counterfactual, one job per seed.
+"""Drift simulations: a policy against its natural counterfactual, one replicate per seed.
 
-A job is plain data (picklable, so it can travel to a Ray worker) and its function is
-plain Python; :mod:`auditor.executor` decides where it runs. Workers return data frames;
-the driver aggregates and writes.
+A simulation is an audit with the natural reference and no criteria: its jobs are the
+audit's :class:`~auditor.measure.ArmJob` s, run by :func:`~auditor.measure.run_arm` and
+measured by the metric registry, one :class:`~auditor.measure.ArmOutcome` per arm and
+seed. The driver aggregates them and builds the exports (summaries, per-user figures,
+trajectories) from them.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import psutil
 import torch
-from pydantic import Field
 
-from recommenders.registry import make_policy
-from recommenders.rl.policy import PolicyBundle
 from simulator import metrics
-from simulator.engine import SUMMARY_COLUMNS, RunResult, build_environment, run_arms
+from simulator.engine import SUMMARY_COLUMNS
 from simulator.errors import SpecError
-from simulator.metric_registry import (
-    EXTREME_THRESHOLD,
-    REGISTRY,
-    STATE_METRICS,
-    STREAMED,
-    RunMeasures,
-    StepMeasures,
-)
-from simulator.specs import Frozen, ScenarioSpec
+from simulator.policy import Policy
+from simulator.specs import ScenarioSpec
 
-from .measure import axis_range
+from .budget import catalog_shape
+from .measure import JACCARD_USERS, ArmJob, ArmOutcome, measure_arms
+from .plan import BuiltinPolicy
 
 POLICY_ARM, NATURAL_ARM = "policy", "natural"
 
 
-class SimJob(Frozen):
-    """One seed of a drift simulation: ``policy`` and the scenario's natural policy, run
-    in lockstep on the same users with common random numbers."""
+def simulation_jobs(
+    scenario: ScenarioSpec,
+    policy: Callable[[], Policy],
+    *,
+    users: int,
+    steps: int,
+    seeds: Sequence[int],
+    device: str = "cpu",
+    full: bool = False,
+    keep_ids: bool = False,
+    measure_natural: bool = True,
+) -> list[ArmJob]:
+    """A simulation as the audit with the natural reference and no criteria runs it: per
+    seed, one :class:`~auditor.measure.ArmJob`, the ``policy`` arm beside the natural
+    counterfactual (lockstep, common random numbers), the counterfactual measured as the
+    natural arm (:func:`~auditor.measure.measure_arms` returns both outcomes). ``full``
+    keeps every step's preferences and choices (the trajectory export); ``keep_ids`` the
+    users' and items' ids (the exports); without ``measure_natural`` only the policy arm
+    is measured (its figures are the same)."""
+    natural = BuiltinPolicy(scenario.natural_policy)
+    kept = tuple(range(steps + 1)) if full else (0, steps)
+    return [
+        ArmJob(
+            scenario=scenario,
+            label=POLICY_ARM,
+            factory=policy,
+            users=users,
+            steps=steps,
+            seed=seed,
+            replicate=r,
+            checkpoints=kept,
+            device=device,
+            counterfactual=natural,
+            counterfactual_label=NATURAL_ARM if measure_natural else None,
+            record_choices=full,
+            keep_ids=keep_ids,
+        )
+        for r, seed in enumerate(seeds)
+    ]
 
-    scenario: ScenarioSpec
-    policy: str = Field(..., description="Policy kind (see `recaudit policies`).")
-    users: int = Field(..., ge=1, description="Number of simulated users.")
-    steps: int = Field(..., ge=1, description="Number of recommendation steps.")
-    seed: int = Field(..., ge=0, description="Seed of this replicate.")
-    device: Literal["cpu", "cuda"] = Field("cpu", description="Torch device.")
-    record_full: bool = Field(
-        False, description="Keep full trajectories (memory grows with steps)."
-    )
-    per_user: bool = Field(False, description="Return per-user final figures.")
-    policy_config: dict[str, Any] | None = Field(
-        None, description="A trained policy's JSON config."
-    )
-    policy_weights: bytes | None = Field(
-        None, description="A trained policy's safetensors weights."
-    )
 
-    def bundle(self) -> PolicyBundle | None:
-        if self.policy_config is None or self.policy_weights is None:
-            return None
-        return PolicyBundle(config=self.policy_config, weights=self.policy_weights)
+def run_simulation_jobs(
+    jobs: list[ArmJob],
+    ray_address: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> list[ArmOutcome]:
+    """Run :func:`simulation_jobs` on the executor: every seed's outcomes, policy arm
+    then natural arm, in seed order. ``progress(steps_done)`` after every step (in
+    process only), ``on_done(i)`` when job ``i`` finishes."""
+    from functools import partial
+
+    from .executor import run_jobs
+
+    fn = measure_arms if progress is None else partial(measure_arms, progress=progress)
+    done = run_jobs(fn, jobs, ray_address=ray_address, on_done=on_done)
+    return [o for outs in done for o in outs]
 
 
-@dataclass
-class SimOutcome:
-    seed: int
-    summary: pd.DataFrame  # one row per arm and step
-    final: dict[str, dict[str, float]]  # arm -> figure -> value
-    per_user: pd.DataFrame | None = None
-    trajectories: pd.DataFrame | None = None
-    seconds: float = 0.0
-    meta: dict[str, object] = field(default_factory=dict)
-
-
-def estimate_bytes(job: SimJob, dim: int, catalog_size: int) -> int:
-    """A generous estimate of the peak memory of one job, to refuse runs that cannot fit."""
-    arms = 2
-    k = job.scenario.slate_size
+def estimate_bytes(job: ArmJob) -> int:
+    """A generous estimate of the peak memory of one job (:func:`~auditor.measure.run_arm`),
+    to refuse runs that cannot fit: the arms' states and step tensors, and per measured
+    arm the per-step meters (consumed items, topic counts, exposure, mediation), the kept
+    snapshots and choices, and the per-user results."""
+    items, dim, topics = catalog_shape(job.scenario.catalog)
+    arms = 1 if job.counterfactual is None else 2
+    measured = 2 if job.counterfactual_label is not None else 1
+    k, b = job.scenario.slate_size, job.users
     per_user_arm = 4 * (6 * dim + 4 * k * dim + 6 * k + 16)
-    scoring = 4 * 2 * min(job.users * catalog_size, 1 << 24)
-    full = 0
-    if job.record_full:
-        full = arms * job.users * ((job.steps + 1) * (dim * 4 + 16) + job.steps * (k + 1) * 8)
-        full *= 3  # the long-format table built from it
-    return (
-        job.users * per_user_arm * arms + scoring + full + (job.users * 64 if job.per_user else 0)
+    scoring = 4 * 2 * min(b * items, 1 << 24)
+    meters = (
+        min(b, JACCARD_USERS) * items  # consumed-item sets (bool)
+        + 8 * b * (topics + 3 + 8)  # topic counts, mediation sums, per-user results
+        + 8 * items  # exposure
+        + 4 * b * k * dim * 2  # the mediation's slate scores
     )
+    kept = len(job.checkpoints) * b * (dim * 4) + (job.steps * b * 8 if job.record_choices else 0)
+    if job.record_choices:
+        kept *= 4  # the long-format table built from it
+    return b * per_user_arm * arms + scoring + (meters + kept) * measured
 
 
-def check_fits(jobs: list[SimJob], concurrent: int) -> None:
+def check_fits(jobs: list[ArmJob], concurrent: int) -> None:
     """Refuse a size that would not fit in this machine's available memory."""
     if not jobs:
         return
-    from simulator.catalog import build_catalog
-
-    cat = build_catalog(jobs[0].scenario.catalog, jobs[0].scenario.env_seed)
-    need = estimate_bytes(jobs[0], cat.dim, cat.size) * max(1, min(concurrent, len(jobs)))
+    sizes = sorted((estimate_bytes(j) for j in jobs), reverse=True)
+    need = sum(sizes[: max(1, min(concurrent, len(jobs)))])
     avail = psutil.virtual_memory().available
     if need > 0.8 * avail:
         raise SpecError(
@@ -109,142 +128,83 @@ def check_fits(jobs: list[SimJob], concurrent: int) -> None:
         )
 
 
-def final_figures(result: RunResult, arm: str) -> dict[str, float]:
-    """The registry's metrics that a run's summaries and states give
-    (:data:`~simulator.metric_registry.STATE_METRICS`), computed by the registry's own
-    functions, in report order; the induced shift is against the run's reference arm."""
-    rec = result.arms[arm]
-    assert rec.final is not None and rec.clicks is not None
-    ref = result.arms[result.reference].final if result.reference else rec.final
-    assert ref is not None
-    lo, hi = axis_range(result.scenario.space)
-    at_end = StepMeasures(
-        u=rec.final,
-        z=metrics.polarity(rec.final, result.axis),
-        lo=lo,
-        hi=hi,
-        extreme_threshold=EXTREME_THRESHOLD,
-    )
-    series = {k: list(rec.summaries[k]) for k in STREAMED}
-    # the stepped metrics' final value is the step function at the end (their series's last)
-    series.update({m.name: [m.step(at_end)] for m in REGISTRY.values() if m.step is not None})
-    empty = torch.zeros(0, device=rec.final.device)
-    measures = RunMeasures(
-        steps=result.steps,
-        series=series,
-        u0=result.initial,
-        u=rec.final,
-        u_natural=ref,
-        axis=result.axis,
-        clicks=rec.clicks,
-        exposure=empty,
-        consumed=empty.bool(),
-        pairs=empty.long(),
-        topic_counts=empty,
-        expected_actual=empty,
-        expected_natural=empty,
-    )
-    return {name: REGISTRY[name].final(measures) for name in STATE_METRICS}
-
-
-def run_simulation(job: SimJob, progress: Callable[[int], None] | None = None) -> SimOutcome:
-    """Run one seed. Plain Python: the executor adds ``.remote`` at the edge."""
-    import time
-
-    start = time.perf_counter()
-    env = build_environment(job.scenario, job.device)
-    arms = {
-        POLICY_ARM: make_policy(job.policy, job.bundle()),
-        NATURAL_ARM: make_policy(job.scenario.natural_policy),
-    }
-    result = run_arms(
-        env,
-        arms,
-        users=job.users,
-        steps=job.steps,
-        seed=job.seed,
-        reference=NATURAL_ARM,
-        record_full=job.record_full,
-        progress=progress,
-    )
+def summary_frame(outcomes: list[ArmOutcome]) -> pd.DataFrame:
+    """One row per seed, arm and step: the engine's summary columns (``induced_shift``
+    against the natural counterfactual), then the arm's other per-step series."""
     frames = []
-    for arm, rec in result.arms.items():
-        df = pd.DataFrame(rec.summaries)
-        df.insert(0, "step", np.arange(1, job.steps + 1))
-        df.insert(0, "arm", arm)
-        df.insert(0, "seed", job.seed)
+    for o in outcomes:
+        cols = [*SUMMARY_COLUMNS, *(m for m in o.per_step if m not in SUMMARY_COLUMNS)]
+        df = pd.DataFrame({m: o.per_step[m] for m in cols})
+        df.insert(0, "step", np.arange(1, len(df) + 1))
+        df.insert(0, "arm", o.label)
+        df.insert(0, "seed", o.seed)
         frames.append(df)
-    summary = pd.concat(frames, ignore_index=True)
-    final = {arm: final_figures(result, arm) for arm in result.arms}
-    out = SimOutcome(seed=job.seed, summary=summary, final=final)
-    if job.per_user:
-        out.per_user = per_user_frame(result)
-    if job.record_full:
-        out.trajectories = trajectory_frame(result)
-    out.seconds = time.perf_counter() - start
-    return out
+    return pd.concat(frames, ignore_index=True)
 
 
-def per_user_frame(result: RunResult) -> pd.DataFrame:
-    z0 = metrics.polarity(result.initial, result.axis).cpu().numpy()
+def per_user_frame(outcomes: list[ArmOutcome]) -> pd.DataFrame:
+    """One row per seed, arm and user: clicks, shift, induced shift (the registry's
+    per-user values), polarity at the start and at the end, the user type if any. Needs
+    jobs with ``keep_ids``."""
     frames = []
-    ref = result.arms[result.reference].final if result.reference else None
-    for arm, rec in result.arms.items():
-        assert rec.final is not None and rec.clicks is not None
+    for o in outcomes:
+        assert o.axis is not None and o.user_ids
+        axis = torch.from_numpy(o.axis)
+        users = o.snapshots.shape[1]
         data = {
-            "seed": result.seed,
-            "arm": arm,
-            "user": np.arange(result.users),
-            "user_id": list(result.user_ids),
-            "clicks": rec.clicks.cpu().numpy(),
-            "shift": (rec.final - result.initial).norm(dim=1).cpu().numpy(),
-            "induced_shift": (rec.final - (ref if ref is not None else rec.final))
-            .norm(dim=1)
-            .cpu()
-            .numpy(),
-            "polarity_initial": z0,
-            "polarity_final": metrics.polarity(rec.final, result.axis).cpu().numpy(),
+            "seed": o.seed,
+            "arm": o.label,
+            "user": np.arange(users),
+            "user_id": list(o.user_ids),
+            "clicks": o.per_user["cumulative_clicks"],
+            "shift": o.per_user["shift"],
+            "induced_shift": o.per_user["induced_shift"],
+            "polarity_initial": metrics.polarity(torch.from_numpy(o.snapshots[0]), axis).numpy(),
+            "polarity_final": metrics.polarity(torch.from_numpy(o.snapshots[-1]), axis).numpy(),
         }
-        if result.types is not None:
-            data["user_type"] = result.types.cpu().numpy()
+        if o.types is not None:
+            data["user_type"] = o.types
         frames.append(pd.DataFrame(data))
     return pd.concat(frames, ignore_index=True)
 
 
-def trajectory_frame(result: RunResult) -> pd.DataFrame:
-    """Long format: one row per (arm, step, user) with preferences p0..p{d-1} after the
-    step and the item consumed in it (-1: none; step 0 is the initial state), each user
-    and item also named by its id (``user_id``, ``item_id``; null where no item)."""
+def trajectory_frame(outcomes: list[ArmOutcome]) -> pd.DataFrame:
+    """Long format: one row per (seed, arm, step, user) with preferences p0..p{d-1} after
+    the step and the item consumed in it (-1: none; step 0 is the initial state), each
+    user and item also named by its id (``user_id``, ``item_id``; null where no item).
+    Needs jobs made with ``full`` and ``keep_ids``."""
     frames = []
-    for arm, rec in result.arms.items():
-        assert rec.preferences is not None and rec.choices is not None
-        prefs = torch.stack(rec.preferences).numpy()  # [T+1, B, d]
+    for o in outcomes:
+        assert o.choices is not None and o.user_ids
+        prefs = o.snapshots  # [T+1, B, d]: every step is a checkpoint
         t1, b, d = prefs.shape
-        items = np.concatenate([np.full((1, b), -1), torch.stack(rec.choices).numpy()])
-        items = items.reshape(-1)
+        assert o.choices.shape == (t1 - 1, b), "a full run keeps every step"
+        items = np.concatenate([np.full((1, b), -1), o.choices]).reshape(-1)
         users = np.tile(np.arange(b), t1)
         df = pd.DataFrame(prefs.reshape(t1 * b, d), columns=[f"p{i}" for i in range(d)])
         # categorical: one copy of each id string; code -1 (no item) is null
-        df.insert(0, "item_id", pd.Categorical.from_codes(items, categories=result.item_ids))
+        df.insert(0, "item_id", pd.Categorical.from_codes(items, categories=o.item_ids))
         df.insert(0, "item", items)
-        df.insert(0, "user_id", pd.Categorical.from_codes(users, categories=result.user_ids))
+        df.insert(0, "user_id", pd.Categorical.from_codes(users, categories=o.user_ids))
         df.insert(0, "user", users)
         df.insert(0, "step", np.repeat(np.arange(t1), b))
-        df.insert(0, "arm", arm)
-        df.insert(0, "seed", result.seed)
+        df.insert(0, "arm", o.label)
+        df.insert(0, "seed", o.seed)
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
-def aggregate(outcomes: list[SimOutcome]) -> dict[str, dict[str, dict[str, object]]]:
+def aggregate(outcomes: list[ArmOutcome]) -> dict[str, dict[str, dict[str, object]]]:
     """Per arm and figure: mean, sample sd and the per-seed values (seeds are the
     replicates; users within a seed are not independent)."""
-    arms = outcomes[0].final.keys()
+    by_arm: dict[str, list[ArmOutcome]] = {}
+    for o in sorted(outcomes, key=lambda o: o.replicate):
+        by_arm.setdefault(o.label, []).append(o)
     agg: dict[str, dict[str, dict[str, object]]] = {}
-    for arm in arms:
+    for arm, outs in by_arm.items():
         agg[arm] = {}
-        for fig in outcomes[0].final[arm]:
-            vals = [o.final[arm][fig] for o in outcomes]
+        for fig in outs[0].final:
+            vals = [o.final[fig] for o in outs]
             finite = [v for v in vals if math.isfinite(v)]
             mean = float(np.mean(finite)) if finite else float("nan")
             sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
@@ -265,11 +225,13 @@ def versions() -> dict[str, str]:
 __all__ = [
     "NATURAL_ARM",
     "POLICY_ARM",
-    "SUMMARY_COLUMNS",
-    "SimJob",
-    "SimOutcome",
     "aggregate",
     "check_fits",
-    "run_simulation",
+    "estimate_bytes",
+    "per_user_frame",
+    "run_simulation_jobs",
+    "simulation_jobs",
+    "summary_frame",
+    "trajectory_frame",
     "versions",
 ]

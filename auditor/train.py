@@ -21,13 +21,13 @@ from pydantic import Field, ValidationError
 from recommenders.registry import get_kind, make_policy
 from recommenders.rl.policy import LearnedPolicy, PolicyBundle
 from recommenders.rl.ppo import PPOConfig, train_ppo
-from simulator.engine import build_environment, run_arms
 from simulator.errors import SpecError
 from simulator.specs import Frozen, ScenarioSpec, fingerprint
 
 from . import tracking
 from .executor import check_stop, run_jobs
-from .simulate import final_figures
+from .measure import run_arm
+from .simulate import simulation_jobs
 
 EVAL_SEED_OFFSET = 1_000_000
 
@@ -93,13 +93,21 @@ def evaluate(
     bundle: PolicyBundle, scenario: ScenarioSpec, users: int, seed: int, device: str = "cpu"
 ) -> dict[str, float]:
     """The trained policy (greedy) against the natural counterfactual on fresh users:
-    ``final/<metric>`` for every metric ``recaudit simulate`` reports, measured as it
-    measures them (:func:`auditor.simulate.final_figures`, from the metric registry)."""
-    env = build_environment(scenario, device)
+    ``final/<metric>`` for every metric ``recaudit simulate`` reports, measured by the
+    same job and function (:func:`auditor.simulate.simulation_jobs`,
+    :func:`auditor.measure.run_arm`: the policy arm's outcome)."""
     steps = int(bundle.config.get("horizon") or scenario.default_steps)
-    arms = {"policy": LearnedPolicy(bundle), "natural": make_policy(scenario.natural_policy)}
-    res = run_arms(env, arms, users=users, steps=steps, seed=seed, reference="natural")
-    return {f"final/{name}": value for name, value in final_figures(res, "policy").items()}
+    policy = functools.partial(LearnedPolicy, bundle)
+    [job] = simulation_jobs(
+        scenario,
+        policy,
+        users=users,
+        steps=steps,
+        seeds=[seed],
+        device=device,
+        measure_natural=False,
+    )
+    return {f"final/{name}": value for name, value in run_arm(job).final.items()}
 
 
 def _after_iteration(report: Callable[[int], None] | None, it: int, _row: object) -> None:

@@ -59,8 +59,15 @@ def register(sub: Any) -> dict[str, Command]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from auditor.executor import BackendChoice, run_jobs
-    from auditor.simulate import SimJob, aggregate, check_fits, run_simulation, versions
+    from auditor.executor import BackendChoice
+    from auditor.plan import BuiltinPolicy
+    from auditor.simulate import (
+        aggregate,
+        check_fits,
+        run_simulation_jobs,
+        simulation_jobs,
+        versions,
+    )
     from recommenders.registry import get_kind, make_policy
     from simulator.derived import resolve_scenario
 
@@ -93,24 +100,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
         bundle, policy_run = resolve_bundle(kind.name, spec)
         policy_config, policy_weights = bundle.config, bundle.weights
-    jobs = [
-        SimJob(
-            scenario=spec,
-            policy=args.policy,
-            users=users,
-            steps=steps,
-            seed=args.seed + i,
-            device=args.device,
-            record_full=args.full,
-            per_user=out_dir is not None,
-            policy_config=policy_config,
-            policy_weights=policy_weights,
-        )
-        for i in range(args.seeds)
-    ]
+    seeds = [args.seed + i for i in range(args.seeds)]
+    jobs = simulation_jobs(
+        spec,
+        BuiltinPolicy(args.policy, policy_config, policy_weights),
+        users=users,
+        steps=steps,
+        seeds=seeds,
+        device=args.device,
+        full=args.full,
+        keep_ids=out_dir is not None,
+    )
     check_fits(jobs, concurrent=1 if address is None else (os.cpu_count() or 1))
-
-    from functools import partial
 
     from tqdm import tqdm
 
@@ -128,12 +129,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             bar.update(t - done_steps[0])
             done_steps[0] = 0 if t == steps else t
 
-        outcomes = run_jobs(partial(run_simulation, progress=tick), jobs)
+        outcomes = run_simulation_jobs(jobs, progress=tick)
     else:  # progress per finished seed
         bar = tqdm(total=len(jobs), desc="seeds", unit="seed", disable=not show_progress)
-        outcomes = run_jobs(
-            run_simulation, jobs, ray_address=address, on_done=lambda _i: bar.update(1)
-        )
+        outcomes = run_simulation_jobs(jobs, address, on_done=lambda _i: bar.update(1))
     bar.close()
     seconds = time.perf_counter() - start
 
@@ -145,7 +144,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "natural_policy": spec.natural_policy,
         "users": users,
         "steps": steps,
-        "seeds": [j.seed for j in jobs],
+        "seeds": seeds,
         "device": args.device,
         "backend": "in-process"
         if address is None
@@ -157,7 +156,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "versions": versions(),
     }
     if out_dir is not None:
-        write_outputs(out_dir, spec, jobs, outcomes, result)
+        write_outputs(out_dir, spec, args, outcomes, result, policy_config)
     if args.json:
         print(json.dumps(clean(result)))
     else:
@@ -166,24 +165,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def write_outputs(
-    out_dir: Path, spec: Any, jobs: list[Any], outcomes: list[Any], result: dict[str, Any]
+    out_dir: Path,
+    spec: Any,
+    args: argparse.Namespace,
+    outcomes: list[Any],
+    result: dict[str, Any],
+    policy_config: dict[str, Any] | None,
 ) -> None:
-    import pandas as pd
+    from auditor.simulate import per_user_frame, summary_frame, trajectory_frame
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    pd.concat([o.summary for o in outcomes], ignore_index=True).to_parquet(
-        out_dir / "summary.parquet"
-    )
-    pd.concat([o.per_user for o in outcomes], ignore_index=True).to_parquet(
-        out_dir / "per_user.parquet"
-    )
-    if jobs[0].record_full:
-        pd.concat([o.trajectories for o in outcomes], ignore_index=True).to_parquet(
-            out_dir / "trajectories.parquet"
-        )
-    job_spec = jobs[0].model_dump(mode="json", exclude={"seed", "policy_weights"})
-    job_spec["seeds"] = [j.seed for j in jobs]
-    job_spec["fingerprint"] = spec.fingerprint()
+    summary_frame(outcomes).to_parquet(out_dir / "summary.parquet")
+    per_user_frame(outcomes).to_parquet(out_dir / "per_user.parquet")
+    if args.full:
+        trajectory_frame(outcomes).to_parquet(out_dir / "trajectories.parquet")
+    job_spec = {
+        "scenario": spec.model_dump(mode="json"),
+        "policy": args.policy,
+        "users": result["users"],
+        "steps": result["steps"],
+        "device": args.device,
+        "record_full": args.full,
+        "per_user": True,
+        "policy_config": policy_config,
+        "seeds": result["seeds"],
+        "fingerprint": spec.fingerprint(),
+    }
     (out_dir / "spec.json").write_text(json.dumps(job_spec, indent=2) + "\n")
     (out_dir / "result.json").write_text(json.dumps(clean(result), indent=2) + "\n")
 

@@ -11,8 +11,10 @@ Evaluations use fresh users (seeds 1000..1000+R-1) and the scenario's natural re
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,64 +22,69 @@ import numpy as np
 import torch
 
 from auditor.executor import resolve_ray_address
+from auditor.measure import run_arm
+from auditor.plan import BuiltinPolicy
+from auditor.simulate import simulation_jobs
 from auditor.train import TrainJob, default_config, train_many
-from recommenders.registry import make_policy
 from recommenders.rl.policy import LearnedPolicy, PolicyBundle
 from simulator.engine import build_environment, run_arms
+from simulator.policy import Policy
 from simulator.scenarios import get_scenario
 from simulator.specs import ScenarioSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def evaluate(spec: ScenarioSpec, policy: Any, replicates: int, users: int) -> dict[str, Any]:
+#: the figures of docs/results.md, as the metric registry computes them
+FIGURES = ("engagement", "induced_shift", "shift", "polarization")
+
+
+def first_slate_sources(
+    spec: ScenarioSpec, policy: Callable[[], Policy], users: int, seed: int
+) -> torch.Tensor:
+    """The first item of every user's first slate (a slate diagnostic, not a figure)."""
     env = build_environment(spec)
-    rows = []
-    for r in range(replicates):
-        res = run_arms(
-            env,
-            {
-                "policy": policy() if callable(policy) else policy,
-                "natural": make_policy(spec.natural_policy),
-            },
-            users=users,
-            steps=spec.default_steps,
-            seed=1000 + r,
-            reference="natural",
-            record_full=True,
-        )
-        rec = res.arms["policy"]
-        row = {
-            "engagement": float(np.mean(rec.summaries["engagement"])),
-            "induced_shift": rec.summaries["induced_shift"][-1],
-            "shift": rec.summaries["shift"][-1],
-            "polarization": rec.summaries["polarization"][-1],
-        }
-        if res.types is not None:
-            names = [t.name for t in spec.population.types]  # type: ignore[union-attr]
-            row["clicks_by_type"] = {
-                n: float(rec.clicks[res.types == i].mean()) for i, n in enumerate(names)
-            }
-            first = rec.slates[0][:, 0]  # type: ignore[index]
-            row["first_slate_source_by_type"] = {
-                n: torch.bincount(first[res.types == i], minlength=3).tolist()
-                for i, n in enumerate(names)
-            }
-        rows.append(row)
+    res = run_arms(env, {"policy": policy()}, users=users, steps=1, seed=seed, record_full=True)
+    return res.arms["policy"].slates[0][:, 0]  # type: ignore[index]
+
+
+def evaluate(
+    spec: ScenarioSpec, policy: Callable[[], Policy], replicates: int, users: int
+) -> dict[str, Any]:
+    """The policy beside the natural counterfactual on fresh users, one replicate per
+    seed 1000..1000+R-1, measured as `recaudit simulate` and audits measure (run_arm and
+    the metric registry)."""
+    seeds = [1000 + r for r in range(replicates)]
+    jobs = simulation_jobs(
+        spec, policy, users=users, steps=spec.default_steps, seeds=seeds, measure_natural=False
+    )
+    outcomes = [run_arm(j) for j in jobs]
     out: dict[str, Any] = {}
-    for key in ("engagement", "induced_shift", "shift", "polarization"):
-        vals = [r[key] for r in rows]
+    for key in FIGURES:
+        vals = [o.final[key] for o in outcomes]
         out[key] = {
             "mean": float(np.mean(vals)),
             "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
         }
-    if "clicks_by_type" in rows[0]:
-        out["clicks_by_type"] = {
-            n: float(np.mean([r["clicks_by_type"][n] for r in rows]))
-            for n in rows[0]["clicks_by_type"]
+    types = outcomes[0].types
+    if types is not None:
+        names = [t.name for t in spec.population.types]  # type: ignore[union-attr]
+        out["clicks_by_type"] = {  # per replicate the type's mean, then their mean
+            n: float(
+                np.mean([o.per_user["cumulative_clicks"][o.types == i].mean() for o in outcomes])
+            )
+            for i, n in enumerate(names)
         }
-        out["first_slate_source_by_type"] = rows[0]["first_slate_source_by_type"]
+        first = first_slate_sources(spec, policy, users, seeds[0])
+        t = torch.from_numpy(types)
+        out["first_slate_source_by_type"] = {
+            n: torch.bincount(first[t == i], minlength=3).tolist() for i, n in enumerate(names)
+        }
     return out
+
+
+def learned(bundle: PolicyBundle) -> Callable[[], Policy]:
+    return functools.partial(LearnedPolicy, bundle)
 
 
 def train(
@@ -112,12 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = get_scenario("evans-polarization-v1")
         common = {"users": args.users or 4096, "iterations": args.iterations}
         myopic, rl = train(spec, [("ppo-myopic", common), ("ppo", common)], address)
-        result["ppo-myopic"] = evaluate(
-            spec, LearnedPolicy(myopic), args.replicates, args.eval_users
-        )
-        result["ppo"] = evaluate(spec, LearnedPolicy(rl), args.replicates, args.eval_users)
+        result["ppo-myopic"] = evaluate(spec, learned(myopic), args.replicates, args.eval_users)
+        result["ppo"] = evaluate(spec, learned(rl), args.replicates, args.eval_users)
         result["natural"] = evaluate(
-            spec, lambda: make_policy("random"), args.replicates, args.eval_users
+            spec, BuiltinPolicy(spec.natural_policy), args.replicates, args.eval_users
         )
     else:
         spec = get_scenario("polarity-1d-v1")
@@ -129,14 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         members += [("ppo-safe-shift", {**common, "penalty_weight": 1.0})]
         bundles = train(spec, members, address)
         result["natural"] = evaluate(
-            spec, lambda: make_policy("random"), args.replicates, args.eval_users
+            spec, BuiltinPolicy(spec.natural_policy), args.replicates, args.eval_users
         )
-        result["myopic"] = evaluate(
-            spec, lambda: make_policy("myopic"), args.replicates, args.eval_users
-        )
+        result["myopic"] = evaluate(spec, BuiltinPolicy("myopic"), args.replicates, args.eval_users)
         for (kind, cfg), bundle in zip(members, bundles, strict=True):
             name = kind if kind != "ppo-distance" else f"ppo-distance w={cfg['penalty_weight']:g}"
-            result[name] = evaluate(spec, LearnedPolicy(bundle), args.replicates, args.eval_users)
+            result[name] = evaluate(spec, learned(bundle), args.replicates, args.eval_users)
         plot_frontier(result, weights, ROOT / "docs" / "figures" / "polarity_frontier.png")
     print(json.dumps(result, indent=2))
     return 0

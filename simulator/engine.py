@@ -110,6 +110,8 @@ class StepView:
     slate: torch.Tensor  # [B, k] items shown
     item: torch.Tensor  # [B] item consumed or -1
     axis: torch.Tensor  # [d] unit polarity axis of this run
+    p_none: torch.Tensor  # [B] probability of no click on the slate (preferences before the step)
+    p_none_initial: torch.Tensor  # [B] the same under the initial preferences
 
 
 @dataclass
@@ -300,7 +302,18 @@ def run_arms(
             clicks[arm] += clicked.float()
             state[arm] = new_u
             if observe is not None:
-                observe(StepView(t=t, arm=arm, u0=u0, u=new_u, slate=slate, item=item, axis=axis))
+                view = StepView(
+                    t=t,
+                    arm=arm,
+                    u0=u0,
+                    u=new_u,
+                    slate=slate,
+                    item=item,
+                    axis=axis,
+                    p_none=out.probs[:, -1],
+                    p_none_initial=p0[:, -1],
+                )
+                observe(view)
             if record_full:
                 assert (
                     rec.preferences is not None

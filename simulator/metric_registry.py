@@ -73,9 +73,6 @@ class Metric:
     user: Callable[[RunMeasures], np.ndarray] | None = None  # per-user values (mean = final)
     streamed: bool = False  # the engine streams its series (a summary column of this name)
     step: Callable[[StepMeasures], float] | None = None  # per-step value (not streamed)
-    #: measured from a run's summaries and states alone (no per-step meter of exposure,
-    #: consumed items or mediation): what ``recaudit simulate`` reports
-    from_state: bool = True
 
     @property
     def per_user(self) -> bool:
@@ -327,7 +324,6 @@ _LIST = (
         "higher is worse",
         "final",
         final=lambda r: mean_jaccard(r.consumed, r.pairs),
-        from_state=False,
     ),
     Metric(
         "topic_entropy",
@@ -336,7 +332,6 @@ _LIST = (
         "higher is better",
         "final",
         final=lambda r: mean_topic_entropy(r.topic_counts),
-        from_state=False,
     ),
     Metric(
         "coverage",
@@ -345,7 +340,6 @@ _LIST = (
         "higher is better",
         "final",
         final=lambda r: float((r.exposure > 0).double().mean()),
-        from_state=False,
     ),
     Metric(
         "exposure_gini",
@@ -354,7 +348,6 @@ _LIST = (
         "higher is worse",
         "final",
         final=lambda r: gini(r.exposure),
-        from_state=False,
     ),
     Metric(
         "mediated_engagement",
@@ -365,7 +358,6 @@ _LIST = (
         "final",
         final=_user_mean(_mediated),
         user=_mediated,
-        from_state=False,
     ),
     Metric(
         "mediated_share",
@@ -375,7 +367,6 @@ _LIST = (
         "higher is worse",
         "final",
         final=mediated_share,
-        from_state=False,
     ),
     Metric(
         "mediated_share_initial",
@@ -400,8 +391,6 @@ STEP_SERIES: tuple[str, ...] = (
 )
 #: the per-step series the engine streams (columns of ``simulator.engine.SUMMARY_COLUMNS``)
 STREAMED: tuple[str, ...] = (*(m.name for m in _LIST if m.streamed), "polarity_mean")
-#: the metrics ``recaudit simulate`` reports: those a run's summaries and states give
-STATE_METRICS: tuple[str, ...] = tuple(m.name for m in _LIST if m.from_state)
 #: the headline figures: ``recaudit simulate``'s table and an audit's MLflow run metrics
 HEADLINE: tuple[str, ...] = ("engagement", "welfare", "shift", "induced_shift", "polarization")
 #: metrics with per-user values

@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from auditor.simulate import SimJob, run_simulation
+from auditor.plan import BuiltinPolicy
+from auditor.simulate import (
+    per_user_frame,
+    run_simulation_jobs,
+    simulation_jobs,
+    trajectory_frame,
+)
 from simulator.catalog import build_catalog
 from simulator.io import resolve_path
 from simulator.scenarios import get_scenario
@@ -74,26 +80,32 @@ def test_simulate_exports_movielens_users_and_items_by_the_data_ids(recaudit_bin
     assert (hit.item_id.astype(int) == hit.item + 1).all()
 
 
-def test_exports_of_a_synthetic_world_name_users_and_items_by_their_index():
-    job = SimJob(
-        scenario=get_scenario("topics-tiny-v1"),
-        policy="oracle-greedy",
-        users=9,
-        steps=4,
-        seed=3,
-        record_full=True,
-        per_user=True,
+def exports(scenario, users: int, steps: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`recaudit simulate --full --out`'s per-user and trajectory frames of one seed."""
+    jobs = simulation_jobs(
+        scenario,
+        BuiltinPolicy("oracle-greedy"),
+        users=users,
+        steps=steps,
+        seeds=[seed],
+        full=True,
+        keep_ids=True,
     )
-    out = run_simulation(job)
-    assert out.per_user is not None and out.trajectories is not None
-    cat = build_catalog(job.scenario.catalog, job.scenario.env_seed)
-    clicks = check_ids(out.per_user, out.trajectories, [str(b) for b in range(9)], cat.item_ids)
+    outcomes = run_simulation_jobs(jobs)
+    return per_user_frame(outcomes), trajectory_frame(outcomes)
+
+
+def test_exports_of_a_synthetic_world_name_users_and_items_by_their_index():
+    scenario = get_scenario("topics-tiny-v1")
+    per_user, traj = exports(scenario, users=9, steps=4, seed=3)
+    cat = build_catalog(scenario.catalog, scenario.env_seed)
+    clicks = check_ids(per_user, traj, [str(b) for b in range(9)], cat.item_ids)
     assert clicks > 0
     assert cat.item_ids[:3] == ("0", "1", "2")
     # the frames are pure functions of the run: the same seed gives the same ids
-    again = run_simulation(job)
-    pd.testing.assert_frame_equal(out.trajectories, again.trajectories)
-    assert np.array_equal(out.per_user.user_id, again.per_user.user_id)
+    per_user_again, traj_again = exports(scenario, users=9, steps=4, seed=3)
+    pd.testing.assert_frame_equal(traj, traj_again)
+    assert np.array_equal(per_user.user_id, per_user_again.user_id)
 
 
 def test_exports_of_a_file_world_carry_its_own_ids_even_for_redrawn_users(tmp_path):
@@ -114,20 +126,10 @@ def test_exports_of_a_file_world_carry_its_own_ids_even_for_redrawn_users(tmp_pa
             "population": {"kind": "file", "path": str(tmp_path / "users.parquet")},
         },
     )
-    job = SimJob(
-        scenario=spec,
-        policy="oracle-greedy",
-        users=10,
-        steps=3,
-        seed=1,
-        record_full=True,
-        per_user=True,
-    )
-    out = run_simulation(job)
-    assert out.per_user is not None and out.trajectories is not None
-    user_ids = out.per_user[out.per_user.arm == "policy"].user_id.tolist()
+    per_user, traj = exports(spec, users=10, steps=3, seed=1)
+    user_ids = per_user[per_user.arm == "policy"].user_id.tolist()
     assert len(set(user_ids)) == 10
     assert all(x.split("#")[0] in set(people.user_id) for x in user_ids)
     assert any("#" in x for x in user_ids)  # 10 users from 4 rows: some are redrawn
-    clicks = check_ids(out.per_user, out.trajectories, user_ids, tuple(items.item_id))
+    clicks = check_ids(per_user, traj, user_ids, tuple(items.item_id))
     assert clicks > 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from simulator.metric_registry import (
     DESCRIPTIONS,
     REGISTRY,
-    STATE_METRICS,
     STEP_SERIES,
     STREAMED,
     USER_METRICS,
@@ -155,9 +155,23 @@ def test_the_docs_metric_table_is_the_registrys():
     assert markdown_table() in docs.read_text()
 
 
+def _same(a: float, b: float) -> bool:
+    """Equal to the last bit, or both undefined (NaN)."""
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _simulate(scenario, policy: str, users: int, steps: int, seeds: list[int]):
+    """`recaudit simulate`'s outcomes and figures, in process."""
+    from auditor.plan import BuiltinPolicy
+    from auditor.simulate import aggregate, run_simulation_jobs, simulation_jobs
+
+    jobs = simulation_jobs(scenario, BuiltinPolicy(policy), users=users, steps=steps, seeds=seeds)
+    outcomes = run_simulation_jobs(jobs)
+    return outcomes, aggregate(outcomes)
+
+
 def test_simulate_and_audit_give_the_same_figures_on_the_same_run():
     from auditor.audit import run_audit
-    from auditor.simulate import SimJob, run_simulation
     from auditor.spec import AuditSpec
     from simulator.scenarios import get_scenario
 
@@ -177,11 +191,86 @@ def test_simulate_and_audit_give_the_same_figures_on_the_same_run():
         ),
         track=False,
     ).report
-    for r, seed in enumerate((11, 12)):
-        sim = run_simulation(
-            SimJob(scenario=scenario, policy="myopic", users=40, steps=6, seed=seed)
+    _, figures = _simulate(scenario, "myopic", 40, 6, [11, 12])
+    for arm in ("policy", "natural"):
+        assert list(figures[arm]) == list(REGISTRY)  # simulate reports every metric
+        reported = [m for m in REGISTRY if m in report.metrics[arm]]
+        assert {"induced_shift", "mediated_share", "jaccard", "esteban_ray"} <= set(reported)
+        for m in reported:  # every figure both report, to the last bit
+            for r in range(2):
+                sim, aud = figures[arm][m]["per_seed"][r], report.metrics[arm][m].per_replicate[r]
+                assert _same(sim, aud), (arm, m, r, sim, aud)
+
+
+def test_simulate_runs_and_measures_every_arm_with_run_arm(monkeypatch, capsys):
+    """`recaudit simulate` has no run-and-measure path of its own: each seed is the
+    audit's job of the policy beside the natural counterfactual, run and measured by
+    ``measure_arms`` (``run_arm``'s function), and every reported figure is an
+    ``ArmOutcome``'s."""
+    import json
+
+    import auditor.simulate
+    from auditor import measure
+    from recaudit.cli import main
+
+    for gone in ("run_simulation", "SimJob", "SimOutcome", "final_figures"):
+        assert not hasattr(auditor.simulate, gone)
+    assert auditor.simulate.measure_arms is measure.measure_arms
+    seen: list[tuple[measure.ArmJob, list[measure.ArmOutcome]]] = []
+    real = measure.measure_arms
+
+    def spy(job, progress=None):
+        outs = real(job, progress)
+        seen.append((job, outs))
+        return outs
+
+    monkeypatch.setattr(auditor.simulate, "measure_arms", spy)
+    argv = ["simulate", "--scenario", "topics-tiny-v1", "--policy", "myopic"]
+    argv += ["--users", "30", "--steps", "4", "--seeds", "2", "--seed", "5", "--json"]
+    argv += ["--in-process"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [j.seed for j, _ in seen] == [5, 6]
+    for job, outs in seen:
+        assert job.counterfactual is not None
+        assert [o.label for o in outs] == ["policy", "natural"]
+        for out in outs:
+            for m, value in out.final.items():
+                got = result["arms"][out.label][m]["per_seed"][job.replicate]
+                assert (got is None and math.isnan(value)) or got == value, (out.label, m)
+
+
+def test_the_natural_arm_measured_beside_the_policy_is_the_natural_arm_run_alone():
+    """Simulate measures the natural counterfactual in the policy's run; an audit runs the
+    natural arm alone (run_arm). Same users and random numbers: the same outcome."""
+    import dataclasses
+
+    from auditor.measure import measure_arms, run_arm
+    from auditor.plan import BuiltinPolicy
+    from auditor.simulate import simulation_jobs
+    from simulator.scenarios import get_scenario
+
+    scenario = get_scenario("topics-tiny-v1")
+    [job] = simulation_jobs(scenario, BuiltinPolicy("myopic"), users=30, steps=5, seeds=[3])
+    policy, natural = outs = measure_arms(job)
+    alone = run_arm(
+        dataclasses.replace(
+            job,
+            label="natural",
+            factory=job.counterfactual,
+            counterfactual=None,
+            counterfactual_label=None,
         )
-        for arm in ("policy", "natural"):
-            assert list(sim.final[arm]) == list(STATE_METRICS)
-            for m in STATE_METRICS:  # every figure simulate reports, to the last bit
-                assert sim.final[arm][m] == report.metrics[arm][m].per_replicate[r], (arm, m)
+    )
+    assert run_arm(job).final == policy.final  # run_arm is the first outcome
+    assert policy.final["induced_shift"] > 0 and natural.final["induced_shift"] == 0.0
+    for got, want in ((natural, alone), (policy, run_arm(job))):
+        assert got.per_step == want.per_step
+        assert {m: v for m, v in got.final.items() if not math.isnan(v)} == {
+            m: v for m, v in want.final.items() if not math.isnan(v)
+        }
+        for m in want.per_user:
+            np.testing.assert_array_equal(got.per_user[m], want.per_user[m])
+        np.testing.assert_array_equal(got.snapshots, want.snapshots)
+        np.testing.assert_array_equal(got.mediation, want.mediation)
+    assert len(outs) == 2

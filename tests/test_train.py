@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 
@@ -164,25 +165,28 @@ def test_trained_weights_do_not_depend_on_the_thread_count():
 def test_training_evaluation_is_what_simulate_reports_for_the_trained_policy():
     """The evaluation logged as ``final/<metric>`` is ``recaudit simulate``'s figures of
     the same trained policy on the same users and seed, every registry metric of them."""
-    from auditor.simulate import SimJob, run_simulation
+    from auditor.measure import run_arm
+    from auditor.plan import BuiltinPolicy
+    from auditor.simulate import simulation_jobs
     from auditor.train import EVAL_SEED_OFFSET, run_training
-    from simulator.metric_registry import STATE_METRICS
+    from simulator.metric_registry import REGISTRY
 
     job = _repro_job()
     out = run_training(job)
     seed = job.config.seed + EVAL_SEED_OFFSET
-    sim = run_simulation(
-        SimJob(
-            scenario=job.scenario,
-            policy="ppo",
-            users=job.eval_users,
-            steps=int(out.bundle.config.get("horizon") or job.scenario.default_steps),
-            seed=seed,
-            policy_config=out.bundle.config,
-            policy_weights=out.bundle.weights,
-        )
+    [both] = simulation_jobs(
+        job.scenario,
+        BuiltinPolicy("ppo", out.bundle.config, out.bundle.weights),
+        users=job.eval_users,
+        steps=int(out.bundle.config.get("horizon") or job.scenario.default_steps),
+        seeds=[seed],
     )
-    assert out.evaluation == {f"final/{m}": sim.final["policy"][m] for m in STATE_METRICS}
+    sim = run_arm(both).final
+    assert list(sim) == list(REGISTRY)
+    assert list(out.evaluation) == [f"final/{m}" for m in REGISTRY]
+    for m in REGISTRY:
+        want, got = sim[m], out.evaluation[f"final/{m}"]
+        assert got == want or (math.isnan(got) and math.isnan(want)), m
 
 
 @pytest.mark.slow
