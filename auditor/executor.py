@@ -76,14 +76,24 @@ class BackendChoice:
     ``requested``: None (in process), ``"local"`` (embedded Ray), a cluster address, or
     :data:`AUTO` to choose by the work: a configured cluster (``RAY_ADDRESS``) always wins;
     otherwise in process on one core, embedded Ray when two or more learners must be
-    trained (they train in parallel as Ray tasks) or when the simulation exceeds
-    :data:`IN_PROCESS_MAX_USER_STEPS`, in process for the rest. The backend never changes
+    trained (they train in parallel as Ray tasks), when two or more arm-replicates retrain
+    a model in the loop (``retraining``: RecBole policies, seconds of training each) or
+    when the simulation exceeds :data:`IN_PROCESS_MAX_USER_STEPS`, in process for the
+    rest. The backend never changes
     the numbers (jobs are plain functions of their data, results kept in job order).
     """
 
-    def __init__(self, requested: str | None, *, user_steps: int, cores: int | None = None):
+    def __init__(
+        self,
+        requested: str | None,
+        *,
+        user_steps: int,
+        cores: int | None = None,
+        retraining: int = 0,
+    ):
         self.requested = requested
         self.user_steps = int(user_steps)
+        self.retraining = int(retraining)
         self.cores = cores if cores is not None else _cores()
         self.address: str | None = None
         self.reason = ""
@@ -117,6 +127,11 @@ class BackendChoice:
             return None, f"{steps} on one core: Ray would add start-up and no parallelism"
         if learners >= 2:
             return "local", f"{learners} learners to train in parallel as Ray tasks"
+        if self.retraining >= 2:
+            return "local", (
+                f"{self.retraining} arm-replicates retrain a model in the loop: they run in "
+                f"parallel on {self.cores} cores as Ray tasks"
+            )
         if self.user_steps > IN_PROCESS_MAX_USER_STEPS:
             return "local", (
                 f"{steps} (over {IN_PROCESS_MAX_USER_STEPS:,}): worth spreading over "

@@ -32,6 +32,9 @@ class PolicyKind:
     #: user's slates (the auditor may then analyse users, clustered by replicate).
     #: False for policies that learn from everyone's clicks (popularity, retrained models).
     users_independent: bool = False
+    #: the policy retrains a model inside the simulation (RecBole in the loop): each of its
+    #: arm-replicates costs seconds of training, so the backend choice spreads them
+    retrains: bool = False
 
     @property
     def trainable(self) -> bool:
@@ -67,6 +70,7 @@ _KINDS = (
         "recbole-bpr",
         "RecBole BPR retrained on its own click log every 5 steps (the feedback loop)",
         factory=lambda: RecBolePolicy("BPR", retrain_every=5, epochs=10, name="recbole-bpr"),
+        retrains=True,
     ),
     PolicyKind(
         "recbole-gru4rec",
@@ -75,12 +79,14 @@ _KINDS = (
         factory=lambda: RecBolePolicy(
             "GRU4Rec", retrain_every=10, epochs=2, name="recbole-gru4rec"
         ),
+        retrains=True,
     ),
     PolicyKind(
         "recbole-sasrec",
         "RecBole SASRec (sequential) retrained on its own click log every 10 steps "
         "(warm-started: after the first training, 2 epochs on the new clicks)",
         factory=lambda: RecBolePolicy("SASRec", retrain_every=10, epochs=2, name="recbole-sasrec"),
+        retrains=True,
     ),
     PolicyKind(
         "ppo",

@@ -166,6 +166,29 @@ def test_backend_choice_by_the_work(
     assert choice.resolve(0) == address  # decided once
 
 
+def test_arms_that_retrain_in_the_loop_go_to_ray(monkeypatch):
+    """RecBole policies retrain inside the simulation (seconds per arm-replicate, one core
+    each): a small audit of one still spreads its replicates over the cores."""
+    from auditor.executor import AUTO, BackendChoice
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    small = 943 * 50 * 2 * 8
+    choice = BackendChoice(AUTO, user_steps=small, cores=2, retraining=8)
+    assert choice.resolve(0) == "local"
+    assert "8 arm-replicates retrain a model in the loop" in choice.reason
+    assert BackendChoice(AUTO, user_steps=small, cores=2, retraining=1).resolve(0) is None
+    assert BackendChoice(AUTO, user_steps=small, cores=1, retraining=8).resolve(0) is None
+
+
+def test_which_kinds_retrain_in_the_loop():
+    from auditor.audit import _retrains
+
+    assert [_retrains(k) for k in ("recbole-bpr", "recbole-gru4rec", "recbole-sasrec")] == [
+        True
+    ] * 3
+    assert not any(_retrains(k) for k in ("myopic", "ppo", "random", "uploaded", "remote"))
+
+
 # ---------------------------------------------------------------------- the report
 def test_report_contents_are_consistent():
     s = spec(users=50, steps=8, replicates=3)
