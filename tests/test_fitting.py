@@ -376,3 +376,26 @@ def test_selection_prefers_the_simpler_candidate_unless_significantly_worse():
     assert select(names, scores(4.0, 4.0), n_held, 200, 0) == "trecs"
     # anchored clearly beats trecs: anchored
     assert select(names, scores(4.0, 8.0), n_held, 200, 0) == "anchored_trecs"
+
+
+def test_the_selection_never_contradicts_the_reported_interval():
+    """A drift family whose reported gain over static has an interval that includes 0 is
+    not selected over static, whatever a second bootstrap of the same difference says
+    (with 100 replicates two bootstraps can disagree on a bound near 0)."""
+    import numpy as np
+
+    from simulator.fitting.select import CandidateScore, select
+
+    n_held = np.full(50, 20.0)
+    base = np.random.default_rng(1).normal(-40.0, 3.0, 50)
+    scores = {
+        "static": CandidateScore(FAMILIES["static"], {}, base),
+        "trecs": CandidateScore(FAMILIES["trecs"], {}, base + 0.5),  # better everywhere
+    }
+    names = ("static", "trecs")
+    assert select(names, scores, n_held, 100, 0) == "trecs"
+    # the report's interval of trecs' gain over static includes 0: static is selected
+    reported = {"static": (0.0, 0.0, 0.0), "trecs": (0.025, -0.001, 0.05)}
+    assert select(names, scores, n_held, 100, 0, vs_static=reported) == "static"
+    reported["trecs"] = (0.025, 0.001, 0.05)
+    assert select(names, scores, n_held, 100, 0, vs_static=reported) == "trecs"

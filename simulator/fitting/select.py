@@ -97,19 +97,26 @@ def select(
     n_held: np.ndarray,
     replicates: int,
     seed: int,
+    vs_static: dict[str, tuple[float, float, float]] | None = None,
 ) -> str:
     """Parsimony among the candidates: the one with the best held-out score, unless a
     candidate with fewer parameters is not significantly worse (the 95% bootstrap
     interval of its deficit per event includes 0); then the simplest such (by score
-    among equally simple ones). Static is the simplest of all."""
+    among equally simple ones). Static is the simplest of all. ``vs_static``: the
+    reported intervals of each candidate's gain over static; static's deficit is judged
+    by the best's reported interval, so that the decision can never contradict what the
+    report shows."""
     best = max(names, key=lambda n: scores[n].heldout_u.sum())
     eligible = []
     for i, name in enumerate(names):
         if name == best:
             eligible.append(name)
             continue
-        diff = scores[best].heldout_u - scores[name].heldout_u
-        _, low, _ = bootstrap_ratio(diff, n_held, replicates, seed + 101 + i)
+        if name == "static" and vs_static is not None:
+            low = vs_static[best][1]
+        else:
+            diff = scores[best].heldout_u - scores[name].heldout_u
+            _, low, _ = bootstrap_ratio(diff, n_held, replicates, seed + 101 + i)
         if low <= 0:
             eligible.append(name)
     return min(
@@ -160,7 +167,7 @@ def fit_log(
                 vs_static_interval=(gain[1], gain[2]),
             )
         )
-    selected = select(names, scores, n_held, replicates, seed)
+    selected = select(names, scores, n_held, replicates, seed, vs_static=gains)
     family = FAMILIES[selected]
     if progress:
         progress(f"fitting {selected} on the whole log")
