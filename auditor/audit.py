@@ -131,15 +131,6 @@ def _give_bundle(arms: list[PlannedArm], bundle: PolicyBundle, run_id: str) -> N
             arm.trained_run_id = run_id
 
 
-def _retrains(kind: str) -> bool:
-    """Whether arms of ``kind`` retrain a model inside the simulation (uploaded and
-    remote kinds are not in the registry: frozen or served elsewhere)."""
-    from recommenders.registry import POLICIES
-
-    k = POLICIES.get(kind)
-    return bool(k is not None and k.retrains)
-
-
 # ------------------------------------------------------------------------------ run
 def run_audit(
     spec: AuditSpec, *, track: bool = True, audit_id: str | None = None, **options: Any
@@ -204,7 +195,7 @@ def _run_audit(
 
     report_progress(0.0, "preparing")
     work = spec.users * steps * len(arms) * spec.replicates
-    retraining = spec.replicates * sum(1 for a in arms if _retrains(a.kind))
+    retraining = spec.replicates * sum(1 for a in arms if a.retrains)
     # ray_address may be executor.AUTO
     backend = BackendChoice(ray_address, user_steps=work, retraining=retraining)
     train_s, trained = _resolve_factories(arms, scenario, resolve_policy, backend, report_progress)

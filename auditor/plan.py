@@ -114,6 +114,7 @@ class PlannedArm:
     oracle: bool = False
     users_independent: bool = False  # see PolicyKind.users_independent
     trainable: bool = False  # a learner: from the trained-policy cache, or trained first
+    retrains: bool = False  # see PolicyKind.retrains (RecBole in the loop)
     extra: bool = False  # a kind outside the registry, resolved by the caller
 
 
@@ -166,6 +167,7 @@ def _arms(
             arm.oracle = k.oracle
             arm.users_independent = k.users_independent
             arm.trainable = k.trainable
+            arm.retrains = k.retrains
             if k.trainable:
                 arm.penalty_weight = float(p.params.get("penalty_weight", k.penalty_weight))
         out.append(arm)

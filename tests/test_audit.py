@@ -180,13 +180,26 @@ def test_arms_that_retrain_in_the_loop_go_to_ray(monkeypatch):
     assert BackendChoice(AUTO, user_steps=small, cores=1, retraining=8).resolve(0) is None
 
 
-def test_which_kinds_retrain_in_the_loop():
-    from auditor.audit import _retrains
+def test_the_plan_marks_the_arms_that_retrain_in_the_loop():
+    from auditor.plan import plan_audit
 
-    assert [_retrains(k) for k in ("recbole-bpr", "recbole-gru4rec", "recbole-sasrec")] == [
-        True
-    ] * 3
-    assert not any(_retrains(k) for k in ("myopic", "ppo", "random", "uploaded", "remote"))
+    s = AuditSpec.model_validate(
+        {
+            "scenario": "movielens-100k-v1",
+            "policy": {"kind": "recbole-sasrec"},
+            "references": [{"kind": "natural"}, {"kind": "recbole-bpr"}, {"kind": "myopic"}],
+            "users": 10,
+            "steps": 2,
+            "replicates": 2,
+        }
+    )
+    arms = plan_audit(s).arms
+    assert [(a.kind, a.retrains) for a in arms][1:] == [
+        ("random", False),
+        ("recbole-bpr", True),
+        ("myopic", False),
+    ]
+    assert arms[0].retrains
 
 
 # ---------------------------------------------------------------------- the report
