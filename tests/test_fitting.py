@@ -122,6 +122,61 @@ def test_event_likelihood_is_the_simulators_choice_probability():
         assert torch.allclose(ll[:, t], expected, atol=1e-5)
 
 
+def test_drift_likelihood_is_the_choice_probability_on_the_state_reached_event_by_event():
+    """For a drift family the likelihood's batched form (parameter-free tensors prepared
+    once per log, the outside option added in log space) gives log P(choice) of
+    simulator.choice.MNL on the state its update reached, carried one event at a time."""
+    from recommenders.baselines import UniformRandom
+    from simulator.choice import MNL
+    from simulator.fitting.likelihood import event_loglik
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+    from simulator.specs import MNLChoice
+
+    spec = recovery_spec("trecs", dim=4).model_copy(
+        update={"choice": MNLChoice(temperature=0.2, no_click_utility=0.1, position_bias=0.8)}
+    )
+    log, items, choice = simulate_log(spec, UniformRandom(), users=30, steps=6, seed=4)
+    fam = FAMILIES["anchored_bounded_confidence"]
+    th = theta_tensors({"lam": 0.2, "epsilon": 1.0, "mu": 0.4})
+    u0 = unit(torch.randn(30, 4, generator=torch.Generator().manual_seed(5)))
+    ll = event_loglik(fam, th, u0, log, items, choice)
+    again = event_loglik(fam, th, u0, log, items, choice)  # from the log's cache
+    assert torch.equal(ll, again)
+    u, consumed = u0, log.consumed()
+    for t in range(6):
+        slate = log.slates[:, t]
+        probs = MNL(spec.choice).probabilities(u, items.features[slate], items.appeal[slate])
+        idx = torch.where(
+            log.chosen[:, t] >= 0, log.chosen[:, t], torch.full_like(log.chosen[:, t], 10)
+        )
+        assert torch.allclose(ll[:, t], probs.gather(1, idx[:, None])[:, 0].log(), atol=1e-5)
+        clicked = (consumed[:, t] >= 0).float()
+        u = fam.step(u, u0, items.features[consumed[:, t].clamp_min(0)], clicked, th)
+    assert (log.chosen >= 0).any() and (log.chosen < 0).any()  # both kinds of event seen
+
+
+def test_the_search_stays_in_its_box_and_the_grid_uses_a_subsample():
+    """On static data the anchor's profile is flat toward lam = 0: the search stops at
+    the box's edge instead of walking on, and the coarse grid is fitted on at most
+    ROUGH_USERS users while the estimate uses all of them."""
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting import fit as F
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+
+    torch.set_num_threads(1)
+    log, items, choice = simulate_log(
+        recovery_spec("static", dim=4), UniformRandom(), users=500, steps=8, seed=1
+    )
+    ev = F.Evaluator(FAMILIES["anchored_trecs"], log, items, choice)
+    best = F.maximize(ev)
+    assert ev.rough_log.users == F.ROUGH_USERS < log.users
+    assert all(len(p.u0) == log.users for p in ev.profile.points.values())
+    assert all(len(p.u0) == F.ROUGH_USERS for p in ev.rough.values())
+    for raw in ev.profile.points:
+        assert all(F.RAW_LOW <= r <= F.RAW_HIGH for r in raw), raw
+    assert best.theta["delta"] < 0.01  # static data: no drift found
+
+
 def test_popularity_proxy_slates_hold_the_consumed_item_and_the_most_popular_before_it():
     import pandas as pd
 

@@ -41,6 +41,9 @@ RAW_LOW, RAW_HIGH = -7.0, 4.0
 STATIC = FAMILIES["static"]
 #: L-BFGS evaluations per initial-preference fit at the coarse grid's points
 ROUGH_EVALS = 25
+#: users the coarse grid is evaluated on (a seeded subsample of larger logs): the grid
+#: only locates a start for the search, which then uses every user
+ROUGH_USERS = 400
 
 
 def initial_u0(log: EventLog, items: Items, seed: int = 0) -> torch.Tensor:
@@ -205,6 +208,12 @@ class Evaluator:
         self.start = u0
         self.profile = Profile(family)
         self.rough: dict[tuple[float, ...], Point] = {}
+        if log.users > ROUGH_USERS:
+            gen = torch.Generator().manual_seed(seed)
+            self.rough_rows = torch.randperm(log.users, generator=gen)[:ROUGH_USERS].sort()[0]
+        else:
+            self.rough_rows = torch.arange(log.users)
+        self.rough_log = log.subset(self.rough_rows)
         self.max_rows = max_rows
         self.evaluations = 0
 
@@ -216,25 +225,32 @@ class Evaluator:
         return self.many([raw])[0]
 
     def many(self, raws: list[tuple[float, ...]], rough: bool = False) -> list[Point]:
-        """The points at these values. ``rough``: each user's initial preferences fitted
-        with at most :data:`ROUGH_EVALS` evaluations and the points kept apart from the
-        profile (they only locate a start for the search, never an estimate)."""
+        """The points at these values. ``rough``: on at most :data:`ROUGH_USERS` users,
+        each user's initial preferences fitted with at most :data:`ROUGH_EVALS`
+        evaluations, and the points kept apart from the profile (they only locate a
+        start for the search, never an estimate)."""
         keys = [self.key(r) for r in raws]
         store = self.rough if rough else self.profile.points
         todo = list(dict.fromkeys(k for k in keys if k not in store))
-        per = max(1, self.max_rows // max(self.log.users, 1))
+        users = len(self.rough_rows) if rough else self.log.users
+        per = max(1, self.max_rows // max(users, 1))
         for i in range(0, len(todo), per):
             self._evaluate(todo[i : i + per], rough)
         return [store[k] for k in keys]
 
     def _evaluate(self, keys: list[tuple[float, ...]], rough: bool = False) -> None:
-        log, n, p = self.log, self.log.users, len(keys)
+        log = self.rough_log if rough else self.log
+        n, p = log.users, len(keys)
         pts = self.profile.points
-        known = list(pts.values()) or list(self.rough.values())
+        known = list(self.rough.values()) if rough else list(pts.values())
+        start = self.start[self.rough_rows] if rough else self.start
+        weight_all = self.weight[self.rough_rows] if rough else self.weight
         starts = []
         for raw in keys:
-            if raw in self.rough and not rough:
-                starts.append(self.rough[raw].u0)
+            if raw in self.rough and not rough:  # the grid's users from their rough fit
+                warm = start.clone()
+                warm[self.rough_rows] = self.rough[raw].u0
+                starts.append(warm)
             elif known:
                 near = min(
                     known,
@@ -242,15 +258,15 @@ class Evaluator:
                 )
                 starts.append(near.u0)
             else:
-                starts.append(self.start)
+                starts.append(start)
         thetas = [raw_to_theta(self.family, raw) for raw in keys]
         theta: dict[str, float] | dict[str, torch.Tensor]
         if p == 1:
-            big, weight, theta = log, self.weight, thetas[0]
+            big, weight, theta = log, weight_all, thetas[0]
         else:
             idx = torch.arange(n).repeat(p)
             big = log.subset(idx)
-            weight = self.weight[idx]
+            weight = weight_all[idx]
             theta = {
                 q.name: torch.tensor([t[q.name] for t in thetas]).repeat_interleave(n)
                 for q in self.family.params
@@ -282,18 +298,32 @@ def grid_axes(family: Family, size: int) -> list[list[float]]:
 
 def zoom(ev: Evaluator, step: float, rounds: int) -> Point:
     """Compass search around the best point: evaluate its 2p neighbours at ``step`` along
-    each axis (all at once), move to the best, and shrink the step by 3 once the centre
-    stays best (or after three moves at one step)."""
+    each axis (all at once, inside the search box), move to the best, and shrink the step
+    by 3 once the centre stays best (or after three moves at one step). When the centre
+    stays best, the vertex of the parabola through it and its two neighbours on each axis
+    is evaluated too: it reaches the maximum of a smooth profile in fewer rounds."""
     p = len(ev.family.params)
     offsets = [tuple(s if j == i else 0 for j in range(p)) for i in range(p) for s in (-1, 1)]
     level, moves = 0, 0
     while level < rounds:
         assert ev.profile.best is not None
         centre = ev.profile.best
-        ev.many(
-            [tuple(c + o * step for c, o in zip(centre.raw, off, strict=True)) for off in offsets]
-        )
-        if ev.profile.best is centre or moves >= 3:  # shrink; after a move, look again
+        near = [
+            tuple(
+                min(max(c + o * step, RAW_LOW), RAW_HIGH)
+                for c, o in zip(centre.raw, off, strict=True)
+            )
+            for off in offsets
+        ]
+        # the search stays in the box: at its edge a parameter is as good as at its bound
+        # (sigmoid(-7) ~ 0.001), and walking on along a flat profile costs points
+        ev.many([r for r in near if ev.key(r) != centre.raw])
+        bracketed = ev.profile.best is centre
+        if bracketed:  # try the parabola's vertex (the next level is centred on the best)
+            vertex = _vertex(ev, centre, near, step)
+            if vertex is not None:
+                ev(vertex)
+        if bracketed or moves >= 3:  # shrink; after a move, look again
             step, level, moves = step / 3, level + 1, 0
         else:
             moves += 1
@@ -301,7 +331,27 @@ def zoom(ev: Evaluator, step: float, rounds: int) -> Point:
     return ev.profile.best
 
 
-def maximize(ev: Evaluator, grid: int | None = None, rounds: int = 4) -> Point:
+def _vertex(
+    ev: Evaluator, centre: Point, near: list[tuple[float, ...]], step: float
+) -> tuple[float, ...] | None:
+    """Per axis, the maximum of the parabola through the centre and its two neighbours
+    (within half a step; 0 where a neighbour is missing or the axis is not concave)."""
+    pts = ev.profile.points
+    f0 = centre.adjusted
+    out = list(centre.raw)
+    for i in range(len(centre.raw)):
+        lo, hi = pts.get(ev.key(near[2 * i])), pts.get(ev.key(near[2 * i + 1]))
+        if lo is None or hi is None or lo is centre or hi is centre:
+            continue
+        curv = lo.adjusted - 2 * f0 + hi.adjusted
+        if curv < 0:
+            off = step * (lo.adjusted - hi.adjusted) / (2 * curv)
+            out[i] += max(-step / 2, min(step / 2, off))
+    vertex = tuple(out)
+    return vertex if ev.key(vertex) != centre.raw else None
+
+
+def maximize(ev: Evaluator, grid: int | None = None, rounds: int = 3) -> Point:
     """The adjusted-profile maximum: a coarse grid (``grid`` points per parameter;
     default 7 for one parameter, 4 for more; rough fits, only to locate a start), then a
     pattern search from its best."""

@@ -55,6 +55,43 @@ class Items:
     appeal: torch.Tensor  # [K]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a likelihood evaluation needs from a log and a catalog that does not depend
+    on the parameters, computed once per (log, catalog, choice) and kept on the log."""
+
+    shown: torch.Tensor  # [U, T, k, d] features of the items shown
+    base: torch.Tensor  # [U, T, k] appeal / temperature + position term of each slot
+    consumed_x: torch.Tensor  # [U, T, d] features of the item consumed (0 if none)
+    clicked: torch.Tensor  # [U, T] 1.0 where an item was consumed
+    chosen_base: torch.Tensor  # [U, T] the chosen slot's base (0 for a no-click)
+
+
+def prepared(log: EventLog, items: Items, choice: ChoiceForm) -> Prepared:
+    """The parameter-free tensors of ``log`` against ``items`` (cached on the log)."""
+    key = (id(items), choice)
+    hit = log.cache.get(key)
+    if hit is not None and hit[0] is items:
+        return hit[1]
+    k = log.slates.shape[2]
+    dtype = items.features.dtype
+    base = items.appeal[log.slates] / choice.temperature
+    if choice.position_bias != 1.0:
+        base = base + torch.arange(k, dtype=dtype) * math.log(choice.position_bias)
+    consumed = log.consumed()  # [U, T], -1 where nothing was consumed
+    clicked = consumed >= 0
+    slot = log.chosen.clamp_min(0)[..., None]
+    out = Prepared(
+        shown=items.features[log.slates],
+        base=base,
+        consumed_x=items.features[consumed.clamp_min(0)] * clicked[..., None].to(dtype),
+        clicked=clicked.to(dtype),
+        chosen_base=torch.where(clicked, base.gather(2, slot)[..., 0], torch.zeros(())),
+    )
+    log.cache[key] = (items, out)
+    return out
+
+
 def states(
     family: Family,
     theta: dict[str, torch.Tensor],
@@ -62,15 +99,19 @@ def states(
     log: EventLog,
     items: Items,
     smooth: float = 0.0,
+    prep: Prepared | None = None,
 ) -> torch.Tensor:
     """[U, T, d] each user's state before each event: ``u0``, then the family's update
     after every consumed item (padding and no-clicks leave it unchanged)."""
     steps = log.slates.shape[1]
     if not family.params or steps == 0:
         return u0[:, None, :].expand(-1, steps, -1)
-    consumed = log.consumed()  # [U, T], -1 where nothing was consumed
-    clicked = (consumed >= 0).to(u0.dtype)
-    xc = items.features[consumed.clamp_min(0)]  # [U, T, d]
+    if prep is None:
+        consumed = log.consumed()
+        clicked = (consumed >= 0).to(u0.dtype)
+        xc = items.features[consumed.clamp_min(0)]  # [U, T, d]
+    else:
+        clicked, xc = prep.clicked, prep.consumed_x
     u = u0
     out = [u]
     for t in range(steps - 1):
@@ -92,28 +133,28 @@ def event_loglik(
     """[U, T] log-probability of each logged event (0 where the mask is off). The states
     are carried forward in a loop over events (only the update); the choice
     probabilities of all events are then computed at once."""
-    num_users, steps, k = log.slates.shape
+    num_users = log.slates.shape[0]
     temp = choice.temperature
+    prep = prepared(log, items, choice)
     if family.params:
-        u = states(family, theta, u0, log, items, smooth)  # [U, T, d]
-        x = items.features[log.slates]  # [U, T, k, d]
-        scores = torch.einsum("utd,utkd->utk", u, x)
+        u = states(family, theta, u0, log, items, smooth, prep)  # [U, T, d]
+        scores = torch.einsum("utd,utkd->utk", u, prep.shown)
+        chosen_score = (u * prep.consumed_x).sum(dim=2)
     else:  # one state per user: score the catalog once, then pick the slates
         every = u0 @ items.features.T  # [U, K]
         scores = every.gather(1, log.slates.reshape(num_users, -1)).reshape(log.slates.shape)
-    logits = (scores + items.appeal[log.slates]) / temp
-    if choice.position_bias != 1.0:
-        pos = torch.arange(k, dtype=u0.dtype) * math.log(choice.position_bias)
-        logits = logits + pos
+        chosen_score = (u0[:, None, :] * prep.consumed_x).sum(dim=2)
+    logits = scores / temp + prep.base
+    lse = torch.logsumexp(logits, dim=2)
     c0_utility = choice.no_click_utility
-    outside = c0_utility is not None
-    if c0_utility is not None:
-        c0 = torch.full((num_users, steps, 1), c0_utility / temp, dtype=u0.dtype)
-        logits = torch.cat([logits, c0], dim=2)
-    slot = log.chosen
-    # a no-click is the outside option (last column); without one, only padding has -1
-    idx = torch.where(slot >= 0, slot, torch.full_like(slot, k if outside else 0))
-    lp = logits.gather(2, idx[..., None])[..., 0] - torch.logsumexp(logits, dim=2)
+    if c0_utility is not None:  # the outside option
+        lse = torch.logaddexp(lse, torch.tensor(c0_utility / temp, dtype=lse.dtype))
+        picked = torch.where(
+            prep.clicked > 0, chosen_score / temp + prep.chosen_base, c0_utility / temp
+        )
+    else:  # every valid event is a click
+        picked = chosen_score / temp + prep.chosen_base
+    lp = picked - lse
     return torch.where(log.mask, lp, torch.zeros_like(lp))
 
 

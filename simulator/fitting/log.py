@@ -9,7 +9,7 @@ event is a click, so the likelihood is then conditional on a click (no outside o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ class EventLog:
     user_ids: tuple[str, ...]
     outside_option: bool
     exposures: str  # "logged" or the proxy's statement
+    #: tensors derived from this log and a catalog, kept across likelihood evaluations
+    #: (see :func:`simulator.fitting.likelihood.prepared`); never copied by ``replace``
+    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def users(self) -> int:
