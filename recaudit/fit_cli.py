@@ -64,6 +64,13 @@ def add_parser(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
         action="store_true",
         help="refit the selected family under the other proxy and report how estimates move",
     )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="processes to fit the candidate families in (default 1; the result does not "
+        "depend on it)",
+    )
     p.add_argument("--out", type=Path, help="write the fit section here (default: stdout)")
     for role, names in (("user", "user_id, user"), ("item", "item_id, item")):
         p.add_argument(f"--{role}-col", help=f"the log's {role} column (default: {names})")
@@ -125,6 +132,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         replicates=args.replicates,
         seed=args.seed,
         sensitivity=args.sensitivity,
+        workers=args.workers,
     )
     if args.temperature is not None and not args.temperature > 0:
         raise SpecError("--temperature must be positive")

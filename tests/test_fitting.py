@@ -454,3 +454,26 @@ def test_the_selection_never_contradicts_the_reported_interval():
     assert select(names, scores, n_held, 100, 0, vs_static=reported) == "static"
     reported["trecs"] = (0.025, 0.001, 0.05)
     assert select(names, scores, n_held, 100, 0, vs_static=reported) == "trecs"
+
+
+@pytest.mark.slow
+def test_candidates_fitted_in_worker_processes_give_the_same_fit():
+    """``workers`` only decides where each candidate is fitted: the section's numbers are
+    the same with one process and with two."""
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+    from simulator.fitting.select import fit_log
+
+    torch.set_num_threads(1)
+    log, items, choice = simulate_log(
+        recovery_spec("trecs", dim=4), UniformRandom(), users=120, steps=15, seed=3
+    )
+    names = ("static", "trecs", "anchored_trecs")
+    seen: list[str] = []
+    one, _ = fit_log(log, items, choice, candidates=names, replicates=50, workers=1)
+    two, _ = fit_log(
+        log, items, choice, candidates=names, replicates=50, workers=2, progress=seen.append
+    )
+    assert any("in 2 processes" in m for m in seen)
+    drop = {"seconds"}
+    assert one.model_dump(exclude=drop) == two.model_dump(exclude=drop)

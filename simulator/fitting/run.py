@@ -34,6 +34,7 @@ class FitOptions:
     replicates: int = 200
     seed: int = 0
     sensitivity: bool = False
+    workers: int = 1  # processes the candidates are fitted in (the scores do not depend on it)
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.candidates if c not in FAMILIES]
@@ -43,8 +44,8 @@ class FitOptions:
             raise SpecError("give at least one candidate family")
         if self.proxy not in PROXIES:
             raise SpecError(f"unknown exposure proxy {self.proxy!r}; one of {', '.join(PROXIES)}")
-        if min(self.slate_size, self.max_events, self.replicates) < 1:
-            raise SpecError("slate size, max events and replicates must be positive")
+        if min(self.slate_size, self.max_events, self.replicates, self.workers) < 1:
+            raise SpecError("slate size, max events, replicates and workers must be positive")
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -97,6 +98,7 @@ def fit_interactions(
             **counts,
         },
         progress=progress,
+        workers=options.workers,
     )
     if options.sensitivity and section.family != "static":
         other = "sampled" if options.proxy == "popularity" else "popularity"

@@ -25,8 +25,11 @@ none, is not claimed).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -91,6 +94,61 @@ def score_candidate(
     return CandidateScore(family, best.theta, held.adjusted_u.numpy())
 
 
+def _score_by_name(
+    name: str, log: EventLog, items: Items, choice: ChoiceForm, split: Split, seed: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`score_candidate` in a worker process (a family's update may be a closure,
+    so the family travels by name both ways)."""
+    score = score_candidate(FAMILIES[name], log, items, choice, split, seed)
+    return score.theta, score.heldout_u
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def score_candidates(
+    names: tuple[str, ...],
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    split: Split,
+    seed: int,
+    workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, CandidateScore]:
+    """Every candidate's held-out score. With ``workers`` > 1 the candidates are fitted
+    in that many worker processes (one torch thread each), those with the most
+    parameters first; each candidate's fit is the same computation wherever it runs, so
+    the scores do not depend on ``workers``."""
+    if workers <= 1 or len(names) <= 2:
+        scores = {}
+        for name in names:
+            if progress:
+                progress(f"selection: fitting {name}")
+            scores[name] = score_candidate(FAMILIES[name], log, items, choice, split, seed)
+        return scores
+    plain = replace(log)  # without the likelihood's cached tensors
+    order = sorted(names, key=lambda n: -len(FAMILIES[n].params))
+    ctx = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(names)), mp_context=ctx, initializer=_one_thread
+    ) as pool:
+        futures = {
+            pool.submit(_score_by_name, name, plain, items, choice, split, seed): name
+            for name in order
+        }
+        if progress:
+            progress(f"selection: fitting {', '.join(order)} in {workers} processes")
+        done = {}
+        for future in as_completed(futures):
+            name = futures[future]
+            done[name] = CandidateScore(FAMILIES[name], *future.result())
+            if progress:
+                progress(f"selection: fitted {name}")
+    return {name: done[name] for name in names}
+
+
 def select(
     names: tuple[str, ...],
     scores: dict[str, CandidateScore],
@@ -136,19 +194,17 @@ def fit_log(
     assumptions: tuple[str, ...] = (),
     data: dict | None = None,
     progress=None,
+    workers: int = 1,
 ) -> tuple[FitSection, dict]:
     """Select a family, fit it on the whole log, and report it. Returns the section and
-    internals (the candidates' scores, the bootstrap estimates) for validation."""
+    internals (the candidates' scores, the bootstrap estimates) for validation.
+    ``workers``: processes the candidates are fitted in (see :func:`score_candidates`)."""
     start_time = time.perf_counter()
     names = ("static", *[c for c in candidates if c != "static"])
     split = make_split(log, seed)
     held_users = ~split.train_users if bool((~split.train_users).any()) else split.train_users
     n_held = log.lengths()[held_users].numpy().astype(float)
-    scores: dict[str, CandidateScore] = {}
-    for name in names:
-        if progress:
-            progress(f"selection: fitting {name}")
-        scores[name] = score_candidate(FAMILIES[name], log, items, choice, split, seed)
+    scores = score_candidates(names, log, items, choice, split, seed, workers, progress)
     base = scores["static"].heldout_u
     rows = []
     gains: dict[str, tuple[float, float, float]] = {}
