@@ -73,6 +73,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-predictive", action="store_true")
     ap.add_argument("--runs-out", type=Path, help="append each repetition as a JSON line here")
+    ap.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="RUNS",
+        help="run nothing: print the table of the repetitions in RUNS (a --runs-out file)",
+    )
+    ap.add_argument("--workers", type=int, default=1, help="processes for the candidates")
     ap.add_argument("--dim", type=int, default=6, help="dimension of the recovery scenario")
     ap.add_argument(
         "--estimators",
@@ -110,10 +117,16 @@ def main() -> None:
         )
         return
     start = time.perf_counter()
-    table = {}
-    for fam in args.families.split(","):
-        runs = []
-        for rep in range(args.reps):
+    families = args.families.split(",")
+    runs: dict[str, list[dict]] = {fam: [] for fam in families}
+    if args.summarize:  # the table of repetitions already run (--runs-out of earlier runs)
+        for line in args.summarize.read_text().splitlines():
+            r = json.loads(line)
+            if r["family"] in runs:
+                runs[r["family"]].append(r)
+    # repetition-major: a run stopped early still has every family about equally often
+    for rep in range(0 if args.summarize else args.reps):
+        for fam in families:
             r = recover_once(
                 fam,
                 UniformRandom,
@@ -125,19 +138,20 @@ def main() -> None:
                 dim=args.dim,
                 unseen=None if args.no_predictive else OracleGreedy,
                 reference=None if args.no_predictive else UniformRandom,
+                workers=args.workers,
             )
-            runs.append(r)
+            runs[fam].append(r)
             if args.runs_out:
                 with args.runs_out.open("a") as fh:
                     fh.write(json.dumps(r) + "\n")
-        table[fam] = summarize(runs)
+    table = {fam: summarize(rs) for fam, rs in runs.items() if rs}
     print(
         json.dumps(
             {
                 "benchmark": "fit_validation",
                 "users": args.users,
                 "steps": args.steps,
-                "reps": args.reps,
+                "reps": {fam: len(rs) for fam, rs in runs.items()},
                 "candidates": args.candidates.split(","),
                 "bootstrap_replicates": args.replicates,
                 "logging_policy": "uniform random slates (exposures logged)",

@@ -152,8 +152,10 @@ def user_terms(
         return ll.detach().double(), torch.zeros(log.users, dtype=torch.float64)
     grad = torch.autograd.grad(ll.sum(), raw, create_graph=True)[0]
     d = raw.shape[1]
-    rows = [torch.autograd.grad(grad[:, j].sum(), raw, retain_graph=True)[0] for j in range(d)]
-    hess = torch.stack(rows, dim=1).detach().double()  # [U, d, d]
+    # the d rows of every user's Hessian in one batched backward pass (users independent)
+    basis = torch.eye(d, dtype=grad.dtype)[:, None, :].expand(d, *grad.shape)
+    rows = torch.autograd.grad(grad, raw, grad_outputs=basis, is_grads_batched=True)[0]
+    hess = rows.transpose(0, 1).detach().double()  # [U, d, d]
     uh = u0.double()
     info = -0.5 * (hess + hess.transpose(1, 2)) + uh[:, :, None] * uh[:, None, :]
     info = info + RIDGE * torch.eye(d, dtype=torch.float64)

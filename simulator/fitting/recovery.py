@@ -139,13 +139,20 @@ def recover_once(
     dim: int = 6,
     unseen: Callable[[], Policy] | None = None,
     reference: Callable[[], Policy] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Generate a log from ``family``'s ground truth, fit it, and compare."""
     spec = recovery_spec(family, dim)
     start = time.perf_counter()
     log, items, choice = simulate_log(spec, logging(), users, steps, seed)
     section, internals = fit_log(
-        log, items, choice, candidates=candidates, seed=seed, replicates=replicates
+        log,
+        items,
+        choice,
+        candidates=candidates,
+        seed=seed,
+        replicates=replicates,
+        workers=workers,
     )
     fam, truth = family_of_spec(spec.dynamics)
     if section.family == family:

@@ -41,8 +41,15 @@ from .log import EventLog
 from .report import CandidateFit, FitSection, ParameterFit
 from .uncertainty import NOT, analyse, bootstrap_ratio
 
+#: the most training users the candidates are fitted on during the selection (a seeded
+#: subsample of a larger log's training users; the selected family is then refitted on
+#: every user, and every held-out user is scored)
+SELECTION_USERS = 4000
+
+
 SELECTION_RULE = (
-    "parameters fitted on 80% of users; each held-out user's whole history scored by its "
+    f"parameters fitted on 80% of users (at most {SELECTION_USERS:,} of them, a seeded "
+    "subsample; the selected family is then refitted on every user); each held-out user's whole history scored by its "
     "Laplace-approximated marginal likelihood (initial preferences integrated out, same "
     "for every family); the candidate with the highest held-out log-likelihood per event "
     "is selected unless a candidate with fewer parameters is not significantly worse (95% "
@@ -60,15 +67,20 @@ METHOD = (
 @dataclass(frozen=True)
 class Split:
     train_users: torch.Tensor  # [U] bool; the others are held out
+    fit_users: torch.Tensor  # [U] bool; the training users the candidates are fitted on
 
 
-def make_split(log: EventLog, seed: int, holdout_users: float = 0.2) -> Split:
+def make_split(
+    log: EventLog, seed: int, holdout_users: float = 0.2, max_fit: int = SELECTION_USERS
+) -> Split:
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(log.users, generator=gen)
     n_hold = max(1, round(holdout_users * log.users)) if log.users > 1 else 0
     train = torch.ones(log.users, dtype=torch.bool)
     train[perm[:n_hold]] = False
-    return Split(train)
+    fit = train.clone()
+    fit[perm[n_hold + max_fit :]] = False
+    return Split(train, fit)
 
 
 @dataclass
@@ -81,7 +93,7 @@ class CandidateScore:
 def score_candidate(
     family: Family, log: EventLog, items: Items, choice: ChoiceForm, split: Split, seed: int
 ) -> CandidateScore:
-    train = torch.nonzero(split.train_users)[:, 0]
+    train = torch.nonzero(split.fit_users)[:, 0]
     hold = torch.nonzero(~split.train_users)[:, 0]
     if len(hold) == 0:  # a single user: nothing to hold out, scored in sample
         hold = train
@@ -265,7 +277,11 @@ def fit_log(
                 "no_click_utility": choice.no_click_utility,
                 "position_bias": choice.position_bias,
             },
-            "split": {"holdout_users": 0.2, "seed": seed},
+            "split": {
+                "holdout_users": 0.2,
+                "seed": seed,
+                "selection_fit_users": int(split.fit_users.sum()),
+            },
             "bootstrap_replicates": replicates,
             **(data or {}),
         },
