@@ -7,7 +7,8 @@ out. Because the profile is a sum of per-user contributions, a bootstrap replica
 users is a reweighted sum at the same points: each replicate's estimate is the maximum of
 a quadratic fitted to its reweighted stencil (exact for the profile estimator, up to
 the quadratic's fit; replicates whose maximum falls outside the stencil are clamped to
-its edge and counted).
+its edge and counted; a replicate whose quadratic is not concave takes its best stencil
+point, never the centre, which would pile replicates on the estimate).
 
 A parameter is *identified* when its standard error (the larger of the curvature's and
 the bootstrap's) is under 20% of its scale (the estimate, or the parameter's resolution
@@ -48,7 +49,7 @@ def _step_sizes(ev: Evaluator, best: Point) -> list[float]:
     0.5 to 8 log-likelihood units (or the largest tried, for a flat profile)."""
     steps = []
     for i in range(len(best.raw)):
-        h = 0.1
+        h = _first_step(ev, best, i)
         for _ in range(5):
             lo = list(best.raw)
             hi = list(best.raw)
@@ -64,6 +65,30 @@ def _step_sizes(ev: Evaluator, best: Point) -> list[float]:
                 break
         steps.append(h)
     return steps
+
+
+def _first_step(ev: Evaluator, best: Point, i: int) -> float:
+    """A first step along axis ``i`` from the search's own points: where a parabola
+    through the best point and its nearest evaluated neighbours on each side of that axis
+    drops by 2 log-likelihood units (0.1 when there are none, or no curvature)."""
+    lo = hi = None
+    for q in ev.profile.points.values():
+        if any(a != b for j, (a, b) in enumerate(zip(q.raw, best.raw, strict=True)) if j != i):
+            continue
+        off = q.raw[i] - best.raw[i]
+        if off < 0 and (lo is None or off > lo[0]):
+            lo = (off, q.adjusted)
+        elif off > 0 and (hi is None or off < hi[0]):
+            hi = (off, q.adjusted)
+    if lo is None or hi is None:
+        return 0.1
+    # the parabola through (lo, f0 = 0, hi) in offsets from the best point
+    (x1, f1), (x2, f2) = lo, hi
+    f1, f2 = f1 - best.adjusted, f2 - best.adjusted
+    curv = 2 * (f1 / x1 - f2 / x2) / (x1 - x2)  # the second derivative
+    if not curv < 0:
+        return 0.1
+    return float(min(max(math.sqrt(4.0 / -curv), 0.003), 2.0))
 
 
 def _design(z: np.ndarray) -> np.ndarray:
@@ -115,6 +140,8 @@ def analyse(
         z, a = _quad_max(coef, p)
         edge = float(np.max(np.abs(grid)))
         clamped = a is None or bool(np.any(np.abs(z) > edge))
+        if a is None:  # no concave quadratic: the best stencil point, not the centre
+            z = grid[int(np.argmax(values))]
         z = np.clip(z, -edge, edge)
         return center + z * h, a, clamped
 
