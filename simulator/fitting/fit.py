@@ -36,8 +36,12 @@ from .log import EventLog
 SMOOTH = 0.05
 #: ridge added to each user's information (a weak prior; keeps users with few events finite)
 RIDGE = 1e-3
-#: search box on the unconstrained scale
+#: coarse-grid box on the unconstrained scale
 RAW_LOW, RAW_HIGH = -7.0, 4.0
+#: the box the search stays in: at its lower edge a parameter is within 0.001 of its
+#: range from its lower bound (sigmoid(-7), softplus(-7)); at the upper, within 0.001
+#: for a bounded parameter (sigmoid(7)), 7 for an unbounded one
+SEARCH_LOW, SEARCH_HIGH = RAW_LOW, RAW_HIGH + 3.0
 STATIC = FAMILIES["static"]
 #: L-BFGS evaluations per initial-preference fit at the coarse grid's points
 ROUGH_EVALS = 25
@@ -312,13 +316,13 @@ def zoom(ev: Evaluator, step: float, rounds: int) -> Point:
         centre = ev.profile.best
         near = [
             tuple(
-                min(max(c + o * step, RAW_LOW), RAW_HIGH)
+                min(max(c + o * step, SEARCH_LOW), SEARCH_HIGH)
                 for c, o in zip(centre.raw, off, strict=True)
             )
             for off in offsets
         ]
-        # the search stays in the box: at its edge a parameter is as good as at its bound
-        # (sigmoid(-7) ~ 0.001), and walking on along a flat profile costs points
+        # the search stays in its box: at the edge a parameter is as good as at its
+        # bound, and walking on along a flat profile (no anchor, no drift) costs points
         ev.many([r for r in near if ev.key(r) != centre.raw])
         bracketed = ev.profile.best is centre
         if bracketed:  # try the parabola's vertex (the next level is centred on the best)

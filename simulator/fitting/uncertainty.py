@@ -31,6 +31,8 @@ from .fit import Evaluator, Point
 IDENTIFIED, WEAK, NOT = "identified", "weakly identified", "not identified"
 #: relative standard errors separating the three statuses
 IDENTIFIED_BELOW, WEAK_BELOW = 0.2, 0.5
+#: times the stencil is centred again when the data's maximum lies outside it
+RECENTRE = 3
 
 
 @dataclass(frozen=True)
@@ -126,30 +128,49 @@ def analyse(
     p = len(fam.params)
     if p == 0:
         return [], np.zeros((replicates, 0))
-    h = np.array(_step_sizes(ev, best))
     offsets = [-2, -1, 0, 1, 2] if p == 1 else [-1, 0, 1]
     grid = np.array(list(itertools.product(offsets, repeat=p)), dtype=float)
-    points = ev.many([tuple(float(r) for r in np.array(best.raw) + g * h) for g in grid])
-    contrib = torch.stack([pt.adjusted_u for pt in points], dim=1).numpy()  # [U, S]
     x = _design(grid)
-    center = np.array(best.raw)
     pinv = np.linalg.pinv(x)
+    edge = float(np.max(np.abs(grid)))
+    # The stencil is centred on the best point; when the full data's quadratic has its
+    # maximum outside it (a search along the axes stopped short on a tilted ridge of
+    # correlated parameters), that maximum is evaluated and the stencil centred again on
+    # the best point evaluated, up to RECENTRE times. A maximum still outside leaves
+    # every parameter not identified.
+    for attempt in range(RECENTRE + 1):
+        h = np.array(_step_sizes(ev, best))
+        center = np.array(best.raw)
+        points = ev.many([tuple(float(r) for r in center + g * h) for g in grid])
+        contrib = torch.stack([pt.adjusted_u for pt in points], dim=1).numpy()  # [U, S]
 
-    def estimate(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        coef = pinv @ (values - values.mean())
-        z, a = _quad_max(coef, p)
-        edge = float(np.max(np.abs(grid)))
-        clamped = a is None or bool(np.any(np.abs(z) > edge))
-        if a is None:  # no concave quadratic: the best stencil point, not the centre
-            z = grid[int(np.argmax(values))]
-        z = np.clip(z, -edge, edge)
-        return center + z * h, a, clamped
+        def estimate(
+            values: np.ndarray, center: np.ndarray = center, h: np.ndarray = h
+        ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+            coef = pinv @ (values - values.mean())
+            z, a = _quad_max(coef, p)
+            clamped = a is None or bool(np.any(np.abs(z) > edge))
+            if a is None:  # no concave quadratic: the best stencil point, not the centre
+                z = grid[int(np.argmax(values))]
+            z = np.clip(z, -edge, edge)
+            return center + z * h, a, clamped
 
-    raw_hat, a_hat, off = estimate(contrib.sum(axis=0))
-    if a_hat is not None and not off:  # the quadratic's maximum, if inside the stencil
-        ev(tuple(float(r) for r in raw_hat))
+        total = contrib.sum(axis=0)
+        raw_hat, a_hat, off = estimate(total)
+        if a_hat is not None and not off:  # the quadratic's maximum, inside the stencil
+            ev(tuple(float(r) for r in raw_hat))
+            break
+        if a_hat is not None:  # outside: a Newton step to it (at most 10 stencil widths)
+            z, _ = _quad_max(pinv @ (total - total.mean()), p)
+            z = np.clip(z, -10 * edge, 10 * edge)
+            ev(tuple(float(r) for r in center + z * h))
+        assert ev.profile.best is not None
+        if ev.profile.best is best or attempt == RECENTRE:
+            break
+        best = ev.profile.best
+    inside = a_hat is not None and not off
     # the estimate is the best point evaluated: the search's, a stencil point or the
-    # quadratic's maximum (a search along the axes can stop short on a tilted ridge)
+    # quadratic's maximum
     assert ev.profile.best is not None
     best = ev.profile.best
     rng = np.random.default_rng(seed)
@@ -175,7 +196,7 @@ def analyse(
         scale = max(abs(value), q.resolution)
         rel = se / scale
         status = IDENTIFIED if rel < IDENTIFIED_BELOW else WEAK if rel < WEAK_BELOW else NOT
-        if cov_raw is None:
+        if cov_raw is None or not inside:
             status = NOT
         lo, hi = np.percentile(boot[:, i], [2.5, 97.5])
         results.append(
