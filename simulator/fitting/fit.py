@@ -16,7 +16,8 @@ Laplace approximation of the likelihood integrated over a flat prior on the sphe
 replicates over users are reweighted sums (see :mod:`.uncertainty`).
 
 The search is derivative-free on the unconstrained scale (sigmoid / softplus maps each
-parameter to its range): a coarse grid, then Nelder-Mead from its best point.
+parameter to its range): a coarse grid on a subsample of users, then a compass search
+with parabolic steps from its best point (:func:`maximize`).
 """
 
 from __future__ import annotations
