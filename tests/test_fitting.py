@@ -581,3 +581,24 @@ def test_a_stencil_missing_the_maximum_on_a_tilted_ridge_is_centred_again():
         assert r.status == "identified"
         assert r.interval[1] - r.interval[0] > 1e-6
         assert r.clamped_share < 0.5
+
+
+def test_the_information_is_the_same_under_anomaly_detection():
+    """The Hessian's rows come from one batched backward pass; under torch's anomaly
+    detection (which another part of a process may have switched on) that pass has no
+    batching rule, and the rows are taken one by one, with the same numbers. Before, the
+    fit failed with an internal error."""
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting import fit as F
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+
+    log, items, choice = simulate_log(
+        recovery_spec("trecs", dim=4), UniformRandom(), users=30, steps=6, seed=2
+    )
+    fam, theta = FAMILIES["trecs"], {"delta": 0.2}
+    u0 = F.initial_u0(log, items)
+    plain = F.user_terms(fam, theta, log, items, choice, log.mask, u0)
+    with torch.autograd.detect_anomaly():
+        checked = F.user_terms(fam, theta, log, items, choice, log.mask, u0)
+    assert torch.allclose(plain[1], checked[1], atol=1e-6)
+    assert torch.equal(plain[0], checked[0])

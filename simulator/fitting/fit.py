@@ -159,7 +159,14 @@ def user_terms(
     d = raw.shape[1]
     # the d rows of every user's Hessian in one batched backward pass (users independent)
     basis = torch.eye(d, dtype=grad.dtype)[:, None, :].expand(d, *grad.shape)
-    rows = torch.autograd.grad(grad, raw, grad_outputs=basis, is_grads_batched=True)[0]
+    try:
+        rows = torch.autograd.grad(
+            grad, raw, grad_outputs=basis, is_grads_batched=True, retain_graph=True
+        )[0]
+    except RuntimeError:  # an op without a batching rule (anomaly detection's checks): row by row
+        rows = torch.stack(
+            [torch.autograd.grad(grad[:, j].sum(), raw, retain_graph=True)[0] for j in range(d)]
+        )
     hess = rows.transpose(0, 1).detach().double()  # [U, d, d]
     uh = u0.double()
     info = -0.5 * (hess + hess.transpose(1, 2)) + uh[:, :, None] * uh[:, None, :]
