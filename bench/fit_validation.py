@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument(
         "--estimators",
         metavar="NAME=V1,V2",
-        help="only compare the plain joint MLE with the adjusted profile for the first "
+        help="only compare the plain joint MLE with the marginal likelihood for the first "
         "family, at these true values of one parameter (e.g. delta=0.03,0.1)",
     )
     args = ap.parse_args()

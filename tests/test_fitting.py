@@ -502,9 +502,9 @@ class _ParabolaProfile:
         key = tuple(round(float(r), 6) for r in raw)
         if key not in self.profile.points:
             c = torch.tensor(-self.k * (key[0] - self.m) ** 2, dtype=torch.float64)
-            pt = Point(key, raw_to_theta(self.family, key), c, torch.zeros_like(c), c[:, None])
+            pt = Point(key, raw_to_theta(self.family, key), c, c, c[:, None])
             self.profile.points[key] = pt
-            if self.profile.best is None or pt.adjusted > self.profile.best.adjusted:
+            if self.profile.best is None or pt.marginal > self.profile.best.marginal:
                 self.profile.best = pt
         return self.profile.points[key]
 
@@ -553,9 +553,9 @@ class _TiltedProfile(_ParabolaProfile):
         if key not in self.profile.points:
             dx = np.array(key) - self.m
             c = torch.tensor(-np.einsum("ui,ij,uj->u", dx, self.a, dx), dtype=torch.float64)
-            pt = Point(key, raw_to_theta(self.family, key), c, torch.zeros_like(c), c[:, None])
+            pt = Point(key, raw_to_theta(self.family, key), c, c, c[:, None])
             self.profile.points[key] = pt
-            if self.profile.best is None or pt.adjusted > self.profile.best.adjusted:
+            if self.profile.best is None or pt.marginal > self.profile.best.marginal:
                 self.profile.best = pt
         return self.profile.points[key]
 
@@ -602,3 +602,56 @@ def test_the_information_is_the_same_under_anomaly_detection():
         checked = F.user_terms(fam, theta, log, items, choice, log.mask, u0)
     assert torch.allclose(plain[1], checked[1], atol=1e-6)
     assert torch.equal(plain[0], checked[0])
+
+
+def _sphere_points(n: int) -> torch.Tensor:
+    """A Fibonacci lattice of ``n`` nearly uniform points on the unit sphere in R^3."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = i * math.pi * (3 - math.sqrt(5))
+    r = (1 - z * z).sqrt()
+    return torch.stack([r * phi.cos(), r * phi.sin(), z], dim=1)
+
+
+def test_the_marginal_likelihood_is_the_integral_over_the_sphere():
+    """Each user's log marginal likelihood (initial preferences integrated over the
+    sphere) against a quadrature on 200,000 lattice points, on short histories where the
+    likelihood is far from Gaussian. The Laplace approximation alone, which the fit used
+    before, is off by up to 0.27 nats here, and its error changes with the drift
+    parameter: at 2,000 users x 50 steps it biased T-RECS's ``delta`` by +1.5%, more than
+    the standard error. The importance-sampled integral converges to the quadrature."""
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting import fit as F
+    from simulator.fitting.likelihood import event_loglik
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+
+    log, items, choice = simulate_log(
+        recovery_spec("trecs", dim=3), UniformRandom(), users=12, steps=8, seed=3
+    )
+    fam, theta = FAMILIES["trecs"], {"delta": 0.2}
+    ev = F.Evaluator(fam, log, items, choice, seed=0)
+    u0 = ev(F.theta_to_raw(fam, theta)).u0
+    draws = torch.randn(
+        2000,
+        log.users,
+        2 + F.TAIL_DF,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
+    sampled = F.user_terms(fam, theta, log, items, choice, log.mask, u0, draws)[1]
+    laplace = F.user_terms(fam, theta, log, items, choice, log.mask, u0)[1]
+    grid = _sphere_points(200_000)
+    exact = []
+    for u in range(log.users):
+        one = log.subset(torch.tensor([u]))
+        lls = []
+        for chunk in grid.split(20_000):
+            rows = one.subset(torch.zeros(len(chunk), dtype=torch.long))
+            ll = event_loglik(fam, F.theta_tensors(theta), chunk.float(), rows, items, choice)
+            lls.append(ll.sum(dim=1).double())
+        # the integral over the sphere (area 4 pi) of the likelihood
+        mean = float(torch.logsumexp(torch.cat(lls), 0)) - math.log(len(grid))
+        exact.append(mean + math.log(4 * math.pi))
+    exact_t = torch.tensor(exact, dtype=torch.float64)
+    assert (sampled - exact_t).abs().max() < 0.03, sampled - exact_t
+    assert (laplace - exact_t).abs().max() > 0.2, laplace - exact_t

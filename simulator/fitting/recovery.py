@@ -108,7 +108,8 @@ def compare_estimators(
     truth: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The generating family fitted two ways: the plain joint maximum likelihood (biased
-    by the users' incidental initial preferences) and the adjusted profile likelihood."""
+    by the users' incidental initial preferences) and the marginal likelihood (initial
+    preferences integrated out), the fit's estimator."""
     spec = recovery_spec(family, dim)
     if truth:
         spec = spec.model_copy(update={"dynamics": spec.dynamics.model_copy(update=truth)})
@@ -116,14 +117,14 @@ def compare_estimators(
     fam, true = family_of_spec(spec.dynamics)
     plain, _ = plain_mle(fam, log, items, choice)
     ev = Evaluator(fam, log, items, choice, seed=seed)
-    adjusted = maximize(ev).theta
+    marginal = maximize(ev).theta
     return {
         "family": family,
         "dim": dim,
         "seed": seed,
         "true": true,
         "plain": plain,
-        "adjusted": adjusted,
+        "marginal": marginal,
     }
 
 

@@ -29,8 +29,8 @@ class CandidateFit(_Frozen):
     family: str
     parameters: dict[str, float] = Field(description="estimates on the training split")
     heldout_loglik_per_event: float = Field(
-        description="held-out users' whole histories, Laplace-approximated marginal "
-        "log-likelihood per event (initial preferences integrated out)"
+        description="held-out users' whole histories, marginal log-likelihood per event "
+        "(initial preferences integrated out)"
     )
     later_loglik_per_event: float | None = Field(
         default=None,

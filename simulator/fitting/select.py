@@ -3,10 +3,9 @@
 Split: a share of users (20% by default) is held out entirely. Each candidate's
 parameters are fitted on the training users' whole histories. Each held-out user's whole
 history (their early and later interactions) is then scored by its marginal likelihood
-with the parameters fixed and their initial preferences integrated out, by the Laplace
-approximation ``log p(y | u0_hat) - 1/2 log det J(u0_hat)`` (``J`` the observed
-information of ``u0`` on the sphere; the constants are the same for every family, since
-every family has the same initial-preference dimension, and cancel in comparisons).
+with the parameters fixed and their initial preferences integrated out over the sphere
+(importance-sampled, :func:`.fit.user_terms`; each held-out user's draws are the same for
+every family).
 
 Every family thus gets the same information about a held-out user: all their choices,
 with their taste integrated out. Scoring later events one step ahead after fitting
@@ -50,15 +49,15 @@ SELECTION_USERS = 4000
 SELECTION_RULE = (
     f"parameters fitted on 80% of users (at most {SELECTION_USERS:,} of them, a seeded "
     "subsample; the selected family is then refitted on every user); each held-out user's whole history scored by its "
-    "Laplace-approximated marginal likelihood (initial preferences integrated out, same "
-    "for every family); the candidate with the highest held-out log-likelihood per event "
+    "marginal likelihood (initial preferences integrated out, same for every family); "
+    "the candidate with the highest held-out log-likelihood per event "
     "is selected unless a candidate with fewer parameters is not significantly worse (95% "
     "bootstrap interval over held-out users of its deficit per event includes 0), in which "
     "case the simplest such is; static is the simplest"
 )
 METHOD = (
-    "maximum of the Laplace-adjusted profile likelihood (each user's initial preferences "
-    "profiled out, minus half the log-determinant of their information; Cox and Reid 1987), "
+    "maximum of the marginal likelihood (each user's initial preferences integrated out "
+    "over a flat prior on the sphere, by importance sampling around their mode), "
     "derivative-free search on the unconstrained scale; MNL choice over the shown items "
     "plus the outside option, state carried through each user's events by the family's update"
 )
@@ -87,7 +86,7 @@ def make_split(
 class CandidateScore:
     family: Family
     theta: dict[str, float]
-    heldout_u: np.ndarray  # [H] held-out users' Laplace marginal log-likelihood
+    heldout_u: np.ndarray  # [H] held-out users' marginal log-likelihood
 
 
 def score_candidate(
@@ -99,11 +98,10 @@ def score_candidate(
         hold = train
     ev = Evaluator(family, log.subset(train), items, choice, seed=seed)
     best = maximize(ev)
-    # each held-out user's l_u(u0_hat) - 1/2 log det J_u at the training estimate: the
-    # Laplace-approximated marginal likelihood of their whole history (constants common
-    # to every family dropped)
+    # each held-out user's marginal likelihood of their whole history at the training
+    # estimate
     held = Evaluator(family, log.subset(hold), items, choice, seed=seed)(best.raw)
-    return CandidateScore(family, best.theta, held.adjusted_u.numpy())
+    return CandidateScore(family, best.theta, held.marginal_u.numpy())
 
 
 def _score_by_name(
@@ -286,7 +284,8 @@ def fit_log(
             **(data or {}),
         },
         assumptions=(
-            "initial preferences: one unit vector per user, fitted (profiled out) jointly",
+            "initial preferences: one unit vector per user, integrated out over a flat prior "
+            "on the sphere (importance-sampled around each user's best fit)",
             "only consumed items move preferences (exposure weight 0, click weight 1)",
             "natural drift: its mean reversion is the anchored family's lam (the same map on "
             "the sphere); its random walk is not identifiable with a deterministic state and "

@@ -1,11 +1,11 @@
-"""Intervals and identifiability from the adjusted profile likelihood around its maximum.
+"""Intervals and identifiability from the marginal likelihood around its maximum.
 
 A stencil of points around the estimate (on the unconstrained scale, step sizes set so
 that the profile drops by a few log-likelihood units) gives the local curvature, i.e. the
-observed information of the parameters with the users' initial preferences profiled
-out. Because the profile is a sum of per-user contributions, a bootstrap replicate over
+observed information of the parameters with the users' initial preferences integrated
+out. Because the likelihood is a sum of per-user contributions, a bootstrap replicate over
 users is a reweighted sum at the same points: each replicate's estimate is the maximum of
-a quadratic fitted to its reweighted stencil (exact for the profile estimator, up to
+a quadratic fitted to its reweighted stencil (exact for the estimator, up to
 the quadratic's fit; replicates whose maximum falls outside the stencil are clamped to
 its edge and counted; a replicate whose quadratic is not concave takes its best stencil
 point, never the centre, which would pile replicates on the estimate).
@@ -58,7 +58,7 @@ def _step_sizes(ev: Evaluator, best: Point) -> list[float]:
             lo[i] -= h
             hi[i] += h
             a, b = ev.many([tuple(lo), tuple(hi)])
-            drop = best.adjusted - 0.5 * (a.adjusted + b.adjusted)
+            drop = best.marginal - 0.5 * (a.marginal + b.marginal)
             if drop < 0.5 and h < 2.0:
                 h *= 3
             elif drop > 8.0:
@@ -79,14 +79,14 @@ def _first_step(ev: Evaluator, best: Point, i: int) -> float:
             continue
         off = q.raw[i] - best.raw[i]
         if off < 0 and (lo is None or off > lo[0]):
-            lo = (off, q.adjusted)
+            lo = (off, q.marginal)
         elif off > 0 and (hi is None or off < hi[0]):
-            hi = (off, q.adjusted)
+            hi = (off, q.marginal)
     if lo is None or hi is None:
         return 0.1
     # the parabola through (lo, f0 = 0, hi) in offsets from the best point
     (x1, f1), (x2, f2) = lo, hi
-    f1, f2 = f1 - best.adjusted, f2 - best.adjusted
+    f1, f2 = f1 - best.marginal, f2 - best.marginal
     curv = 2 * (f1 / x1 - f2 / x2) / (x1 - x2)  # the second derivative
     if not curv < 0:
         return 0.1
@@ -142,7 +142,7 @@ def analyse(
         h = np.array(_step_sizes(ev, best))
         center = np.array(best.raw)
         points = ev.many([tuple(float(r) for r in center + g * h) for g in grid])
-        contrib = torch.stack([pt.adjusted_u for pt in points], dim=1).numpy()  # [U, S]
+        contrib = torch.stack([pt.marginal_u for pt in points], dim=1).numpy()  # [U, S]
 
         def estimate(
             values: np.ndarray, center: np.ndarray = center, h: np.ndarray = h
