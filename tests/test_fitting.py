@@ -634,7 +634,7 @@ def test_the_marginal_likelihood_is_the_integral_over_the_sphere():
     draws = torch.randn(
         2000,
         log.users,
-        2 + F.TAIL_DF,
+        3 + F.TAIL_DF,
         generator=torch.Generator().manual_seed(0),
         dtype=torch.float64,
     )
@@ -655,3 +655,26 @@ def test_the_marginal_likelihood_is_the_integral_over_the_sphere():
     exact_t = torch.tensor(exact, dtype=torch.float64)
     assert (sampled - exact_t).abs().max() < 0.03, sampled - exact_t
     assert (laplace - exact_t).abs().max() > 0.2, laplace - exact_t
+
+
+def test_a_user_without_events_integrates_to_the_sphere_s_area():
+    """A user whose likelihood is flat (no events in the fit) has a proposal spread wider
+    than the sphere; without the uniform draws every t draw can fall past the antipode
+    and the user's marginal would be minus infinity. With them it is finite and estimates
+    the sphere's area (16 draws: within a few tenths of a nat)."""
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting import fit as F
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+
+    log, items, choice = simulate_log(
+        recovery_spec("trecs", dim=6), UniformRandom(), users=40, steps=5, seed=1
+    )
+    fam, theta = FAMILIES["trecs"], {"delta": 0.2}
+    weight = log.mask.clone()
+    weight[:20] = False  # the first 20 users have no events to fit
+    ev = F.Evaluator(fam, log, items, choice, weight=weight, seed=0)
+    point = ev(F.theta_to_raw(fam, theta))
+    assert torch.isfinite(point.marginal_u).all()
+    area = math.log(2) + 3 * math.log(math.pi) - math.lgamma(3)  # the 5-sphere's, log
+    assert (point.marginal_u[:20] - area).abs().max() < 0.6
+    assert (point.marginal_u[:20] - area).median().abs() < 0.15

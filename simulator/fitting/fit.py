@@ -43,6 +43,14 @@ RIDGE = 1e-3
 DRAWS = 16
 #: degrees of freedom of the importance-sampling proposal (a multivariate t)
 TAIL_DF = 4
+#: one importance-sampling draw in this many (at least one) is uniform on the sphere
+UNIFORM_SHARE = 8
+#: the longest Newton step (radians) that centres a user's proposal on their mode
+NEWTON_MAX = 0.05
+#: floor of the proposal's precision (at most about 3 radians of spread on the sphere)
+PROPOSAL_FLOOR = 0.1
+#: rows (users x draws) whose likelihood is evaluated in one pass
+DRAW_ROWS = 32768
 #: coarse-grid box on the unconstrained scale
 RAW_LOW, RAW_HIGH = -7.0, 4.0
 #: the box the search stays in: at its lower edge a parameter is within 0.001 of its
@@ -134,7 +142,10 @@ def fit_u0(
 
     def loss() -> torch.Tensor:
         ll = event_loglik(family, th, unit(raw), log, items, choice, smooth)
-        return -(ll * weight).sum() / n * log.users  # per-user scale keeps gradients O(1)
+        # summed in float64: a float32 total of many users cannot resolve the small
+        # changes near the optimum, and the optimizer stopped there early (per-user scale
+        # keeps gradients O(1))
+        return -(ll.double() * weight).sum() / n * log.users
 
     _lbfgs([raw], loss, max_evals)
     return unit(raw.detach())
@@ -149,20 +160,23 @@ def user_terms(
     weight: torch.Tensor,
     u0: torch.Tensor,
     draws: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-user log-likelihood at ``u0`` [U] and log marginal likelihood [U]: the
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-user log-likelihood at ``u0`` [U], log marginal likelihood [U] and the
+    proposal's centre [U, d] (``u0`` polished by a Newton step). The marginal is the
     likelihood integrated over the initial preferences on the sphere (a flat prior, the
     sphere's area measure), by importance sampling around ``u0`` (the user's mode) with
-    the standard normal ``draws`` [M, U, d-1 + TAIL_DF]; without draws, the Laplace
+    the standard normal ``draws`` [M, U, d + TAIL_DF]; without draws, the Laplace
     approximation ``l(u0) + (d-1)/2 log 2 pi - 1/2 log det J``.
 
     ``J`` is the observed information of ``u0`` in the sphere's tangent space (the
     Riemannian Hessian of the log-likelihood, eigenvalues floored at :data:`RIDGE`). A
-    draw, a multivariate t vector ``y`` (TAIL_DF degrees of freedom), becomes the tangent
-    vector ``v = B J^(-1/2) y`` (``B`` an orthonormal basis
-    of the tangent space), mapped onto the sphere by the exponential map
-    ``cos|v| u0 + sin|v| v/|v|`` (area element ``(sin|v| / |v|)^(d-2)``; a vector longer
-    than pi would reach a point twice and is given weight 0)."""
+    draw, a multivariate t vector ``y`` in the tangent space at the centre c (TAIL_DF
+    degrees of freedom), becomes the tangent vector ``v = J^(-1/2) y`` (the symmetric
+    root, ``J``'s eigenvalues floored at :data:`PROPOSAL_FLOOR` here), mapped onto the
+    sphere by the exponential map ``cos|v| c + sin|v| v/|v|`` (area element
+    ``(sin|v| / |v|)^(d-2)``; a vector longer than pi would reach a point twice and is
+    given weight 0). Any proposal gives an unbiased estimate of the integral; this one
+    keeps the weights even."""
     th = theta_tensors(theta)
     smooth = SMOOTH if family.smooth_gate else 0.0
     raw = u0.clone().requires_grad_(True)
@@ -181,44 +195,100 @@ def user_terms(
         )
     ll = ll.detach().double()
     hess = rows.transpose(0, 1).detach().double()  # [U, d, d] of l(unit(raw)) at |raw| = 1
+    hess = 0.5 * (hess + hess.transpose(1, 2))
     uh = u0.double()
-    # an orthonormal basis of each user's tangent space: the last d-1 columns of a QR of
-    # [u0, I] (the first column spans u0)
-    eye = torch.eye(d, dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.cat([uh[:, :, None], eye.expand(n, d, d)], dim=2))
-    tangent = q[:, :, 1:d]  # [U, d, d-1]
-    info = -tangent.transpose(1, 2) @ (0.5 * (hess + hess.transpose(1, 2))) @ tangent
-    eig, vec = torch.linalg.eigh(info)
+    tangent = _tangent_basis(uh)
+    eig, vec = torch.linalg.eigh(-tangent.transpose(1, 2) @ hess @ tangent)
+    concave = eig[:, 0] > RIDGE
     eig = eig.clamp_min(RIDGE)
     half_log_2pi = 0.5 * (d - 1) * math.log(2 * math.pi)
     laplace = ll + half_log_2pi - 0.5 * eig.log().sum(dim=1)
     if draws is None:
-        return ll, laplace
-    # draw z: a multivariate t in the whitened tangent coordinates (d-1 normals over the
-    # root mean square of TAIL_DF more), heavier-tailed than the Laplace Gaussian so that
-    # no weight is much larger than the others where the likelihood is skewed
-    k, nu = d - 1, TAIL_DF
-    y = draws[..., :k] / (draws[..., k:].pow(2).mean(dim=-1, keepdim=True)).sqrt()  # [M, U, k]
+        return ll, laplace, u0
+    # the proposal's centre: one Newton step on the sphere from u0 (at most NEWTON_MAX
+    # radians, where the likelihood is concave), which takes the mode from the optimizer's
+    # tolerance to its square; the weights of far draws are steep in the centre, and a
+    # centre that moved with the optimizer's noise made the likelihood noisy in theta
+    g = tangent.transpose(1, 2) @ grad.detach().double()[:, :, None]  # [U, d-1, 1]
+    newton = (tangent @ vec @ ((vec.transpose(1, 2) @ g) / eig[:, :, None]))[..., 0]
+    length = newton.norm(dim=1, keepdim=True)
+    newton = newton * (NEWTON_MAX / length.clamp_min(NEWTON_MAX))
+    centre = torch.where(concave[:, None], _exp_map(uh, newton)[0], uh)
+    tangent = _tangent_basis(centre)
+    eig, vec = torch.linalg.eigh(-tangent.transpose(1, 2) @ hess @ tangent)
+    eig = eig.clamp_min(PROPOSAL_FLOOR)
+    # A draw: d normals projected on the tangent space (a standard normal there, whatever
+    # its basis) over the root mean square of TAIL_DF more, a multivariate t ``y``,
+    # heavier-tailed than the Laplace Gaussian so that no weight is much larger than the
+    # others where the likelihood is skewed; then ``v = J^(-1/2) y`` with the symmetric
+    # root, which like the projection does not depend on a choice of basis or of
+    # eigenvector signs (either made the draws jump between nearby parameter values).
+    # The last M // UNIFORM_SHARE draws are uniform on the sphere instead (the d normals
+    # normalized): a defensive component, so that a user whose likelihood is nearly flat
+    # (few events) still has draws that land, and no weight is unbounded. The weights
+    # use the mixture's density (deterministic mixture importance sampling).
+    k, nu, m = d - 1, TAIL_DF, len(draws)
+    if draws.shape[-1] != d + nu:
+        raise ValueError(f"draws must have {d + nu} columns (d + TAIL_DF), not {draws.shape[-1]}")
+    uniform = torch.arange(m) >= m - max(1, m // UNIFORM_SHARE)  # [M]
+    share = float(uniform.double().mean())
+    z = draws[..., :d]
+    tangent_z = z - (z * centre).sum(dim=-1, keepdim=True) * centre
+    y = tangent_z / (draws[..., d:].pow(2).mean(dim=-1, keepdim=True)).sqrt()  # [M, U, d]
+    root = tangent @ vec  # [U, d, d-1]
+    inv_sqrt = root @ (root.transpose(1, 2) / eig.sqrt()[:, :, None])  # [U, d, d]
+    v = torch.einsum("ude,mue->mud", inv_sqrt, y)  # [M, U, d]
+    t_points, t_r = _exp_map(centre, v)
+    on_sphere = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    points = torch.where(uniform[:, None, None], on_sphere, t_points)
+    # every point's density under the t component on the sphere: through the inverse
+    # exponential map, its tangent vector's density over the area element
+    cos = (points * centre).sum(dim=-1).clamp(-1.0, 1.0)
+    r = torch.where(uniform[:, None], torch.arccos(cos), t_r)
+    sin_ratio = (torch.sin(r) / r.clamp_min(1e-12)).clamp_min(1e-300)
+    back = (points - cos[..., None] * centre) / sin_ratio[..., None]  # the tangent vector
+    v = torch.where(uniform[:, None, None], back, v)
+    sqrt_j = root @ (root.transpose(1, 2) * eig.sqrt()[:, :, None])  # [U, d, d]
+    y = torch.einsum("ude,mue->mud", sqrt_j, v)
     log_t = (
         math.lgamma((nu + k) / 2)
         - math.lgamma(nu / 2)
         - 0.5 * k * math.log(nu * math.pi)
         - 0.5 * (nu + k) * torch.log1p((y * y).sum(dim=-1) / nu)
     )  # [M, U]: the density of y
-    log_q = log_t + 0.5 * eig.log().sum(dim=1)  # of v = B V diag(eig^-1/2) y
-    scale = tangent @ vec / eig.sqrt()[:, None, :]  # [U, d, d-1]
-    weights = []
-    for s in range(len(draws)):
-        v = (scale @ y[s][:, :, None])[..., 0]
-        r = v.norm(dim=1).clamp_min(1e-12)
-        point = torch.cos(r)[:, None] * uh + (torch.sin(r) / r)[:, None] * v
-        with torch.no_grad():
-            lp = event_loglik(family, th, point.to(u0.dtype), log, items, choice, smooth)
-        area = (d - 2) * torch.log((torch.sin(r) / r).clamp_min(1e-300))
-        w = (lp * weight).sum(dim=1).double() + area - log_q[s]
-        weights.append(torch.where(r < math.pi, w, torch.full_like(w, -math.inf)))
-    marginal = torch.logsumexp(torch.stack(weights), dim=0) - math.log(len(draws))
-    return ll, marginal
+    log_q_t = log_t + 0.5 * eig.log().sum(dim=1) - (d - 2) * sin_ratio.log()
+    log_q_t = torch.where(r < math.pi, log_q_t, torch.full_like(log_q_t, -math.inf))
+    log_area = math.log(2) + 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d)
+    log_q = torch.logaddexp(
+        log_q_t + math.log1p(-share), torch.full_like(log_q_t, math.log(share) - log_area)
+    )
+    lp = []
+    per = max(1, DRAW_ROWS // n)  # draws evaluated together: copies of the users
+    with torch.no_grad():
+        for chunk in points.to(u0.dtype).split(per):
+            ll_c = event_loglik(family, th, chunk, log, items, choice, smooth)
+            lp.append((ll_c * weight).sum(dim=2).double())
+    w = torch.cat(lp) - log_q  # [M, U]
+    # a t draw past the antipode would reach a point twice: weight 0
+    w = torch.where(uniform[:, None] | (t_r < math.pi), w, torch.full_like(w, -math.inf))
+    marginal = torch.logsumexp(w, dim=0) - math.log(len(draws))
+    return ll, marginal, centre.to(u0.dtype)
+
+
+def _tangent_basis(u: torch.Tensor) -> torch.Tensor:
+    """[U, d, d-1] an orthonormal basis of each unit row's tangent space: the last d-1
+    columns of a QR of [u, I] (the first column spans u)."""
+    n, d = u.shape
+    eye = torch.eye(d, dtype=u.dtype).expand(n, d, d)
+    q, _ = torch.linalg.qr(torch.cat([u[:, :, None], eye], dim=2))
+    return q[:, :, 1:d]
+
+
+def _exp_map(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sphere's exponential map at the unit rows ``u`` of tangent vectors ``v`` (any
+    leading dimensions), and their lengths."""
+    r = v.norm(dim=-1).clamp_min(1e-12)
+    return torch.cos(r)[..., None] * u + (torch.sin(r) / r)[..., None] * v, r
 
 
 def raw_to_theta(family: Family, raw: tuple[float, ...]) -> dict[str, float]:
@@ -282,7 +352,7 @@ class Evaluator:
         dim = items.features.shape[1]
         gen = torch.Generator().manual_seed(seed + 1)
         self.draws = (
-            torch.randn(draws, log.users, dim - 1 + TAIL_DF, generator=gen, dtype=torch.float64)
+            torch.randn(draws, log.users, dim + TAIL_DF, generator=gen, dtype=torch.float64)
             if draws
             else None
         )
@@ -347,7 +417,7 @@ class Evaluator:
         )
         # the rough points only locate a start: the Laplace approximation suffices there
         draws = None if rough or self.draws is None else self.draws.repeat(1, p, 1)
-        ll, marginal = user_terms(
+        ll, marginal, u0 = user_terms(
             self.family, theta, big, self.items, self.choice, weight, u0, draws
         )
         self.evaluations += p

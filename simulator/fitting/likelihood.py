@@ -97,28 +97,33 @@ def states(
     theta: dict[str, torch.Tensor],
     u0: torch.Tensor,
     log: EventLog,
-    items: Items,
+    prep: Prepared,
     smooth: float = 0.0,
-    prep: Prepared | None = None,
 ) -> torch.Tensor:
-    """[U, T, d] each user's state before each event: ``u0``, then the family's update
-    after every consumed item (padding and no-clicks leave it unchanged)."""
+    """[C, U, T, d] each user's state before each event: ``u0`` [C, U, d] (C copies of
+    the users, e.g. one per importance-sampling draw), then the family's update after
+    every consumed item (padding and no-clicks leave it unchanged)."""
+    copies, users, d = u0.shape
     steps = log.slates.shape[1]
     if not family.params or steps == 0:
-        return u0[:, None, :].expand(-1, steps, -1)
-    if prep is None:
-        consumed = log.consumed()
-        clicked = (consumed >= 0).to(u0.dtype)
-        xc = items.features[consumed.clamp_min(0)]  # [U, T, d]
-    else:
-        clicked, xc = prep.clicked, prep.consumed_x
-    u = u0
+        return u0[:, :, None, :].expand(-1, -1, steps, -1)
+    # the copies stacked as rows: per-row parameter values repeated for each copy
+    th = {k: v.repeat(copies) if v.dim() else v for k, v in theta.items()}
+    flat0 = u0.reshape(copies * users, d)
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        if copies == 1:
+            return x
+        return x.expand(copies, *x.shape).reshape(copies * users, *x.shape[1:])
+
+    u = flat0
     out = [u]
     for t in range(steps - 1):
-        new = family.step(u, u0, xc[:, t], clicked[:, t], theta, smooth)
-        u = torch.where(log.mask[:, t, None], new, u)
+        x, w = rows(prep.consumed_x[:, t]), rows(prep.clicked[:, t])
+        new = family.step(u, flat0, x, w, th, smooth)
+        u = torch.where(rows(log.mask[:, t])[:, None], new, u)
         out.append(u)
-    return torch.stack(out, dim=1)
+    return torch.stack(out, dim=1).reshape(copies, users, steps, d)
 
 
 def event_loglik(
@@ -130,22 +135,27 @@ def event_loglik(
     choice: ChoiceForm,
     smooth: float = 0.0,
 ) -> torch.Tensor:
-    """[U, T] log-probability of each logged event (0 where the mask is off). The states
-    are carried forward in a loop over events (only the update); the choice
+    """[U, T] log-probability of each logged event (0 where the mask is off); with ``u0``
+    of shape [C, U, d] (C copies of the users' initial preferences), [C, U, T]. The
+    states are carried forward in a loop over events (only the update); the choice
     probabilities of all events are then computed at once."""
-    num_users = log.slates.shape[0]
+    single = u0.dim() == 2
+    if single:
+        u0 = u0[None]
+    copies, num_users, _ = u0.shape
     temp = choice.temperature
     prep = prepared(log, items, choice)
     if family.params:
-        u = states(family, theta, u0, log, items, smooth, prep)  # [U, T, d]
-        scores = torch.einsum("utd,utkd->utk", u, prep.shown)
-        chosen_score = (u * prep.consumed_x).sum(dim=2)
+        u = states(family, theta, u0, log, prep, smooth)  # [C, U, T, d]
+        scores = torch.einsum("cutd,utkd->cutk", u, prep.shown)
+        chosen_score = (u * prep.consumed_x).sum(dim=3)
     else:  # one state per user: score the catalog once, then pick the slates
-        every = u0 @ items.features.T  # [U, K]
-        scores = every.gather(1, log.slates.reshape(num_users, -1)).reshape(log.slates.shape)
-        chosen_score = (u0[:, None, :] * prep.consumed_x).sum(dim=2)
+        every = u0 @ items.features.T  # [C, U, K]
+        picked_items = log.slates.reshape(num_users, -1).expand(copies, -1, -1)
+        scores = every.gather(2, picked_items).reshape(copies, *log.slates.shape)
+        chosen_score = torch.einsum("cud,utd->cut", u0, prep.consumed_x)
     logits = scores / temp + prep.base
-    lse = torch.logsumexp(logits, dim=2)
+    lse = torch.logsumexp(logits, dim=3)
     c0_utility = choice.no_click_utility
     if c0_utility is not None:  # the outside option
         lse = torch.logaddexp(lse, torch.tensor(c0_utility / temp, dtype=lse.dtype))
@@ -154,8 +164,8 @@ def event_loglik(
         )
     else:  # every valid event is a click
         picked = chosen_score / temp + prep.chosen_base
-    lp = picked - lse
-    return torch.where(log.mask, lp, torch.zeros_like(lp))
+    lp = torch.where(log.mask, picked - lse, torch.zeros_like(lse))
+    return lp[0] if single else lp
 
 
 def consumed_mean(log: EventLog, items: Items, upto: torch.Tensor | None = None) -> torch.Tensor:
