@@ -43,13 +43,21 @@ def render_fit(fit: dict[str, Any] | None) -> str:
             "<th>identifiability</th></tr></thead><tbody>"
         )
         for p in params:
-            iv = p.get("interval") or (None, None)
+            iv = p.get("interval")
             est = _num(p.get("estimate")) if p.get("estimate") is not None else "not reported"
+            shown_iv = f"[{_num(iv[0])}, {_num(iv[1])}]" if iv else "not reported"
             out.append(
                 f"<tr><td>{_e(p.get('name'))}</td><td class='num'>{_e(est)}</td>"
-                f"<td class='num'>[{_num(iv[0])}, {_num(iv[1])}]</td><td>{_e(p.get('status'))}</td></tr>"
+                f"<td class='num'>{shown_iv}</td><td>{_e(p.get('status'))}</td></tr>"
             )
         out.append("</tbody></table>")
+        notes = [p for p in params if p.get("note")]
+        if notes:
+            out.append(
+                "<ul>"
+                + "".join(f"<li>{_e(p.get('name'))}: {_e(p['note'])}</li>" for p in notes)
+                + "</ul>"
+            )
     cands = fit.get("candidates") or []
     if cands:
         out.append(

@@ -678,3 +678,48 @@ def test_a_user_without_events_integrates_to_the_sphere_s_area():
     area = math.log(2) + 3 * math.log(math.pi) - math.lgamma(3)  # the 5-sphere's, log
     assert (point.marginal_u[:20] - area).abs().max() < 0.6
     assert (point.marginal_u[:20] - area).median().abs() < 0.15
+
+
+class _RisingProfile(_ParabolaProfile):
+    """A likelihood that keeps rising along its parameter: no maximum to locate."""
+
+    def __call__(self, raw):
+        from simulator.fitting.fit import Point, raw_to_theta
+
+        key = tuple(round(float(r), 6) for r in raw)
+        if key not in self.profile.points:
+            c = torch.tensor(self.k * key[0], dtype=torch.float64)
+            pt = Point(key, raw_to_theta(self.family, key), c, c, c[:, None])
+            self.profile.points[key] = pt
+            if self.profile.best is None or pt.marginal > self.profile.best.marginal:
+                self.profile.best = pt
+        return self.profile.points[key]
+
+
+def test_a_maximum_not_located_reports_neither_estimate_nor_interval():
+    """When the likelihood keeps rising beyond every stencil, the last stencil's
+    bootstrap says nothing about the parameter (bounded confidence at 2,000 users got a
+    zero-width interval there, shown as 'what the data do not rule out'). The parameter
+    is now reported without an interval, and the report says why."""
+    from dashboards.fit import render_fit
+    from simulator.fitting.report import ParameterFit
+    from simulator.fitting.uncertainty import NOT, analyse
+
+    ev = _RisingProfile()
+    results, _ = analyse(ev, ev((-2.0,)), replicates=50, seed=0)
+    assert results[0].status == NOT and not results[0].located
+    flat = _ParabolaProfile()  # a maximum inside the stencil: located
+    assert analyse(flat, flat((-2.0,)), replicates=50, seed=0)[0][0].located
+
+    import simulator.fitting.select as S
+
+    # the section's parameter rows as fit_log builds them
+    row = S._parameter_rows(results)[0]
+    assert isinstance(row, ParameterFit)
+    assert row.estimate is None and row.interval is None
+    assert "not located" in row.note
+    html = render_fit(
+        {"family": "trecs", "parameters": [row.model_dump()], "candidates": [], "data": {}}
+    )
+    assert "[" not in html.split("<table>")[1].split("</table>")[0]  # no interval shown
+    assert "not located" in html

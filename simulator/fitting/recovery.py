@@ -168,8 +168,9 @@ def recover_once(
             "true": true,
             "estimate": r.estimate,
             "relative_error": abs(r.estimate - true) / true if true else None,
-            "interval": r.interval,
-            "covered": r.interval[0] <= true <= r.interval[1],
+            # a maximum not located is reported without an interval: never covered
+            "interval": r.interval if r.located else None,
+            "covered": r.located and r.interval[0] <= true <= r.interval[1],
             "status": r.status,
             "relative_se": r.relative_se if math.isfinite(r.relative_se) else None,
         }

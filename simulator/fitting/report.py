@@ -13,12 +13,15 @@ class _Frozen(BaseModel):
 
 class ParameterFit(_Frozen):
     """One parameter of the selected family. ``estimate`` is None when the parameter is
-    not identified: the interval then says only what the data do not rule out."""
+    not identified: the interval then says only what the data do not rule out, and it is
+    None too when the likelihood's maximum was not located (``note`` says which)."""
 
     name: str
     status: str = Field(description="identified, weakly identified or not identified")
     estimate: float | None
-    interval: tuple[float, float] | None = Field(description="95% bootstrap over users")
+    interval: tuple[float, float] | None = Field(
+        description="95% bootstrap over users; null when the maximum was not located"
+    )
     relative_se: float | None = Field(description="standard error / scale of the estimate")
     note: str = ""
 

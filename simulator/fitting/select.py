@@ -38,7 +38,7 @@ from .fit import Evaluator, maximize, refit
 from .likelihood import ChoiceForm, Items
 from .log import EventLog
 from .report import CandidateFit, FitSection, ParameterFit
-from .uncertainty import NOT, analyse, bootstrap_ratio
+from .uncertainty import NOT, ParamResult, analyse, bootstrap_ratio
 
 #: the most training users the candidates are fitted on during the selection (a seeded
 #: subsample of a larger log's training users; the selected family is then refitted on
@@ -240,21 +240,7 @@ def fit_log(
     ev = Evaluator(family, log, items, choice, seed=seed)
     best = refit(ev, scores[selected].theta) if family.params else ev(())
     results, boot = analyse(ev, best, replicates=replicates, seed=seed)
-    params = []
-    for r in results:
-        shown = r.status != NOT
-        params.append(
-            ParameterFit(
-                name=r.name,
-                status=r.status,
-                estimate=r.estimate if shown else None,
-                interval=r.interval,
-                relative_se=r.relative_se if math.isfinite(r.relative_se) else None,
-                note=""
-                if shown
-                else "the data do not pin this parameter down; the interval is what they do not rule out",
-            )
-        )
+    params = _parameter_rows(results)
     theta = {r.name: r.estimate for r in results}
     section = FitSection(
         family=selected,
@@ -331,3 +317,34 @@ def proxy_sensitivity(
         "estimates": best.theta,
         "relative_change": change,
     }
+
+
+def _parameter_rows(results: list[ParamResult]) -> list[ParameterFit]:
+    """The section's parameter rows: a parameter not identified has no estimate, and no
+    interval either when the likelihood's maximum was not located."""
+    params = []
+    for r in results:
+        shown = r.status != NOT
+        if shown:
+            note = ""
+        elif r.located:
+            note = (
+                "the data do not pin this parameter down; the interval is what they do not rule out"
+            )
+        else:  # the bootstrap of a stencil the maximum lies outside says nothing
+            note = (
+                "the likelihood's maximum was not located (it keeps rising beyond the points "
+                "evaluated, e.g. along a ridge of correlated parameters): no estimate and no "
+                "interval"
+            )
+        params.append(
+            ParameterFit(
+                name=r.name,
+                status=r.status,
+                estimate=r.estimate if shown else None,
+                interval=r.interval if r.located else None,
+                relative_se=r.relative_se if math.isfinite(r.relative_se) else None,
+                note=note,
+            )
+        )
+    return params

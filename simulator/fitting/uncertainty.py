@@ -44,6 +44,7 @@ class ParamResult:
     relative_se: float
     status: str
     clamped_share: float  # bootstrap replicates whose maximum left the stencil
+    located: bool = True  # the likelihood's maximum lies inside the final stencil
 
 
 def _step_sizes(ev: Evaluator, best: Point) -> list[float]:
@@ -208,6 +209,7 @@ def analyse(
                 relative_se=rel,
                 status=status,
                 clamped_share=float(clamped.mean()),
+                located=inside,
             )
         )
     return results, boot
