@@ -49,8 +49,10 @@ UNIFORM_SHARE = 8
 NEWTON_MAX = 0.05
 #: floor of the proposal's precision (at most about 3 radians of spread on the sphere)
 PROPOSAL_FLOOR = 0.1
-#: rows (users x draws) whose likelihood is evaluated in one pass
-DRAW_ROWS = 32768
+#: rows (users x draws) whose likelihood is evaluated in one pass: at most the rows an
+#: evaluation stacks anyway (the Evaluator's ``max_rows``), whose memory
+#: auditor/budget.py's ``estimate_fit`` counts
+DRAW_ROWS = 8192
 #: coarse-grid box on the unconstrained scale
 RAW_LOW, RAW_HIGH = -7.0, 4.0
 #: the box the search stays in: at its lower edge a parameter is within 0.001 of its
