@@ -36,7 +36,8 @@ from simulator.fitting.recovery import TRUTH, compare_estimators, recover_once  
 
 
 def summarize(runs: list[dict]) -> dict:
-    sel = [r["selected"] == r["family"] for r in runs]
+    # coverage-only repetitions (--no-selection) have no selection to count
+    sel = [r["selected"] == r["family"] for r in runs if r["selected"] is not None]
     errs: dict[str, list[float]] = {}
     cover: dict[str, list[bool]] = {}
     status: dict[str, list[str]] = {}
@@ -50,7 +51,8 @@ def summarize(runs: list[dict]) -> dict:
     pred = [p for p in pred if p is not None]
     return {
         "reps": len(runs),
-        "selected_share": sum(sel) / len(sel),
+        "selection_reps": len(sel),
+        "selected_share": sum(sel) / len(sel) if sel else None,
         "median_relative_error": {k: statistics.median(v) for k, v in errs.items()},
         "coverage_95": {k: sum(v) / len(v) for k, v in cover.items()},
         "identified_share": {
@@ -72,6 +74,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-predictive", action="store_true")
+    ap.add_argument(
+        "--no-selection",
+        action="store_true",
+        help="fit only the generating family (estimates, intervals, coverage); no "
+        "selection and no predictive check",
+    )
     ap.add_argument("--runs-out", type=Path, help="append each repetition as a JSON line here")
     ap.add_argument(
         "--summarize",
@@ -139,6 +147,7 @@ def main() -> None:
                 unseen=None if args.no_predictive else OracleGreedy,
                 reference=None if args.no_predictive else UniformRandom,
                 workers=args.workers,
+                selection=not args.no_selection,
             )
             runs[fam].append(r)
             if args.runs_out:
