@@ -496,12 +496,16 @@ class _ParabolaProfile:
         self.m = g.normal(-2.0, 0.3, users)
         self.profile = Profile(self.family)
 
+    def values(self, key):
+        """Each user's log-likelihood at ``key``."""
+        return -self.k * (key[0] - self.m) ** 2
+
     def __call__(self, raw):
         from simulator.fitting.fit import Point, raw_to_theta
 
         key = tuple(round(float(r), 6) for r in raw)
         if key not in self.profile.points:
-            c = torch.tensor(-self.k * (key[0] - self.m) ** 2, dtype=torch.float64)
+            c = torch.tensor(self.values(key), dtype=torch.float64)
             pt = Point(key, raw_to_theta(self.family, key), c, c, c[:, None])
             self.profile.points[key] = pt
             if self.profile.best is None or pt.marginal > self.profile.best.marginal:
@@ -544,20 +548,11 @@ class _TiltedProfile(_ParabolaProfile):
         self.m = g.normal([-2.0, -3.0], 0.3, (users, 2))
         self.profile = Profile(self.family)
 
-    def __call__(self, raw):
+    def values(self, key):
         import numpy as np
 
-        from simulator.fitting.fit import Point, raw_to_theta
-
-        key = tuple(round(float(r), 6) for r in raw)
-        if key not in self.profile.points:
-            dx = np.array(key) - self.m
-            c = torch.tensor(-np.einsum("ui,ij,uj->u", dx, self.a, dx), dtype=torch.float64)
-            pt = Point(key, raw_to_theta(self.family, key), c, c, c[:, None])
-            self.profile.points[key] = pt
-            if self.profile.best is None or pt.marginal > self.profile.best.marginal:
-                self.profile.best = pt
-        return self.profile.points[key]
+        dx = np.array(key) - self.m
+        return -np.einsum("ui,ij,uj->u", dx, self.a, dx)
 
 
 def test_a_stencil_missing_the_maximum_on_a_tilted_ridge_is_centred_again():
@@ -683,17 +678,8 @@ def test_a_user_without_events_integrates_to_the_sphere_s_area():
 class _RisingProfile(_ParabolaProfile):
     """A likelihood that keeps rising along its parameter: no maximum to locate."""
 
-    def __call__(self, raw):
-        from simulator.fitting.fit import Point, raw_to_theta
-
-        key = tuple(round(float(r), 6) for r in raw)
-        if key not in self.profile.points:
-            c = torch.tensor(self.k * key[0], dtype=torch.float64)
-            pt = Point(key, raw_to_theta(self.family, key), c, c, c[:, None])
-            self.profile.points[key] = pt
-            if self.profile.best is None or pt.marginal > self.profile.best.marginal:
-                self.profile.best = pt
-        return self.profile.points[key]
+    def values(self, key):
+        return self.k * key[0]
 
 
 def test_a_maximum_not_located_reports_neither_estimate_nor_interval():
