@@ -506,7 +506,7 @@ class _ParabolaProfile:
         key = tuple(round(float(r), 6) for r in raw)
         if key not in self.profile.points:
             c = torch.tensor(self.values(key), dtype=torch.float64)
-            pt = Point(key, raw_to_theta(self.family, key), c, c, c[:, None])
+            pt = Point(key, raw_to_theta(self.family, key), c, c[:, None])
             self.profile.points[key] = pt
             if self.profile.best is None or pt.marginal > self.profile.best.marginal:
                 self.profile.best = pt

@@ -110,13 +110,12 @@ def theta_tensors(theta: dict[str, float] | dict[str, torch.Tensor]) -> dict[str
 
 @dataclass
 class Point:
-    """The likelihood at one parameter value: per user, the log-likelihood at their
-    fitted initial preferences, the log marginal likelihood (initial preferences
-    integrated out, see :func:`user_terms`), and those preferences."""
+    """The likelihood at one parameter value: per user, the log marginal likelihood
+    (initial preferences integrated out, see :func:`user_terms`) and their fitted
+    initial preferences (the warm start of nearby points)."""
 
     raw: tuple[float, ...]
     theta: dict[str, float]
-    loglik_u: torch.Tensor  # [U] float64
     marginal_u: torch.Tensor  # [U] float64
     u0: torch.Tensor  # [U, d]
 
@@ -419,13 +418,13 @@ class Evaluator:
         )
         # the rough points only locate a start: the Laplace approximation suffices there
         draws = None if rough or self.draws is None else self.draws.repeat(1, p, 1)
-        ll, marginal, u0 = user_terms(
+        _, marginal, u0 = user_terms(
             self.family, theta, big, self.items, self.choice, weight, u0, draws
         )
         self.evaluations += p
         for j, raw in enumerate(keys):
             rows = slice(j * n, (j + 1) * n)
-            point = Point(raw, thetas[j], ll[rows], marginal[rows], u0[rows])
+            point = Point(raw, thetas[j], marginal[rows], u0[rows])
             if rough:
                 self.rough[raw] = point
                 continue
