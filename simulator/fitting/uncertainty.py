@@ -3,7 +3,9 @@
 A stencil of points around the estimate (on the unconstrained scale, step sizes set so
 that the profile drops by a few log-likelihood units) gives the local curvature, i.e. the
 observed information of the parameters with the users' initial preferences integrated
-out. Because the likelihood is a sum of per-user contributions, a bootstrap replicate over
+out. With several parameters a second stencil follows the first's covariance: along its
+principal axes, a few standard errors wide, so that correlated parameters' replicates
+stay inside it. Because the likelihood is a sum of per-user contributions, a bootstrap replicate over
 users is a reweighted sum at the same points: each replicate's estimate is the maximum of
 a quadratic fitted to its reweighted stencil (exact for the estimator, up to
 the quadratic's fit; replicates whose maximum falls outside the stencil are clamped to
@@ -33,6 +35,11 @@ IDENTIFIED, WEAK, NOT = "identified", "weakly identified", "not identified"
 IDENTIFIED_BELOW, WEAK_BELOW = 0.2, 0.5
 #: times the stencil is centred again when the data's maximum lies outside it
 RECENTRE = 3
+#: standard errors the second stencil of several parameters reaches along each of the
+#: covariance's principal axes (bootstrap replicates beyond it are clamped to it)
+WHITE_EDGE = 3.0
+#: the longest step (unconstrained scale) of that stencil along one axis
+WHITE_LONGEST = 3.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,35 @@ def _quad_max(coef: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray | None]:
     return np.linalg.solve(a, g), a
 
 
+def _quad_estimate(
+    values: np.ndarray, center: np.ndarray, frame: np.ndarray, grid: np.ndarray, pinv: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """The maximum of the quadratic fitted to ``values`` at the stencil's points
+    ``center + frame @ g`` (g in ``grid``), on the unconstrained scale; the quadratic's
+    negative Hessian in stencil units (None if not concave); whether the maximum was
+    clamped to the stencil (outside it, or no concave quadratic: then the best stencil
+    point, never the centre, which would pile bootstrap replicates on the estimate)."""
+    p = grid.shape[1]
+    edge = float(np.max(np.abs(grid)))
+    coef = pinv @ (values - values.mean())
+    z, a = _quad_max(coef, p)
+    clamped = a is None or bool(np.any(np.abs(z) > edge))
+    if a is None:
+        z = grid[int(np.argmax(values))]
+    z = np.clip(z, -edge, edge)
+    return center + frame @ z, a, clamped
+
+
+def _stencil(
+    ev: Evaluator, center: np.ndarray, frame: np.ndarray, grid: np.ndarray, pinv: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+    """Every user's contribution at the stencil's points [U, S], and the whole data's
+    quadratic estimate there (see :func:`_quad_estimate`)."""
+    points = ev.many([tuple(float(r) for r in center + frame @ g) for g in grid])
+    contrib = torch.stack([pt.marginal_u for pt in points], dim=1).numpy()
+    return (contrib, *_quad_estimate(contrib.sum(axis=0), center, frame, grid, pinv))
+
+
 def analyse(
     ev: Evaluator, best: Point, replicates: int = 200, seed: int = 0
 ) -> tuple[list[ParamResult], np.ndarray]:
@@ -131,8 +167,7 @@ def analyse(
         return [], np.zeros((replicates, 0))
     offsets = [-2, -1, 0, 1, 2] if p == 1 else [-1, 0, 1]
     grid = np.array(list(itertools.product(offsets, repeat=p)), dtype=float)
-    x = _design(grid)
-    pinv = np.linalg.pinv(x)
+    pinv = np.linalg.pinv(_design(grid))
     edge = float(np.max(np.abs(grid)))
     # The stencil is centred on the best point; when the full data's quadratic has its
     # maximum outside it (a search along the axes stopped short on a tilted ridge of
@@ -140,36 +175,43 @@ def analyse(
     # the best point evaluated, up to RECENTRE times. A maximum still outside leaves
     # every parameter not identified.
     for attempt in range(RECENTRE + 1):
-        h = np.array(_step_sizes(ev, best))
         center = np.array(best.raw)
-        points = ev.many([tuple(float(r) for r in center + g * h) for g in grid])
-        contrib = torch.stack([pt.marginal_u for pt in points], dim=1).numpy()  # [U, S]
-
-        def estimate(
-            values: np.ndarray, center: np.ndarray = center, h: np.ndarray = h
-        ) -> tuple[np.ndarray, np.ndarray | None, bool]:
-            coef = pinv @ (values - values.mean())
-            z, a = _quad_max(coef, p)
-            clamped = a is None or bool(np.any(np.abs(z) > edge))
-            if a is None:  # no concave quadratic: the best stencil point, not the centre
-                z = grid[int(np.argmax(values))]
-            z = np.clip(z, -edge, edge)
-            return center + z * h, a, clamped
-
-        total = contrib.sum(axis=0)
-        raw_hat, a_hat, off = estimate(total)
+        frame = np.diag(_step_sizes(ev, best))  # stencil offsets -> unconstrained scale
+        contrib, raw_hat, a_hat, off = _stencil(ev, center, frame, grid, pinv)
         if a_hat is not None and not off:  # the quadratic's maximum, inside the stencil
             ev(tuple(float(r) for r in raw_hat))
             break
         if a_hat is not None:  # outside: a Newton step to it (at most 10 stencil widths)
-            z, _ = _quad_max(pinv @ (total - total.mean()), p)
+            z, _ = _quad_max(pinv @ (contrib.sum(axis=0) - contrib.sum(axis=0).mean()), p)
             z = np.clip(z, -10 * edge, 10 * edge)
-            ev(tuple(float(r) for r in center + z * h))
+            ev(tuple(float(r) for r in center + frame @ z))
         assert ev.profile.best is not None
         if ev.profile.best is best or attempt == RECENTRE:
             break
         best = ev.profile.best
     inside = a_hat is not None and not off
+    if inside and p > 1:
+        # Steps chosen axis by axis span a few *conditional* standard errors; where the
+        # parameters are correlated (an anchor and a drift rate) the estimate moves
+        # further than that along the ridge, and bootstrap replicates fell outside the
+        # stencil and were clamped (intervals too narrow and off-centre). A second
+        # stencil along the fitted covariance's principal axes reaches WHITE_EDGE
+        # standard errors in every direction.
+        assert ev.profile.best is not None and a_hat is not None
+        eig, vec = np.linalg.eigh(np.linalg.inv(a_hat))
+        white = frame @ vec @ np.diag(np.sqrt(eig)) * WHITE_EDGE
+        # a direction the data barely constrain: no further than the search's box allows
+        white = white * np.minimum(1.0, WHITE_LONGEST / np.linalg.norm(white, axis=0))
+        center_w = np.array(ev.profile.best.raw)
+        found = _stencil(ev, center_w, white, grid, pinv)
+        if found[2] is not None and not found[3]:
+            center, frame = center_w, white
+            contrib, raw_hat, a_hat, off = found
+            ev(tuple(float(r) for r in raw_hat))
+
+    def estimate(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        return _quad_estimate(values, center, frame, grid, pinv)
+
     # the estimate is the best point evaluated: the search's, a stencil point or the
     # quadratic's maximum
     assert ev.profile.best is not None
@@ -187,7 +229,7 @@ def analyse(
     results = []
     cov_raw = None
     if a_hat is not None:
-        cov_raw = np.linalg.inv(a_hat) * np.outer(h, h)  # back to unconstrained units
+        cov_raw = frame @ np.linalg.inv(a_hat) @ frame.T  # back to unconstrained units
     for i, q in enumerate(fam.params):
         value = best.theta[q.name]
         slope = _derivative(q, best.raw[i])
