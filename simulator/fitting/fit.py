@@ -319,8 +319,22 @@ def _expected_information(
     gradient of slot i's logit, ``sum_t sum_i p_i g_i g_i' - (sum_i p_i g_i)(...)'``
     (the outside option's logit does not move). The Jacobians come from one forward-mode
     pass over d copies of the users, each carrying one direction; no second-order
-    derivative is taken (the exact Hessian costs several times more)."""
+    derivative is taken (the exact Hessian costs several times more). Users are taken
+    :data:`DRAW_ROWS` // d at a time, so that the d copies are no more rows than the
+    memory budget counts."""
     n, d = u0.shape
+    per = max(1, DRAW_ROWS // d)
+    if n > per:
+        parts = []
+        for rows in torch.arange(n).split(per):
+            th_rows = {k: v[rows] if v.dim() else v for k, v in th.items()}
+            sub = log.subset(rows)
+            parts.append(
+                _expected_information(
+                    family, th_rows, u0[rows], sub, items, choice, weight[rows], smooth
+                )
+            )
+        return torch.cat(parts)
     prep = prepared(log, items, choice)
     temp = choice.temperature
     with torch.no_grad():
