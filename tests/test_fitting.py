@@ -403,6 +403,45 @@ def test_proxy_sensitivity_refits_the_selected_family_under_the_other_proxy():
     assert out["relative_change"]["delta"] == pytest.approx(abs(est - 0.1) / 0.1)
 
 
+def test_a_parameter_that_moves_with_the_exposure_proxy_says_so():
+    """On ml-100k the anchor ``lam`` was 0.525 [0.516, 0.533] under the popularity proxy
+    and 0.043 under the sampled one, yet the section called it identified with no word on
+    it. A parameter whose estimate under the other proxy falls outside its interval now
+    carries a note saying so (the report shows parameters' notes); one inside does not."""
+    from dashboards.fit import render_fit
+    from simulator.fitting.report import FitSection, ParameterFit
+    from simulator.fitting.select import with_proxy_notes
+
+    def row(name, est, lo, hi):
+        return ParameterFit(
+            name=name, status="identified", estimate=est, interval=(lo, hi), relative_se=0.01
+        )
+
+    section = FitSection(
+        family="anchored_trecs",
+        dynamics={},
+        parameters=(row("lam", 0.525, 0.516, 0.533), row("delta", 0.292, 0.285, 0.299)),
+        vs_static=0.04,
+        vs_static_interval=(0.03, 0.05),
+        candidates=(),
+        selection_rule="",
+        method="",
+        data={},
+        assumptions=(),
+    )
+    sens = {
+        "proxy": "sampled",
+        "estimates": {"lam": 0.043, "delta": 0.290},
+        "relative_change": {"lam": 0.918, "delta": 0.007},
+    }
+    out = with_proxy_notes(section, sens)
+    lam, delta = out.parameters
+    assert "exposure assumption" in lam.note and "0.043" in lam.note and "92%" in lam.note
+    assert delta.note == ""
+    assert lam.status == "identified" and lam.estimate == 0.525  # the numbers stand
+    assert "exposure assumption" in render_fit(out.model_dump(mode="json"))
+
+
 def test_selection_prefers_the_simpler_candidate_unless_significantly_worse():
     """select(): the best held-out score wins unless a candidate with fewer parameters
     is within noise of it (95% bootstrap interval of the deficit includes 0)."""

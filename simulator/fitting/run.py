@@ -74,7 +74,7 @@ def fit_interactions(
     """Fit and select the dynamics of ``log`` against the catalog (``item_ids`` in the
     order of ``items``' rows) under the scenario's choice model ``choice`` (MNL); the
     fit section, its ``data`` holding ``data`` and the log's counts."""
-    from .select import fit_log, proxy_sensitivity
+    from .select import fit_log, proxy_sensitivity, with_proxy_notes
 
     events, counts = from_interactions(
         log,
@@ -115,5 +115,5 @@ def fit_interactions(
         sens = proxy_sensitivity(
             section, alt, items, ChoiceForm.of(choice, alt), other, options.seed
         )
-        section = section.model_copy(update={"proxy_sensitivity": sens})
+        section = with_proxy_notes(section, sens).model_copy(update={"proxy_sensitivity": sens})
     return section

@@ -319,6 +319,28 @@ def proxy_sensitivity(
     }
 
 
+def with_proxy_notes(section: FitSection, sensitivity: dict) -> FitSection:
+    """The section with a note on each parameter whose estimate under the other exposure
+    proxy (:func:`proxy_sensitivity`) lies outside its 95% interval: that estimate rests
+    on the exposure assumption more than its interval says."""
+    params = []
+    for p in section.parameters:
+        other = sensitivity["estimates"].get(p.name)
+        if other is not None and p.interval is not None:
+            lo, hi = p.interval
+            if not lo <= other <= hi:
+                said = (
+                    f"depends on the exposure assumption: under the {sensitivity['proxy']} "
+                    f"proxy it is {other:.3g}, outside this interval"
+                )
+                change = sensitivity.get("relative_change", {}).get(p.name)
+                if change is not None:
+                    said += f" (a {change:.0%} change)"
+                p = p.model_copy(update={"note": f"{p.note}; {said}" if p.note else said})
+        params.append(p)
+    return section.model_copy(update={"parameters": tuple(params)})
+
+
 def _parameter_rows(results: list[ParamResult]) -> list[ParameterFit]:
     """The section's parameter rows: a parameter not identified has no estimate, and no
     interval either when the likelihood's maximum was not located."""
