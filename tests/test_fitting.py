@@ -359,13 +359,31 @@ def test_cli_fit_updates_a_scenario_directory(tmp_path):
 
 
 @pytest.mark.slow
+def _section(family, *parameters):
+    """A fit section with these parameter rows and nothing else."""
+    from simulator.fitting.report import FitSection
+
+    return FitSection(
+        family=family,
+        dynamics={},
+        parameters=parameters,
+        vs_static=0.0,
+        vs_static_interval=(0.0, 0.0),
+        candidates=(),
+        selection_rule="",
+        method="",
+        data={},
+        assumptions=(),
+    )
+
+
 def test_proxy_sensitivity_refits_the_selected_family_under_the_other_proxy():
     import numpy as np
     import pandas as pd
 
     from simulator.fitting.likelihood import ChoiceForm, Items
     from simulator.fitting.log import from_interactions
-    from simulator.fitting.report import FitSection, ParameterFit
+    from simulator.fitting.report import ParameterFit
     from simulator.fitting.select import proxy_sensitivity
     from simulator.specs import MNLChoice
 
@@ -376,25 +394,11 @@ def test_proxy_sensitivity_refits_the_selected_family_under_the_other_proxy():
     log = pd.DataFrame(rows, columns=["user", "item", "timestamp"])
     ids = [str(i) for i in range(20)]
     alt, _ = from_interactions(log, ids, proxy="sampled", slate_size=4, seed=0)
-    section = FitSection(
-        family="trecs",
-        dynamics={"kind": "trecs", "delta": 0.1},
-        parameters=(
-            ParameterFit(
-                name="delta",
-                status="identified",
-                estimate=0.1,
-                interval=(0.05, 0.15),
-                relative_se=0.1,
-            ),
+    section = _section(
+        "trecs",
+        ParameterFit(
+            name="delta", status="identified", estimate=0.1, interval=(0.05, 0.15), relative_se=0.1
         ),
-        vs_static=0.0,
-        vs_static_interval=(0.0, 0.0),
-        candidates=(),
-        selection_rule="",
-        method="",
-        data={},
-        assumptions=(),
     )
     out = proxy_sensitivity(section, alt, items, ChoiceForm.of(MNLChoice(), alt), "sampled")
     est = out["estimates"]["delta"]
@@ -409,7 +413,7 @@ def test_a_parameter_that_moves_with_the_exposure_proxy_says_so():
     it. A parameter whose estimate under the other proxy falls outside its interval now
     carries a note saying so (the report shows parameters' notes); one inside does not."""
     from dashboards.fit import render_fit
-    from simulator.fitting.report import FitSection, ParameterFit
+    from simulator.fitting.report import ParameterFit
     from simulator.fitting.select import with_proxy_notes
 
     def row(name, est, lo, hi):
@@ -417,17 +421,8 @@ def test_a_parameter_that_moves_with_the_exposure_proxy_says_so():
             name=name, status="identified", estimate=est, interval=(lo, hi), relative_se=0.01
         )
 
-    section = FitSection(
-        family="anchored_trecs",
-        dynamics={},
-        parameters=(row("lam", 0.525, 0.516, 0.533), row("delta", 0.292, 0.285, 0.299)),
-        vs_static=0.04,
-        vs_static_interval=(0.03, 0.05),
-        candidates=(),
-        selection_rule="",
-        method="",
-        data={},
-        assumptions=(),
+    section = _section(
+        "anchored_trecs", row("lam", 0.525, 0.516, 0.533), row("delta", 0.292, 0.285, 0.299)
     )
     sens = {
         "proxy": "sampled",

@@ -5,9 +5,9 @@ that the profile drops by a few log-likelihood units) gives the local curvature,
 observed information of the parameters with the users' initial preferences integrated
 out. With several parameters a second stencil follows the first's covariance: along its
 principal axes, a few standard errors wide, so that correlated parameters' replicates
-stay inside it. Because the likelihood is a sum of per-user contributions, a bootstrap replicate over
-users is a reweighted sum at the same points: each replicate's estimate is the maximum of
-a quadratic fitted to its reweighted stencil (exact for the estimator, up to
+stay inside it. Because the likelihood is a sum of per-user contributions, a bootstrap
+replicate over users is a reweighted sum at the same points: each replicate's estimate is
+the maximum of a quadratic fitted to its reweighted stencil (exact for the estimator, up to
 the quadratic's fit; replicates whose maximum falls outside the stencil are clamped to
 its edge and counted; a replicate whose quadratic is not concave takes its best stencil
 point, never the centre, which would pile replicates on the estimate).
