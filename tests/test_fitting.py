@@ -742,7 +742,7 @@ def test_the_proposal_s_information_is_the_choice_model_s_information_on_the_sph
                 lam = ((y - p[t]) * scores).sum() / temp
                 want += jac[t].T @ cov @ jac[t] + lam * a[t].T @ a[t]
         torch.testing.assert_close(got[u], want, rtol=1e-3, atol=1e-3)
-    monkeypatch.setattr(F, "DRAW_ROWS", 8)  # two users at a time
+    monkeypatch.setattr(F, "DRAW_ROWS", 3)  # three users at a time (slates of 10, d = 4)
     chunked = F._expected_information(fam, th, u0, log, items, choice, log.mask, 0.0)
     torch.testing.assert_close(chunked, got)
 

@@ -320,11 +320,13 @@ def _expected_information(
     gradient of slot i's logit, ``sum_t sum_i p_i g_i g_i' - (sum_i p_i g_i)(...)'``
     (the outside option's logit does not move). The Jacobians come from one forward-mode
     pass over d copies of the users, each carrying one direction; no second-order
-    derivative is taken (the exact Hessian costs several times more). Users are taken
-    :data:`DRAW_ROWS` // d at a time, so that the d copies are no more rows than the
-    memory budget counts."""
+    derivative is taken (the exact Hessian costs several times more). Users are taken a
+    block at a time so that the largest tensors (the d copies' states and tangents, 2 d^2
+    values per event; the slots' gradients, k d) hold no more values than the memory
+    budget counts for :data:`DRAW_ROWS` rows (k d per event)."""
     n, d = u0.shape
-    per = max(1, DRAW_ROWS // d)
+    k = log.slates.shape[2]
+    per = max(1, DRAW_ROWS * min(k, 2 * d) // (2 * d))
     if n > per:
         parts = []
         for rows in torch.arange(n).split(per):
