@@ -185,12 +185,11 @@ def user_terms(
     smooth = SMOOTH if family.smooth_gate else 0.0
     raw = u0.clone().requires_grad_(True)
     n, d = raw.shape
+    ll = (event_loglik(family, th, unit(raw), log, items, choice, smooth) * weight).sum(dim=1)
     if draws is None:  # the Laplace value needs the exact observed information
-        ll = (event_loglik(family, th, unit(raw), log, items, choice, smooth) * weight).sum(dim=1)
         grad = torch.autograd.grad(ll.sum(), raw, create_graph=True)[0]
         hess = _observed_information(grad, raw)
     else:  # the proposal only needs an approximation of it (see the docstring)
-        ll = (event_loglik(family, th, unit(raw), log, items, choice, smooth) * weight).sum(dim=1)
         grad = torch.autograd.grad(ll.sum(), raw)[0]
         hess = -_expected_information(family, th, u0, log, items, choice, weight, smooth)
     ll = ll.detach().double()
@@ -318,7 +317,8 @@ def _expected_information(
     choice model's Fisher information, event by event, at the logged past): with ``A_t``
     the Jacobian of the state before event t in ``u0`` and ``g_i = A_t' x_i / T`` the
     gradient of slot i's logit, ``sum_t sum_i p_i g_i g_i' - (sum_i p_i g_i)(...)'``
-    (the outside option's logit does not move). The Jacobians come from one forward-mode
+    (the outside option's logit does not move), plus the sphere's curvature term
+    ``sum_t lam_t A_t' A_t`` (below). The Jacobians come from one forward-mode
     pass over d copies of the users, each carrying one direction; no second-order
     derivative is taken (the exact Hessian costs several times more). Users are taken a
     block at a time so that the largest tensors (the d copies' states and tangents, 2 d^2
@@ -330,7 +330,7 @@ def _expected_information(
     if n > per:
         parts = []
         for rows in torch.arange(n).split(per):
-            th_rows = {k: v[rows] if v.dim() else v for k, v in th.items()}
+            th_rows = {name: v[rows] if v.dim() else v for name, v in th.items()}
             sub = log.subset(rows)
             parts.append(
                 _expected_information(

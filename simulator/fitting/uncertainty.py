@@ -182,7 +182,8 @@ def analyse(
             ev(tuple(float(r) for r in raw_hat))
             break
         if a_hat is not None:  # outside: a Newton step to it (at most 10 stencil widths)
-            z, _ = _quad_max(pinv @ (contrib.sum(axis=0) - contrib.sum(axis=0).mean()), p)
+            total = contrib.sum(axis=0)
+            z, _ = _quad_max(pinv @ (total - total.mean()), p)
             z = np.clip(z, -10 * edge, 10 * edge)
             ev(tuple(float(r) for r in center + frame @ z))
         assert ev.profile.best is not None
@@ -209,9 +210,6 @@ def analyse(
             contrib, raw_hat, a_hat, off = found
             ev(tuple(float(r) for r in raw_hat))
 
-    def estimate(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        return _quad_estimate(values, center, frame, grid, pinv)
-
     # the estimate is the best point evaluated: the search's, a stencil point or the
     # quadratic's maximum
     assert ev.profile.best is not None
@@ -222,7 +220,7 @@ def analyse(
     clamped = np.zeros(replicates, dtype=bool)
     for r in range(replicates):
         counts = np.bincount(rng.integers(0, users, users), minlength=users)
-        raw_r, _, clamped[r] = estimate(counts @ contrib)
+        raw_r, _, clamped[r] = _quad_estimate(counts @ contrib, center, frame, grid, pinv)
         boot[r] = [
             float(q.to_value(torch.tensor(v))) for q, v in zip(fam.params, raw_r, strict=True)
         ]
