@@ -13,6 +13,7 @@ the generating family is selected, and the induced shift of a policy the fit nev
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import statistics
@@ -35,6 +36,17 @@ from simulator.fitting.families import DEFAULT_CANDIDATES  # noqa: E402
 from simulator.fitting.recovery import TRUTH, compare_estimators, recover_once  # noqa: E402
 
 
+def code_digest() -> str:
+    """A digest of the code a repetition's numbers come from (the simulator, which
+    generates and fits the logs, and the recommenders, which log and act on them): the
+    table pools repetitions run at different commits only where this is the same."""
+    h = hashlib.sha256()
+    root = _HERE.parent
+    for path in sorted([*root.glob("simulator/**/*.py"), *root.glob("recommenders/**/*.py")]):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def summarize(runs: list[dict]) -> dict:
     # coverage-only repetitions (--no-selection) have no selection to count
     sel = [r["selected"] == r["family"] for r in runs if r["selected"] is not None]
@@ -51,6 +63,7 @@ def summarize(runs: list[dict]) -> dict:
     pred = [p for p in pred if p is not None]
     return {
         "reps": len(runs),
+        "seeds": sorted(r["seed"] for r in runs),
         "selection_reps": len(sel),
         "selected_share": sum(sel) / len(sel) if sel else None,
         "median_relative_error": {k: statistics.median(v) for k, v in errs.items()},
@@ -85,7 +98,14 @@ def main() -> None:
         "--summarize",
         type=Path,
         metavar="RUNS",
-        help="run nothing: print the table of the repetitions in RUNS (a --runs-out file)",
+        help="run nothing: print the table of the repetitions in RUNS (a --runs-out file) "
+        "run with the setup the other options give (size, candidates, checks, code)",
+    )
+    ap.add_argument(
+        "--code",
+        metavar="DIGEST",
+        help="with --summarize: the code digest whose repetitions to pool (default: this "
+        "checkout's); repetitions with another setup are counted, not pooled",
     )
     ap.add_argument("--workers", type=int, default=1, help="processes for the candidates")
     ap.add_argument("--dim", type=int, default=6, help="dimension of the recovery scenario")
@@ -127,11 +147,26 @@ def main() -> None:
     start = time.perf_counter()
     families = args.families.split(",")
     runs: dict[str, list[dict]] = {fam: [] for fam in families}
+    code = args.code or code_digest()
+    # what a repetition's numbers depend on besides the seed: only equal ones are pooled
+    setup = {
+        "code": code,
+        "users": args.users,
+        "steps": args.steps,
+        "dim": args.dim,
+        "replicates": args.replicates,
+        "candidates": args.candidates,
+        "selection": not args.no_selection,
+        "predictive": not (args.no_predictive or args.no_selection),
+    }
+    other_setup = 0
     if args.summarize:  # the table of repetitions already run (--runs-out of earlier runs)
         for line in args.summarize.read_text().splitlines():
             r = json.loads(line)
-            if r["family"] in runs:
-                runs[r["family"]].append(r)
+            if r.get("setup") != setup:
+                other_setup += 1
+            elif r["family"] in runs and all(q["seed"] != r["seed"] for q in runs[r["family"]]):
+                runs[r["family"]].append(r)  # a seed run twice counts once
     # repetition-major: a run stopped early still has every family about equally often
     for rep in range(0 if args.summarize else args.reps):
         for fam in families:
@@ -149,6 +184,7 @@ def main() -> None:
                 workers=args.workers,
                 selection=not args.no_selection,
             )
+            r["setup"] = setup
             runs[fam].append(r)
             if args.runs_out:
                 with args.runs_out.open("a") as fh:
@@ -166,6 +202,8 @@ def main() -> None:
                 "logging_policy": "uniform random slates (exposures logged)",
                 "unseen_policy": None if args.no_predictive else "oracle-greedy vs random",
                 "table": table,
+                "setup": setup,
+                "reps_with_another_setup": other_setup,
                 "seconds": round(time.perf_counter() - start, 1),
                 "python": platform.python_version(),
                 "torch": torch.__version__,
