@@ -38,11 +38,11 @@ from simulator.fitting.recovery import TRUTH, compare_estimators, recover_once  
 
 def code_digest() -> str:
     """A digest of the code a repetition's numbers come from (the simulator, which
-    generates and fits the logs, and the recommenders, which log and act on them): the
-    table pools repetitions run at different commits only where this is the same."""
+    generates and fits the logs, and the baseline policies, which log and act on them):
+    the table pools repetitions run at different commits only where this is the same."""
     h = hashlib.sha256()
     root = _HERE.parent
-    for path in sorted([*root.glob("simulator/**/*.py"), *root.glob("recommenders/**/*.py")]):
+    for path in sorted([*root.glob("simulator/**/*.py"), root / "recommenders/baselines.py"]):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 
