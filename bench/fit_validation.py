@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -47,33 +49,132 @@ def code_digest() -> str:
     return h.hexdigest()[:12]
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n."""
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return c - h, c + h
+
+
+def parameter_rows(runs: list[dict]) -> dict[str, dict]:
+    """Per parameter over the repetitions: relative errors, bias (mean signed relative
+    error), spread (s.d. of the estimates relative to the truth), median interval
+    half-width (relative; a calibrated one is about 1.96 x the spread) and coverage."""
+    out = {}
+    for name in runs[0]["parameters"]:
+        ps = [r["parameters"][name] for r in runs]
+        true = ps[0]["true"]
+        rel = [(p["estimate"] - true) / true for p in ps]
+        errs = [abs(x) for x, p in zip(rel, ps, strict=True) if p["status"] == "identified"]
+        half = [(p["interval"][1] - p["interval"][0]) / 2 / true for p in ps if p["interval"]]
+        covered = sum(bool(p["covered"]) for p in ps)
+        out[name] = {
+            "true": true,
+            "reps": len(ps),
+            "identified": sum(p["status"] == "identified" for p in ps),
+            "median_relative_error": statistics.median(errs) if errs else None,
+            "bias": statistics.mean(rel),
+            "spread": statistics.stdev(rel) if len(rel) > 1 else None,
+            "median_half_width": statistics.median(half) if half else None,
+            "covered": covered,
+            "coverage_95": covered / len(ps),
+            "coverage_wilson": wilson(covered, len(ps)),
+        }
+    return out
+
+
 def summarize(runs: list[dict]) -> dict:
     # coverage-only repetitions (--no-selection) have no selection to count
     sel = [r["selected"] == r["family"] for r in runs if r["selected"] is not None]
-    errs: dict[str, list[float]] = {}
-    cover: dict[str, list[bool]] = {}
-    status: dict[str, list[str]] = {}
-    for r in runs:
-        for name, p in r["parameters"].items():
-            status.setdefault(name, []).append(p["status"])
-            cover.setdefault(name, []).append(p["covered"])
-            if p["relative_error"] is not None and p["status"] == "identified":
-                errs.setdefault(name, []).append(p["relative_error"])
     pred = [r["predictive"]["relative_error"] for r in runs if r.get("predictive")]
     pred = [p for p in pred if p is not None]
+    params = parameter_rows(runs)
     return {
         "reps": len(runs),
         "seeds": sorted(r["seed"] for r in runs),
         "selection_reps": len(sel),
         "selected_share": sum(sel) / len(sel) if sel else None,
-        "median_relative_error": {k: statistics.median(v) for k, v in errs.items()},
-        "coverage_95": {k: sum(v) / len(v) for k, v in cover.items()},
-        "identified_share": {
-            k: sum(s == "identified" for s in v) / len(v) for k, v in status.items()
+        "selected_wilson": wilson(sum(sel), len(sel)) if sel else None,
+        "selected": dict(Counter(r["selected"] for r in runs if r["selected"] is not None)),
+        "median_relative_error": {
+            k: v["median_relative_error"]
+            for k, v in params.items()
+            if v["median_relative_error"] is not None
         },
+        "coverage_95": {k: v["coverage_95"] for k, v in params.items()},
+        "identified_share": {k: v["identified"] / v["reps"] for k, v in params.items()},
+        "parameters": params,
         "predictive_relative_error_median": statistics.median(pred) if pred else None,
+        "predictive_relative_error_max": max(pred) if pred else None,
         "predictive_within_15pct_share": sum(p <= 0.15 for p in pred) / len(pred) if pred else None,
+        "seconds_median": statistics.median(r["seconds"] for r in runs),
     }
+
+
+def _seeds(seeds: list[int]) -> str:
+    """Seeds as ranges: 6000-6007, 6010."""
+    parts: list[str] = []
+    for s in sorted(seeds):
+        if parts and int(parts[-1].rpartition("-")[2]) == s - 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{s}"
+        else:
+            parts.append(str(s))
+    return ", ".join(parts)
+
+
+def markdown(table: dict[str, dict]) -> str:
+    """The table as docs/results.md prints it: one row per parameter, then one per
+    generating family for selection and the predictive check."""
+    pct = "{:.1%}".format
+    lines = [
+        "| generating family | parameter | reps | identified | median relative error | bias "
+        "| spread | interval half-width | coverage of the 95% interval |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for fam, t in table.items():
+        for name, p in t["parameters"].items():
+            n, (lo, hi) = p["reps"], p["coverage_wilson"]
+            lines.append(
+                f"| {fam} | `{name}` (true {p['true']}) | {n} | {p['identified']}/{n} "
+                f"| {pct(p['median_relative_error']) if p['median_relative_error'] is not None else '—'} "
+                f"| {p['bias']:+.2%} | {pct(p['spread']) if p['spread'] is not None else '—'} "
+                f"| {pct(p['median_half_width']) if p['median_half_width'] is not None else '—'} "
+                f"| **{p['covered']}/{n} = {p['coverage_95']:.2f}** [{lo:.2f}, {hi:.2f}] |"
+            )
+    lines += [
+        "",
+        "| generating family | reps (seeds) | generating family selected | selected "
+        "| unseen policy's induced shift, fitted vs truth: median, max relative error "
+        "| within 15% | s per rep |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fam, t in table.items():
+        n = t["selection_reps"]
+        share = (
+            f"**{round(t['selected_share'] * n)}/{n} = {t['selected_share']:.2f}** "
+            f"[{t['selected_wilson'][0]:.2f}, {t['selected_wilson'][1]:.2f}]"
+            if n
+            else "— (coverage only)"
+        )
+        chosen = ", ".join(f"{k} {v}" for k, v in sorted(t["selected"].items())) or "—"
+        pred = (
+            f"{pct(t['predictive_relative_error_median'])}, "
+            f"{pct(t['predictive_relative_error_max'])}"
+            if t["predictive_relative_error_median"] is not None
+            else "—"
+        )
+        within = (
+            f"{t['predictive_within_15pct_share']:.2f}"
+            if t["predictive_within_15pct_share"] is not None
+            else "—"
+        )
+        lines.append(
+            f"| {fam} | {t['reps']} ({_seeds(t['seeds'])}) | {share} | {chosen} | {pred} "
+            f"| {within} | {t['seconds_median']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -100,6 +201,11 @@ def main() -> None:
         metavar="RUNS",
         help="run nothing: print the table of the repetitions in RUNS (a --runs-out file) "
         "run with the setup the other options give (size, candidates, checks, code)",
+    )
+    ap.add_argument(
+        "--markdown",
+        action="store_true",
+        help="with --summarize: print the table as docs/results.md has it, not JSON",
     )
     ap.add_argument(
         "--code",
@@ -190,6 +296,9 @@ def main() -> None:
                 with args.runs_out.open("a") as fh:
                     fh.write(json.dumps(r) + "\n")
     table = {fam: summarize(rs) for fam, rs in runs.items() if rs}
+    if args.markdown:
+        print(markdown(table))
+        return
     print(
         json.dumps(
             {
