@@ -7,7 +7,9 @@ import hashlib
 import json
 import pickle
 import random
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -191,6 +193,31 @@ def test_training_is_fenced_from_the_process(tmp_path, monkeypatch):
     assert list(work.iterdir()) == []  # no log_tensorboard/, no saved/
     assert tm.settings["embedding_size"] == 8  # not the command line's 3
     assert tm.config["epochs"] == 1
+
+
+def test_loading_a_sequential_model_leaves_anomaly_detection_off():
+    """Importing RecBole's sequential models (sine.py) turns torch's anomaly detection on
+    for the whole process, slowing every backward pass after it (RecBole's training, the
+    RL learners, the fitter). In a fresh interpreter: off inside the fence while RecBole
+    builds SASRec, and off after it."""
+    code = (
+        "import torch\n"
+        "from recommenders.recbole.fence import _recbole_env\n"
+        "with _recbole_env():\n"
+        "    from recbole.utils import get_model\n"
+        "    get_model('SASRec')\n"
+        "    inside = torch.is_anomaly_enabled()\n"
+        "print(inside, torch.is_anomaly_enabled())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_training_is_deterministic(tmp_path):

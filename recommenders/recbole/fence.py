@@ -1,7 +1,8 @@
 """RecBole's configuration behind a fence: the supported models, the settings a caller
 may not change, and :func:`_recbole_env`, which disables RecBole's global side effects
 (command-line parsing, ``eval`` of string settings, ``CUDA_VISIBLE_DEVICES``, global RNG
-state, logging, TensorBoard files, unpickling of saved datasets or dataloaders).
+state, logging, TensorBoard files, unpickling of saved datasets or dataloaders, torch's
+anomaly detection).
 """
 
 from __future__ import annotations
@@ -92,12 +93,19 @@ def _recbole_env(threads: int | None = 1) -> Iterator[None]:
     - TensorBoard writers are replaced by a no-op (RecBole would create
       ``./log_tensorboard`` in the working directory);
     - torch runs on ``threads`` CPU threads (1 by default: RecBole's many tiny ops run far
-      faster single-threaded on a busy 2-core machine; 10x measured here).
+      faster single-threaded on a busy 2-core machine; 10x measured here);
+    - torch's anomaly detection stays as the caller had it. Importing RecBole's
+      sequential models (``sine.py``) switches it on for the whole process, which slows
+      every later backward pass, RecBole's own training included; they are imported here,
+      once, and the switch undone before RecBole runs.
     """
-    import recbole.trainer.trainer as rb_trainer
-
+    anomaly = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
     py_state = random.getstate()
     np_state = np.random.get_state()  # noqa: NPY002 - RecBole draws from the legacy global RNG
+    with torch.random.fork_rng(devices=[]):  # the imports draw from the RNGs too
+        import recbole.model.sequential_recommender  # noqa: F401 - for its side effect
+        import recbole.trainer.trainer as rb_trainer
+    torch.autograd.set_detect_anomaly(*anomaly)
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     old_disable = logging.root.manager.disable
@@ -113,6 +121,7 @@ def _recbole_env(threads: int | None = 1) -> Iterator[None]:
             rb_trainer.get_tensorboard = lambda logger: _NullWriter()
             yield
     finally:
+        torch.autograd.set_detect_anomaly(*anomaly)
         rb_trainer.get_tensorboard = old_tb
         logging.disable(old_disable)
         random.setstate(py_state)
