@@ -30,7 +30,7 @@ from simulator.specs import ScenarioSpec
 from . import tracking
 from .analysis import MIN_REPLICATES_FOR_VERDICT, Analysis, _overall, _summary
 from .executor import BackendChoice, Cancelled, run_jobs
-from .measure import ArmOutcome, run_arm
+from .measure import ArmOutcome, measure_arms
 from .plan import (
     AuditPlan,
     BuiltinPolicy,
@@ -207,17 +207,21 @@ def _run_audit(
     def on_done(_: int) -> None:
         done[0] += 1
         frac = min(0.9, start_at + (0.9 - start_at) * done[0] / len(jobs))
-        report_progress(frac, f"simulated {done[0]}/{len(jobs)} arms")
+        report_progress(frac, f"simulated {done[0]}/{len(jobs)} runs")
 
-    report_progress(start_at, f"simulating {len(jobs)} arm-replicates ({backend.name})")
+    n_arms = len(arms) * spec.replicates
+    report_progress(
+        start_at, f"simulating {n_arms} arm-replicates in {len(jobs)} runs ({backend.name})"
+    )
     t_sim = time.perf_counter()
-    outcomes = run_jobs(
-        run_arm,
+    done_jobs = run_jobs(
+        measure_arms,
         jobs,
         ray_address=ray_address,
         on_done=on_done,
         should_stop=(lambda: cancel.is_set()) if cancel is not None else None,
     )
+    outcomes = [o for outs in done_jobs for o in outs]
     simulate_s = time.perf_counter() - t_sim
     report_progress(0.9, "analysing")
 

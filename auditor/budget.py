@@ -184,8 +184,9 @@ def estimate(
 
 def arm_runs(arms: int) -> int:
     """Arm simulations per replicate: every arm but the natural one runs beside the
-    natural counterfactual in lockstep (auditor.measure, for mediated engagement)."""
-    return 2 * arms - 1
+    natural counterfactual in lockstep (auditor.measure, for mediated engagement), and
+    the natural arm is measured from one of those runs (auditor.plan.AuditPlan.jobs)."""
+    return 2 * (arms - 1) if arms > 1 else 1
 
 
 def check(cost: Cost, limits: Limits) -> None:

@@ -195,15 +195,24 @@ class AuditPlan:
         return [a for a in self.arms if a.trainable]
 
     def jobs(self) -> list[ArmJob]:
-        """Every (arm, replicate) as a job; each non-natural arm runs beside the natural
-        counterfactual (mediated engagement). Needs the arms' factories."""
-        natural = next(a.factory for a in self.arms if a.label == NATURAL)
+        """One job per non-natural arm and replicate; each runs beside the natural
+        counterfactual in lockstep (common random numbers: the run the natural arm would
+        have alone), and one of them per replicate also measures it as the natural arm
+        (:func:`~auditor.measure.measure_arms` returns it second), so the natural arm is
+        never simulated on its own. Needs the arms' factories."""
+        for arm in self.arms:
+            if arm.factory is None:
+                raise RuntimeError(f"arm {arm.label!r} has no policy factory yet")
+        natural = next(a for a in self.arms if a.label == NATURAL)
+        others = [a for a in self.arms if a.label != NATURAL]
+        # the natural arm rides with a built-in arm where there is one (not with a remote
+        # policy, whose failure would take the natural arm with it)
+        carrier = next((a for a in others if not a.extra), others[0] if others else None)
         spec = self.spec
         out = []
         for r in range(spec.replicates):
-            for arm in self.arms:
-                if arm.factory is None:
-                    raise RuntimeError(f"arm {arm.label!r} has no policy factory yet")
+            for arm in others or [natural]:
+                assert arm.factory is not None and natural.factory is not None
                 out.append(
                     ArmJob(
                         scenario=self.scenario,
@@ -216,7 +225,8 @@ class AuditPlan:
                         checkpoints=self.checkpoints,
                         extreme_threshold=spec.extreme_threshold,
                         device=spec.device,
-                        counterfactual=None if arm.label == NATURAL else natural,
+                        counterfactual=None if arm is natural else natural.factory,
+                        counterfactual_label=NATURAL if arm is carrier else None,
                     )
                 )
         return out

@@ -94,6 +94,58 @@ def test_separate_tasks_stay_paired_with_the_lockstep_engine():
         )
 
 
+def test_an_audit_never_simulates_its_natural_arm_alone(monkeypatch):
+    """Every other arm runs beside the natural counterfactual (common random numbers), so
+    the natural arm is measured from one of those runs: 3 runs per replicate for 4 arms,
+    not 4. Its figures are those of the natural policy run alone."""
+    import auditor.audit as audit_mod
+    from auditor.measure import ArmJob, measure_arms, run_arm
+
+    seen: list[ArmJob] = []
+
+    def counting(job, progress=None):
+        seen.append(job)
+        return measure_arms(job, progress)
+
+    monkeypatch.setattr(audit_mod, "measure_arms", counting)
+    report = run_audit(spec(), track=False).report
+    assert len(seen) == 3 * 3 and "natural" not in {j.label for j in seen}
+    for r in range(3):
+        carriers = [j.label for j in seen if j.replicate == r and j.counterfactual_label]
+        assert carriers == ["policy"]
+    job = next(j for j in seen if j.replicate == 1 and j.label == "myopic")
+    alone = run_arm(
+        ArmJob(
+            scenario=job.scenario,
+            label="natural",
+            factory=BuiltinPolicy("random"),
+            users=job.users,
+            steps=job.steps,
+            seed=job.seed,
+            replicate=1,
+            checkpoints=job.checkpoints,
+        )
+    )
+    for m in ("shift", "polarization", "engagement"):
+        assert report.metrics["natural"][m].per_replicate[1] == alone.final[m], m
+
+
+def test_the_natural_arm_rides_with_a_built_in_arm_not_a_team_s_policy():
+    """A team's policy (a kind the caller resolves, e.g. a remote model) may fail; the
+    natural arm is measured in a built-in arm's run when there is one."""
+    from auditor.plan import plan_audit
+
+    s = AuditSpec.model_validate(
+        {**TINY, "policy": {"kind": "team-model"}, "references": BUILTIN_REFS}
+    )
+    plan = plan_audit(s, extra_kinds={"team-model"})
+    for a in plan.arms:
+        a.factory = BuiltinPolicy("myopic")
+    jobs = plan.jobs()
+    assert [j.label for j in jobs if j.counterfactual_label] == ["popularity"] * 3
+    assert len(jobs) == 3 * 3
+
+
 def test_same_seed_same_numbers_and_another_seed_other_numbers():
     a = run_audit(spec(), track=False).report
     b = run_audit(spec(), track=False).report
@@ -518,6 +570,7 @@ def test_progress_rises_to_one_through_named_phases():
     run_audit(spec(), track=False, progress=lambda f, phase: seen.append((f, phase)))
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
-    # one report per finished arm-replicate: 4 arms x 3 replicates
-    assert sum(1 for _, p in seen if p.startswith("simulated ")) == 12
+    # one report per finished run: 3 replicates x the 3 arms other than the natural one
+    # (measured in the policy's run)
+    assert sum(1 for _, p in seen if p.startswith("simulated ")) == 9
     assert seen[-1][1] == "done"

@@ -124,7 +124,7 @@ def test_the_estimate_counts_every_training_once_and_sizes_the_catalog():
     assert (cost.n_items, cost.dim) == (500, 4)
     assert cost.trainings == 1  # the same configuration is trained once
     assert cost.train_steps == 2 * 8 * 3 + 2 * 2000 * 3  # iterations x users x horizon + eval
-    assert cost.user_steps == 20 * 3 * 2 * (2 * 4 - 1)  # arms beside the counterfactual
+    assert cost.user_steps == 20 * 3 * 2 * (2 * (4 - 1))  # arms beside the counterfactual
     assert cost.cells == 20 * 500  # a learned policy's scores: users x items
 
 
