@@ -438,12 +438,13 @@ def test_scenario_files_outside_package_data_are_refused(tmp_path):
 
 
 def test_an_over_budget_spec_is_422_and_says_the_limit(tmp_path):
-    # 3 arms run as 5 simulations: the policy and popularity each beside the natural one
+    # 3 arms run as 4 simulations: the policy and popularity each beside the natural one
+    # (the natural arm is measured from the policy's run)
     with service(tmp_path, max_user_steps=400) as c:
-        ok = submit(c, {**TINY_SPEC, "users": 10, "steps": 3, "replicates": 2})  # 10*3*2*5 = 300
+        ok = submit(c, {**TINY_SPEC, "users": 10, "steps": 3, "replicates": 2})  # 10*3*2*4 = 240
         assert ok.status_code == 202
-        body = _problem(submit(c), 422, "budget")  # 20 * 3 * 2 * 5 = 600
-        assert "600 user-steps" in body["detail"] and "limit of 400" in body["detail"]
+        body = _problem(submit(c), 422, "budget")  # 20 * 3 * 2 * 4 = 480
+        assert "480 user-steps" in body["detail"] and "limit of 400" in body["detail"]
         assert "3 arms" in body["detail"]
 
 
