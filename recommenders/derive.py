@@ -386,10 +386,14 @@ def derive(
     options: DeriveOptions = DeriveOptions(),
     dynamics_fitter: DynamicsFitter | None = None,
     force: bool = False,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Derive a scenario directory from a log (see the module docstring); returns the
     provenance written to ``derivation.json``. ``out_dir`` must not exist or be empty
-    (``force``: replaced); it is written whole or not at all."""
+    (``force``: replaced); it is written whole or not at all. ``check()`` is called
+    before every batch of the embeddings' training and between the steps after it; it
+    raises to stop the derivation (a cancelled job), which then writes nothing."""
+    check = check or (lambda: None)
     from recommenders.recbole import EMBEDDING_MODELS, train_embeddings
 
     if options.model not in EMBEDDING_MODELS:
@@ -433,7 +437,9 @@ def derive(
         seed=options.seed,
         learning_rate=options.learning_rate,
         threads=options.threads,
+        check=check,
     )
+    check()
     items = _unit_table(emb.items, emb.item_tokens, "item_id")
     users = _unit_table(emb.users, emb.user_tokens, "user_id")
     item_ids = tuple(items["item_id"])
@@ -477,7 +483,9 @@ def derive(
     rng = np.random.default_rng(options.seed)
     sample = rng.choice(len(user_ids), size=min(len(user_ids), CALIBRATION_SAMPLE), replace=False)
     c0 = solve_no_click(u[torch.from_numpy(np.sort(sample))], x, slate, temp["temperature"], rate)
+    check()
     dyn = fitter(dlog, x, u, MNLChoice(temperature=temp["temperature"], no_click_utility=c0))
+    check()
 
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)

@@ -374,6 +374,7 @@ def derive_execute(store: DatasetStore) -> Execute:
     """Run a derivation job (recommenders.derive)."""
 
     def execute(row: dict[str, Any], progress: Any, cancel: threading.Event) -> Outcome:
+        from auditor.executor import Cancelled
         from recommenders.derive import derive
 
         job = json.loads(row["spec"])
@@ -399,6 +400,11 @@ def derive_execute(store: DatasetStore) -> Execute:
             fitter = fitted_dynamics(
                 fit, progress=fit_progress, isolated=True, threads=1, workdir=staging
             )
+
+        def check() -> None:  # DELETE stops the embeddings' training within a batch
+            if cancel.is_set():
+                raise Cancelled(f"derivation {row['id']} was cancelled")
+
         progress(0.05, "deriving: training embeddings, calibrating")
         derive(
             base / "input" / job["log"],
@@ -406,6 +412,7 @@ def derive_execute(store: DatasetStore) -> Execute:
             items_path=base / "input" / job["items"] if job["items"] else None,
             force=True,
             dynamics_fitter=fitter,
+            check=check,
             **request.derive_args(),
         )
         progress(1.0, "derived")

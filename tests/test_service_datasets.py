@@ -120,6 +120,45 @@ def test_upload_derive_list_and_audit_a_private_scenario(tmp_path, tiny):
         assert "already has a scenario 'shop-v1'" in problem(again, 422)
 
 
+def test_delete_stops_a_derivation_during_its_embeddings_training(tmp_path, tiny, monkeypatch):
+    """Without a fit the derivation runs in the service's own thread; DELETE stops its
+    embeddings' training within a batch, not after the last of its 500 epochs (one batch
+    each here, slowed to 10 ms), and nothing is kept."""
+    import time
+
+    from recbole.model.general_recommender.bpr import BPR
+
+    batches = [0]
+    real = BPR.calculate_loss
+
+    def slow(self, interaction):
+        batches[0] += 1
+        time.sleep(0.01)
+        return real(self, interaction)
+
+    monkeypatch.setattr(BPR, "calculate_loss", slow)
+    log, _ = tiny
+    with service(tmp_path) as c:
+        r = upload(c, csv_bytes(log), options={"epochs": 500})
+        assert r.status_code == 202, r.text
+        did = r.json()["id"]
+        wait_for(lambda: batches[0] >= 3, timeout=120)
+        d = c.delete(f"/v1/datasets/{did}", headers=auth(c.key))
+        assert d.status_code == 202, d.text
+
+        def ended():
+            body = c.get(f"/v1/datasets/{did}", headers=auth(c.key)).json()
+            return body if body["status"] in ("cancelled", "succeeded", "failed") else None
+
+        body = wait_for(ended, timeout=120)
+        assert body["status"] == "cancelled" and body["derivation"] is None
+        wait_for(lambda: not c.app.state.services.dataset_runner.running)  # its thread ended
+        assert batches[0] < 250, batches[0]  # of 500
+        assert "shop-v1" not in [
+            s["id"] for s in c.get("/v1/scenarios", headers=auth(c.key)).json()
+        ]
+
+
 @pytest.mark.slow
 def test_the_real_auditor_runs_on_a_tenant_scenario(tmp_path, tiny):
     log, _ = tiny

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +61,13 @@ def train_embeddings(
     seed: int = 2020,
     learning_rate: float = 0.005,
     threads: int | None = 1,
+    check: Callable[[], None] | None = None,
 ) -> Embeddings:
     """Train ``model`` on ``log`` (columns ``user``, ``item``, ``timestamp``; item genres
     make every listed item known) with RecBole's pipeline and default 80/10/10 random
     split, ``epochs`` epochs with no early stop, Adam at ``learning_rate``; return the
-    learned embeddings with RecBole's test metrics."""
+    learned embeddings with RecBole's test metrics. ``check()`` is called before every
+    training batch and raises to stop."""
     if model not in EMBEDDING_MODELS:
         raise SpecError(
             f"cannot derive embeddings with {model!r}; supported: {', '.join(EMBEDDING_MODELS)}"
@@ -89,6 +92,7 @@ def train_embeddings(
                 "train_batch_size": train_batch_size(len(log)),
             },
             threads=threads,
+            check=check,
         )
     net: Any = tm.model
     return Embeddings(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,11 +121,14 @@ def train_model(
     extra_config: Mapping[str, Any] | None = None,
     threads: int | None = 1,
     init_from: TrainedModel | None = None,
+    check: Callable[[], None] | None = None,
 ) -> TrainedModel:
     """Train ``model_name`` on ``<data_dir>/<dataset_name>/<dataset_name>.inter`` with
     RecBole's pipeline; the final weights are kept (``fit(saved=False)``). With
     ``init_from`` (a model of the same class and settings) training continues from its
     weights instead of a fresh initialization (warm start; item rows matched by token).
+    ``check()`` is called before every training batch; it raises to stop the training
+    (a cancelled job).
 
     Settings: RecBole's defaults, then ``extra_config`` (e.g. ``embedding_size``,
     ``learning_rate``, ``eval_args``; Python-literal strings are read as literals, never
@@ -192,6 +195,14 @@ def train_model(
             raise SpecError(f"cannot build {model_name} with these settings: {exc}") from None
         if init_from is not None:
             _warm_start(model, init_from, dataset, config)
+        if check is not None:
+            loss = model.calculate_loss
+
+            def checked(interaction: Any) -> Any:
+                check()
+                return loss(interaction)
+
+            model.calculate_loss = checked
         trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
         has_valid = len(valid_data._dataset) > 0
         has_test = len(test_data._dataset) > 0
