@@ -34,6 +34,7 @@ configure_process()  # before torch loads OpenMP: idle threads sleep instead of 
 import torch  # noqa: E402
 
 from recommenders.baselines import OracleGreedy, UniformRandom  # noqa: E402
+from simulator.fitting import fit  # noqa: E402
 from simulator.fitting.families import DEFAULT_CANDIDATES  # noqa: E402
 from simulator.fitting.recovery import TRUTH, compare_estimators, recover_once  # noqa: E402
 
@@ -213,6 +214,13 @@ def main() -> None:
         help="with --summarize: the code digest whose repetitions to pool (default: this "
         "checkout's); repetitions with another setup are counted, not pooled",
     )
+    ap.add_argument(
+        "--gate-width",
+        type=float,
+        metavar="RAD",
+        help="fit bounded confidence's threshold through a logistic gate this wide (0: the "
+        "simulator's hard gate) instead of the fitter's own, to compare",
+    )
     ap.add_argument("--workers", type=int, default=1, help="processes for the candidates")
     ap.add_argument("--dim", type=int, default=6, help="dimension of the recovery scenario")
     ap.add_argument(
@@ -223,6 +231,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.gate_width is not None:
+        if args.workers > 1:
+            ap.error("--gate-width applies in this process only: use --workers 1")
+        fit.SMOOTH = args.gate_width  # read at each evaluation
     if args.estimators:
         name, _, values = args.estimators.partition("=")
         fam = args.families.split(",")[0]
@@ -264,6 +276,7 @@ def main() -> None:
         "candidates": args.candidates,
         "selection": not args.no_selection,
         "predictive": not (args.no_predictive or args.no_selection),
+        **({"gate_width": args.gate_width} if args.gate_width is not None else {}),
     }
     other_setup = 0
     if args.summarize:  # the table of repetitions already run (--runs-out of earlier runs)
