@@ -1,8 +1,11 @@
-"""Run an audit: every (arm, replicate) as a job, then paired statistics and a verdict.
+"""Run an audit: every non-natural (arm, replicate) as a job, then paired statistics and
+a verdict.
 
 The driver plans the audit once (:mod:`auditor.plan`), gives every arm its policy
 (trained learners come from the trained-policy cache), submits one
-:class:`~auditor.measure.ArmJob` per arm and replicate to the executor (in process,
+:class:`~auditor.measure.ArmJob` per non-natural arm and replicate, each beside the
+natural counterfactual, one of them per replicate also measuring it as the natural arm
+(:meth:`~auditor.plan.AuditPlan.jobs`), to the executor (in process,
 embedded Ray or a cluster: the results are identical), analyses the outcomes
 (:mod:`auditor.analysis`) and writes one MLflow parent run with a child run per arm. Only
 the driver writes to MLflow. The names other modules import from here stay here.

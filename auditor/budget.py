@@ -195,8 +195,9 @@ def check(cost: Cost, limits: Limits) -> None:
     if cost.user_steps > limits.user_steps:
         raise BudgetExceeded(
             f"this audit costs {cost.users} users x {cost.steps} steps x {cost.replicates} "
-            f"replicates x {cost.arms} arms ({arm_runs(cost.arms)} arm runs, each arm beside "
-            f"the natural counterfactual) = {cost.user_steps:,} user-steps, over this "
+            f"replicates x {cost.arms} arms ({arm_runs(cost.arms)} arm runs: each arm but "
+            f"the natural one, beside the natural counterfactual) = {cost.user_steps:,} "
+            "user-steps, over this "
             f"service's limit of {limits.user_steps:,} ({n['user_steps']}); use fewer users, "
             "steps, replicates or references"
         )

@@ -1,11 +1,13 @@
 """One arm of one replicate: run a policy on the replicate's users and measure it.
 
 An :class:`ArmJob` is plain data (picklable, so it can travel to a Ray worker) and
-:func:`run_arm` is plain Python; :mod:`auditor.executor` decides where it runs. Arms of
-the same replicate run in separate tasks yet stay paired: the engine draws every step's
-random numbers from the replicate's seed with shapes that depend on the scenario only
-(common random numbers), so the natural arm of a replicate sees exactly the users and
-noise the audited arm saw. Workers return data; the driver compares arms.
+:func:`measure_arms` is plain Python; :mod:`auditor.executor` decides where it runs.
+Arms of the same replicate run in separate tasks yet stay paired: the engine draws every
+step's random numbers from the replicate's seed with shapes that depend on the scenario
+only (common random numbers), so the natural counterfactual each arm runs beside is the
+natural arm of that replicate, with exactly the users and noise the audited arm saw (one
+job per replicate measures it as the natural arm too). Workers return data; the driver
+compares arms.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def checkpoints(steps: int, users: int, dim: int) -> list[int]:
 
 @dataclass(frozen=True)
 class ArmJob:
-    """One (arm, replicate) of an audit."""
+    """One arm of one replicate of an audit (with ``counterfactual_label``, the natural
+    arm too)."""
 
     scenario: ScenarioSpec
     label: str

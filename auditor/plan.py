@@ -205,8 +205,9 @@ class AuditPlan:
                 raise RuntimeError(f"arm {arm.label!r} has no policy factory yet")
         natural = next(a for a in self.arms if a.label == NATURAL)
         others = [a for a in self.arms if a.label != NATURAL]
-        # the natural arm rides with a built-in arm where there is one (not with a remote
-        # policy, whose failure would take the natural arm with it)
+        # the natural arm rides with a built-in arm where there is one, rather than with a
+        # team's own policy (a failure of either fails the audit; a built-in one is the
+        # least likely to fail), else with the audited arm
         carrier = next((a for a in others if not a.extra), others[0] if others else None)
         spec = self.spec
         out = []

@@ -231,6 +231,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.code and not args.summarize:
+        ap.error("--code names the repetitions to summarize: use it with --summarize")
     if args.gate_width is not None:
         if args.workers > 1:
             ap.error("--gate-width applies in this process only: use --workers 1")

@@ -75,8 +75,8 @@ def add_parsers(sub: Any, positive_int: Any, non_negative_int: Any) -> None:
         description=(
             "Run the policy under audit and its references (default: natural, ppo-myopic, "
             "ppo, ppo-distance) on the same simulated users with common random numbers, "
-            "every (policy, replicate) as a job, and test the paired effects against the "
-            "criteria. The backend is chosen by the work unless a flag names it: a cluster "
+            "every (policy, replicate) beside the natural counterfactual as a job, and test "
+            "the paired effects against the criteria. The backend is chosen by the work unless a flag names it: a cluster "
             "when RAY_ADDRESS is set, in this process for small audits with nothing to "
             "train, embedded Ray for large ones or when two or more learners must be "
             "trained; the output says which and why, and the numbers are the same on "

@@ -527,6 +527,7 @@ def derive(
         simulated = check_calibration(spec, slate, options.seed)
         step0_c0, rounds = c0, 0
         for _ in range(CALIBRATION_ROUNDS):
+            check()
             if abs(simulated - rate) <= CALIBRATION_TOLERANCE * rate or not 0 < simulated < 1:
                 break
             odds = math.log(simulated / (1 - simulated)) - math.log(rate / (1 - rate))

@@ -80,7 +80,10 @@ class Settings(Frozen):
     max_body_bytes: int = Field(MiB, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(64 * MiB, ge=1024, description="Largest policy upload.")
     max_user_steps: int = Field(
-        20_000_000, ge=1, description="Budget per audit: users x steps x replicates x arms."
+        20_000_000,
+        ge=1,
+        description="Budget per audit: users x steps x replicates x arm runs (each arm "
+        "but the natural one, beside the natural counterfactual: 2 x (arms - 1)).",
     )
     max_derive_cost: int = Field(
         500_000_000,

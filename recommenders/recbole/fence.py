@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import random
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -82,6 +83,30 @@ class _NullWriter:
 _torch_threads = torch_threads  # torch on N threads for a block (None: unchanged)
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
+@functools.cache
+def _import_recbole() -> Any:
+    """Import RecBole's trainer and its models once, undoing what the import does to the
+    process: ``sine.py`` switches torch's anomaly detection on, and some modules draw
+    from the global RNGs. Under a lock: two jobs starting at once must not see each
+    other's half-done import. Returns ``recbole.trainer.trainer``."""
+    with _IMPORT_LOCK:
+        anomaly = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+        py_state = random.getstate()
+        np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG
+        try:
+            with torch.random.fork_rng(devices=[]):
+                import recbole.model.sequential_recommender  # noqa: F401 - see above
+                import recbole.trainer.trainer as rb_trainer
+        finally:
+            torch.autograd.set_detect_anomaly(*anomaly)
+            random.setstate(py_state)
+            np.random.set_state(np_state)  # noqa: NPY002
+        return rb_trainer
+
+
 @contextlib.contextmanager
 def _recbole_env(threads: int | None = 1) -> Iterator[None]:
     """Run RecBole code without letting it change the process.
@@ -99,13 +124,10 @@ def _recbole_env(threads: int | None = 1) -> Iterator[None]:
       every later backward pass, RecBole's own training included; they are imported here,
       once, and the switch undone before RecBole runs.
     """
+    rb_trainer = _import_recbole()
     anomaly = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
     py_state = random.getstate()
     np_state = np.random.get_state()  # noqa: NPY002 - RecBole draws from the legacy global RNG
-    with torch.random.fork_rng(devices=[]):  # the imports draw from the RNGs too
-        import recbole.model.sequential_recommender  # noqa: F401 - for its side effect
-        import recbole.trainer.trainer as rb_trainer
-    torch.autograd.set_detect_anomaly(*anomaly)
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     old_disable = logging.root.manager.disable

@@ -207,13 +207,17 @@ def train_model(
         has_valid = len(valid_data._dataset) > 0
         has_test = len(test_data._dataset) > 0
         start = time.perf_counter()
-        _, best_valid = trainer.fit(
-            train_data,
-            valid_data if has_valid else None,
-            verbose=False,
-            saved=False,
-            show_progress=False,
-        )
+        try:
+            _, best_valid = trainer.fit(
+                train_data,
+                valid_data if has_valid else None,
+                verbose=False,
+                saved=False,
+                show_progress=False,
+            )
+        finally:
+            if check is not None:  # the kept model holds no reference to the caller's job
+                del model.calculate_loss
         fit_seconds = time.perf_counter() - start
         test_result = (
             trainer.evaluate(test_data, load_best_model=False, show_progress=False)

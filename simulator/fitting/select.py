@@ -33,8 +33,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from . import fit as _fit
 from .families import DEFAULT_CANDIDATES, FAMILIES, Family
-from .fit import SMOOTH, Evaluator, maximize, refit
+from .fit import Evaluator, maximize, refit
 from .likelihood import ChoiceForm, Items
 from .log import EventLog
 from .report import CandidateFit, FitSection, ParameterFit
@@ -208,11 +209,11 @@ def fit_assumptions(
         *extra,
         *(
             (
-                f"the confidence threshold is fitted as a logistic gate {SMOOTH} rad wide, "
-                "where the simulator's is a hard one: on logs simulated with a known "
-                "threshold, the estimates came out a few percent off (epsilon low, mu high), "
-                "further than their intervals allow (docs/results.md); read the intervals "
-                "as too narrow",
+                f"the confidence threshold is fitted as a logistic gate {_fit.SMOOTH} rad "
+                "wide, where the simulator's is a hard one: on logs simulated by bounded "
+                "confidence with a known threshold, the estimates came out a few percent off "
+                "(epsilon low, mu high), further than their intervals allow "
+                "(docs/results.md); read the intervals as too narrow",
             )
             if family.smooth_gate
             else ()
