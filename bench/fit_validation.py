@@ -8,6 +8,16 @@ the generating family is selected, and the induced shift of a policy the fit nev
 (oracle-greedy against random) predicted by the fitted scenario against the truth's.
 
     nice python bench/fit_validation.py --reps 50 --users 2000 --steps 50
+
+A full repetition takes minutes (bounded confidence about 20 on one core of the
+development machine), so the table is filled over several runs: each repetition is
+appended to ``--runs-out`` with its setup (size, options and a digest of the code that
+ran it), and ``--summarize RUNS`` pools the repetitions whose setup is this checkout's.
+The repetitions docs/results.md reports are kept in bench/results/fit_validation.jsonl;
+continue them with new seeds:
+
+    python bench/fit_validation.py --seed 6100 --runs-out bench/results/fit_validation.jsonl
+    python bench/fit_validation.py --summarize bench/results/fit_validation.jsonl --markdown
 """
 
 from __future__ import annotations
@@ -107,6 +117,7 @@ def summarize(runs: list[dict]) -> dict:
         "coverage_95": {k: v["coverage_95"] for k, v in params.items()},
         "identified_share": {k: v["identified"] / v["reps"] for k, v in params.items()},
         "parameters": params,
+        "predictive_checked": sum(bool(r.get("predictive")) for r in runs),
         "predictive_relative_error_median": statistics.median(pred) if pred else None,
         "predictive_relative_error_max": max(pred) if pred else None,
         "predictive_within_15pct_share": sum(p <= 0.15 for p in pred) / len(pred) if pred else None,
@@ -164,6 +175,8 @@ def markdown(table: dict[str, dict]) -> str:
             f"{pct(t['predictive_relative_error_median'])}, "
             f"{pct(t['predictive_relative_error_max'])}"
             if t["predictive_relative_error_median"] is not None
+            else "— (the truth induces no shift)"
+            if t["predictive_checked"]
             else "—"
         )
         within = (
