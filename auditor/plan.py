@@ -203,17 +203,17 @@ class AuditPlan:
         for arm in self.arms:
             if arm.factory is None:
                 raise RuntimeError(f"arm {arm.label!r} has no policy factory yet")
-        natural = next(a for a in self.arms if a.label == NATURAL)
-        others = [a for a in self.arms if a.label != NATURAL]
+        natural = next(a.factory for a in self.arms if a.label == NATURAL)
+        others = [a for a in self.arms if a.label != NATURAL]  # the audited arm is first
         # the natural arm rides with a built-in arm where there is one, rather than with a
         # team's own policy (a failure of either fails the audit; a built-in one is the
         # least likely to fail), else with the audited arm
-        carrier = next((a for a in others if not a.extra), others[0] if others else None)
+        carrier = next((a for a in others if not a.extra), others[0])
         spec = self.spec
         out = []
         for r in range(spec.replicates):
-            for arm in others or [natural]:
-                assert arm.factory is not None and natural.factory is not None
+            for arm in others:
+                assert arm.factory is not None
                 out.append(
                     ArmJob(
                         scenario=self.scenario,
@@ -226,7 +226,7 @@ class AuditPlan:
                         checkpoints=self.checkpoints,
                         extreme_threshold=spec.extreme_threshold,
                         device=spec.device,
-                        counterfactual=None if arm is natural else natural.factory,
+                        counterfactual=natural,
                         counterfactual_label=NATURAL if arm is carrier else None,
                     )
                 )
