@@ -189,7 +189,8 @@ def select(
     decision can never contradict what the report shows."""
     total = {n: float(scores[n].heldout_u.sum()) for n in names}
     best = max(names, key=total.__getitem__)
-    eligible, ruled_out = [], []
+    eligible: list[str] = []
+    ruled_out: list[str] = []
     for i, name in enumerate(names):
         if name == best:
             eligible.append(name)
