@@ -274,13 +274,15 @@ class DatasetStore:
         """The fit step's work, counted in the derivation's budget (and its memory in the
         audits' array limit); DeriveOverBudget when over either."""
         from auditor.budget import BudgetExceeded, check_fit, estimate_fit
+        from simulator.fitting.debias import corrects
 
         cost = estimate_fit(
             log.groupby("user").size().tolist(),
             max_events=fit.max_events,
             slate=request.slate_size,
             dim=request.dim,
-            families=len(fit.families),
+            # a family with a smoothed threshold may be corrected by more fits
+            families=len(fit.families) + corrects(fit.families),
         )
         try:
             check_fit(
@@ -384,8 +386,9 @@ def derive_execute(store: DatasetStore) -> Execute:
         fit = request.fit_options()
         if fit is not None:
             from recommenders.fit_step import fitted_dynamics
+            from simulator.fitting.debias import corrects
 
-            phases = len(fit.families) + 1 + int(fit.sensitivity)
+            phases = len(fit.families) + 1 + corrects(fit.families) + int(fit.sensitivity)
             seen: list[str] = []
 
             def fit_progress(msg: str) -> None:
@@ -456,7 +459,9 @@ class Dataset(BaseModel):
     fit_cost: int | None = Field(
         None,
         description="The fit step's work: events x slate size x dimension x families x "
-        f"{FIT_PASSES} passes (None: no fit; the dynamics are the chosen ones).",
+        f"{FIT_PASSES} passes; candidates that include one with a smoothed threshold "
+        "(bounded confidence) count two families more, for its correction (None: no fit; "
+        "the dynamics are the chosen ones).",
     )
     created: str | None = Field(None, description="Submitted at (ISO 8601, UTC).")
     finished: str | None = Field(None, description="Finished at (ISO 8601, UTC).")

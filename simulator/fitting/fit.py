@@ -445,6 +445,7 @@ class Evaluator:
         draws: int = DRAWS,
     ) -> None:
         self.family, self.log, self.items, self.choice = family, log, items, choice
+        self.seed = seed
         self.weight = log.mask if weight is None else (weight & log.mask)
         if u0 is None:
             u0 = initial_u0(log, items, seed)

@@ -26,13 +26,14 @@ from ..specs import (
     TRecsDrift,
     UniformSpherePopulation,
 )
+from .debias import analyse_fit
 from .families import DEFAULT_CANDIDATES, family_of_spec
 from .fit import Evaluator, maximize, plain_mle
 from .likelihood import ChoiceForm, Items
 from .log import EventLog, from_run
 from .report import FitSection
 from .select import fit_log
-from .uncertainty import ParamResult, analyse
+from .uncertainty import ParamResult
 
 TRUTH = {
     "static": NoDynamics(),
@@ -152,7 +153,7 @@ def recover_once(
     fam, truth = family_of_spec(spec.dynamics)
     if not selection:
         ev = Evaluator(fam, log, items, choice, seed=seed)
-        results, _ = analyse(ev, maximize(ev), replicates=replicates, seed=seed)
+        results, _, _ = analyse_fit(ev, maximize(ev), replicates=replicates, seed=seed)
         return {
             "family": family,
             "seed": seed,
@@ -173,7 +174,7 @@ def recover_once(
         results = internals["results"]
     else:  # the generating family's own fit, for parameter recovery
         ev = Evaluator(fam, log, items, choice, seed=seed)
-        results, _ = analyse(ev, maximize(ev), replicates=replicates, seed=seed)
+        results, _, _ = analyse_fit(ev, maximize(ev), replicates=replicates, seed=seed)
     params = _compared(results, truth)
     out: dict[str, Any] = {
         "family": family,

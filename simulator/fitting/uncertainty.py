@@ -52,6 +52,8 @@ class ParamResult:
     status: str
     clamped_share: float  # bootstrap replicates whose maximum left the stencil
     located: bool = True  # the likelihood's maximum lies inside the final stencil
+    #: the fit's own estimate, where a correction (see :mod:`.debias`) replaced it
+    uncorrected: float | None = None
 
 
 def _step_sizes(ev: Evaluator, best: Point) -> list[float]:
