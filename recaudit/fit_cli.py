@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         data = json.loads(spec_path.read_text(encoding="utf-8"))
         data["dynamics"] = payload["dynamics"]
         data["fit"] = payload
-        spec_path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        # written beside and renamed over it: a run stopped mid-write (kill, full disk)
+        # leaves the scenario as it was, never half a file
+        tmp = spec_path.with_name(f".{SCENARIO_FILE}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, spec_path)
+        finally:
+            tmp.unlink(missing_ok=True)
         progress(f"{spec_path} now carries the fitted dynamics ({section.family}) and the fit")
     params = ", ".join(
         f"{p.name}={p.estimate:.4g}" if p.estimate is not None else f"{p.name}: {p.status}"

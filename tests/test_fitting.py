@@ -356,6 +356,33 @@ def test_cli_fit_updates_a_scenario_directory(tmp_path):
     assert "most consumed before it" in fit["data"]["exposures"]
     updated = json.loads((tmp_path / "scenario.json").read_text())
     assert updated["dynamics"] == {"kind": "none"} and updated["fit"] == fit
+    return tmp_path
+
+
+def test_a_fit_stopped_while_writing_leaves_the_scenario_directory_as_it_was(tmp_path, monkeypatch):
+    """The scenario file is rewritten beside and renamed over: a write that dies half way
+    (here: after half the text) leaves scenario.json whole and no stray file."""
+    import json
+    from pathlib import Path
+
+    from recaudit.cli import main
+
+    directory = test_cli_fit_updates_a_scenario_directory(tmp_path)
+    before = (directory / "scenario.json").read_text()
+    real = Path.write_text
+
+    def dies_half_way(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(Path, "write_text", dies_half_way)
+    args = ["fit", str(directory / "log.csv"), "--catalog", str(directory)]
+    code = main([*args, "--candidates", "static", "--slate-size", "4", "--replicates", "10"])
+    monkeypatch.undo()
+    assert code != 0
+    assert (directory / "scenario.json").read_text() == before
+    assert json.loads(before)["fit"]["family"] == "static"
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith(".")) == []
 
 
 def _section(family, *parameters):
