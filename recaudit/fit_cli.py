@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         tmp = spec_path.with_name(f".{SCENARIO_FILE}.{os.getpid()}.tmp")
         try:
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            shutil.copymode(spec_path, tmp)
+            with tmp.open("rb") as fh:  # on disk before it replaces the scenario
+                os.fsync(fh.fileno())
             os.replace(tmp, spec_path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -32,7 +32,15 @@ from .families import FAMILIES, Family
 from .fit import Evaluator, Point, raw_to_theta, refit, theta_tensors
 from .likelihood import ChoiceForm, Items, prepared
 from .log import EventLog
-from .uncertainty import ParamResult, analyse
+from .uncertainty import (
+    IDENTIFIED,
+    IDENTIFIED_BELOW,
+    NOT,
+    WEAK,
+    WEAK_BELOW,
+    ParamResult,
+    analyse,
+)
 
 #: simulated logs the bias is averaged over, at each step
 SIMS = 1
@@ -52,30 +60,48 @@ def simulate_choices(
     """The log's slates and mask with new choices drawn from ``family`` at ``theta``
     (hard threshold, ``smooth`` 0) from initial preferences ``u0`` [U, d]: the choice
     model of the likelihood (MNL over the slate plus the outside option where the log has
-    one), each user's state updated after every consumed item."""
+    one), each user's state carried as the likelihood carries it (:func:`states`)."""
+    return simulate(family, theta, u0, log, items, choice, seed)[0]
+
+
+def simulate(
+    family: Family,
+    theta: dict[str, float],
+    u0: torch.Tensor,
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    seed: int,
+) -> tuple[EventLog, torch.Tensor]:
+    """:func:`simulate_choices`, and each user's state before each event [U, T, d]."""
     prep = prepared(log, items, choice)
     gen = torch.Generator().manual_seed(seed)
     th = theta_tensors(theta)
-    users, steps, _ = log.slates.shape
-    u = u0.to(prep.shown.dtype)
+    users, steps, k = log.slates.shape
+    dtype = prep.shown.dtype
+    u0 = u0.to(dtype)
+    u = u0
     chosen = torch.full((users, steps), -1, dtype=torch.long)
+    path = []
     outside = choice.no_click_utility
     for t in range(steps):
+        path.append(u)
         logits = torch.einsum("ud,ukd->uk", u, prep.shown[:, t]) / choice.temperature
         logits = logits + prep.base[:, t]
         if outside is not None:
             c0 = torch.full((users, 1), outside / choice.temperature, dtype=logits.dtype)
             logits = torch.cat([logits, c0], dim=1)
         pick = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=gen)[:, 0]
-        k = prep.shown.shape[2]
-        slot = torch.where(pick < k, pick, torch.full_like(pick, -1))
         valid = log.mask[:, t]
-        chosen[:, t] = torch.where(valid, slot, torch.full_like(slot, -1))
-        clicked = (slot >= 0) & valid
+        slot = torch.where((pick < k) & valid, pick, torch.full_like(pick, -1))
+        chosen[:, t] = slot
+        clicked = (slot >= 0).to(dtype)
+        # as states() does: every valid event updates (an anchored family's pull toward
+        # u0 acts on a no-click too), the consumed item's features 0 on a no-click
         x = prep.shown[:, t].gather(1, slot.clamp_min(0)[:, None, None].expand(-1, 1, u.shape[1]))
-        new = family.step(u, u0, x[:, 0], clicked.to(u.dtype), th, 0.0)
-        u = torch.where(clicked[:, None], new, u)
-    return replace(log, chosen=chosen)
+        new = family.step(u, u0, x[:, 0] * clicked[:, None], clicked, th, 0.0)
+        u = torch.where(valid[:, None], new, u)
+    return replace(log, chosen=chosen), torch.stack(path, dim=1)
 
 
 @dataclass(frozen=True)
@@ -106,20 +132,30 @@ def _simulated_fit(ev: Evaluator, best: Point, at: tuple[float, ...], s: int) ->
 
 
 def gate_bias(
-    ev: Evaluator, best: Point, sims: int = SIMS, steps: int = STEPS
+    ev: Evaluator,
+    best: Point,
+    sims: int = SIMS,
+    steps: int = STEPS,
+    progress: Callable[[str], None] | None = None,
 ) -> Correction | None:
     """The gate's bias where it matters, at the corrected estimate: first at ``best``
     (the gate's estimate), then at ``best`` less that bias, ``steps`` times in all (the
     fixed point of indirect inference, reached in a step or two: the bias moves with the
     parameters, and at the gate's estimate it under-corrected ``mu`` by a third). Each
     step simulates ``sims`` logs with the same seeds (common random numbers) and takes the
-    mean shift of their fits. None when a simulated fit's maximum was not located."""
+    mean shift of their fits. None when a simulated fit's maximum was not located.
+    ``progress`` hears of each simulated fit."""
     at = best.raw
     bias = tuple(0.0 for _ in at)
     done: list[dict[str, Any]] = []
-    for _ in range(steps):
+    for step in range(steps):
         shifts, fitted = [], []
         for s in range(1, sims + 1):
+            if progress:
+                progress(
+                    f"correcting {ev.family.name}'s threshold-gate bias by simulation "
+                    f"({step * sims + s} of {steps * sims})"
+                )
             got = _simulated_fit(ev, best, at, s)
             if got is None:
                 return None
@@ -134,26 +170,30 @@ def gate_bias(
 def corrected(
     family: Family, best: Point, results: list[ParamResult], correction: Correction
 ) -> list[ParamResult]:
-    """Each parameter's estimate with the bias subtracted (unconstrained scale) and its
-    interval moved with it and widened for the correction's noise (kept in the
-    parameter's range)."""
-    raw = tuple(r - b for r, b in zip(best.raw, correction.raw_bias, strict=True))
-    theta = raw_to_theta(family, raw)
+    """Each parameter's estimate with the bias subtracted and its interval moved with it
+    and widened for the correction's noise, both on the unconstrained scale (so that they
+    stay in the parameter's range); its standard error widened alike, and its
+    identifiability judged again on that."""
     widen = math.sqrt(1.0 + 1.0 / correction.sims)
     out = []
-    for q, r in zip(family.params, results, strict=True):
-        new = theta[r.name]
-        lo, hi = r.interval
-        lo = max(q.low, new - (r.estimate - lo) * widen)
-        hi = new + (hi - r.estimate) * widen
-        hi = hi if q.high is None else min(q.high, hi)
+    for i, (q, r) in enumerate(zip(family.params, results, strict=True)):
+        raw = best.raw[i]
+        centre = raw - correction.raw_bias[i]
+        lo, hi = (float(q.to_raw(v)) for v in r.interval)
+        lo = centre - max(0.0, raw - lo) * widen
+        hi = centre + max(0.0, hi - raw) * widen
+        new, lo, hi = (float(q.to_value(torch.tensor(v))) for v in (centre, lo, hi))
+        se = r.se * widen
+        rel = se / max(abs(new), q.resolution)
+        status = IDENTIFIED if rel < IDENTIFIED_BELOW else WEAK if rel < WEAK_BELOW else NOT
         out.append(
             replace(
                 r,
                 estimate=new,
                 uncorrected=r.estimate,
-                se=r.se * widen,
-                relative_se=r.relative_se * widen,
+                se=se,
+                relative_se=rel,
+                status=status,
                 interval=(lo, hi),
             )
         )
@@ -184,9 +224,7 @@ def analyse_fit(
         return results, boot, None
     assert ev.profile.best is not None
     estimate = ev.profile.best  # the best point evaluated, which analyse reports
-    if progress:
-        progress(f"correcting {ev.family.name}'s threshold-gate bias by simulation")
-    correction = gate_bias(ev, estimate)
+    correction = gate_bias(ev, estimate, progress=progress)
     if correction is None:
         return results, boot, None
     return corrected(ev.family, estimate, results, correction), boot, correction

@@ -16,9 +16,9 @@ static data then select drift.
 The score is the held-out log-likelihood per event, reported against the static baseline
 (paired per user, bootstrap over held-out users for the interval). The family with the
 best score is selected unless a family with fewer parameters is not significantly worse
-(the 95% interval of its deficit includes 0), in which case the simplest such is
-(parsimony: a drift the data cannot tell from no drift, or an anchor they cannot tell from
-none, is not claimed).
+(the 95% interval of its deficit reaches down to a negligible gain), in which case the
+simplest such is (parsimony: a drift the data cannot tell from no drift, or an anchor they
+cannot tell from none, is not claimed).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ SELECTION_RULE = (
     "is selected unless a candidate with fewer parameters is not significantly worse (the "
     "95% bootstrap interval over held-out users of its deficit per event reaches down to "
     f"{NEGLIGIBLE_GAIN} nats, a gain smaller than that counting as none), in which "
-    "case the simplest such is (never one scoring below a candidate that is significantly "
-    "worse); static is the simplest"
+    "case the simplest such is (never one scoring below a candidate with no more "
+    "parameters that is significantly worse); static is the simplest"
 )
 METHOD = (
     "maximum of the marginal likelihood (each user's initial preferences integrated out "
@@ -183,9 +183,10 @@ def select(
     interval of its deficit per event reaches down to :data:`NEGLIGIBLE_GAIN`); then the
     simplest such (by score among equally simple ones). Static is the simplest of all.
 
-    A candidate scoring below one that is significantly worse than the best is ruled out
-    with it: a noisy candidate's wide interval must not let it through where a better one
-    was stopped. ``vs_static``: the reported intervals of each candidate's gain over
+    A candidate scoring below one at least as simple that is significantly worse than
+    the best is ruled out with it: a noisy candidate's wide interval must not let it
+    through where a better, simpler one was stopped. (A simpler candidate keeps its own
+    judgement: parsimony gives it the benefit of the doubt.) ``vs_static``: the reported intervals of each candidate's gain over
     static; static's deficit is judged by the best's reported interval, so that the
     decision can never contradict what the report shows."""
     total = {n: float(scores[n].heldout_u.sum()) for n in names}
@@ -202,9 +203,11 @@ def select(
             diff = scores[best].heldout_u - scores[name].heldout_u
             _, low, _ = bootstrap_ratio(diff, n_held, replicates, seed + 101 + i)
         (eligible if low <= NEGLIGIBLE_GAIN else ruled_out).append(name)
-    floor = max((total[n] for n in ruled_out), default=-math.inf)
-    eligible = [n for n in eligible if total[n] >= floor]
-    return min(eligible, key=lambda n: (len(FAMILIES[n].params), -total[n]))
+    size = {n: len(FAMILIES[n].params) for n in names}
+    eligible = [
+        n for n in eligible if all(total[n] >= total[m] for m in ruled_out if size[m] <= size[n])
+    ]
+    return min(eligible, key=lambda n: (size[n], -total[n]))
 
 
 def fit_assumptions(
@@ -327,6 +330,7 @@ def fit_log(
                 "selection_fit_users": int(split.fit_users.sum()),
             },
             "bootstrap_replicates": replicates,
+            **(data or {}),
             **(
                 {
                     "gate_correction": {
@@ -338,7 +342,6 @@ def fit_log(
                 if correction is not None
                 else {}
             ),
-            **(data or {}),
         },
         assumptions=fit_assumptions(family, results, assumptions),
         seconds=round(time.perf_counter() - start_time, 2),
@@ -371,7 +374,10 @@ def proxy_sensitivity(
     estimates = best.theta
     gate = section.data.get("gate_correction")
     if gate:  # the section's estimates are corrected: the same shift, to compare alike
-        raw = np.subtract(best.raw, gate["bias_unconstrained"])
+        bias = [float(b) for b in gate["bias_unconstrained"]]
+        if len(bias) != len(best.raw):
+            raise ValueError(f"the section's gate correction has {len(bias)} values")
+        raw = np.subtract(best.raw, bias)
         estimates = raw_to_theta(family, tuple(float(r) for r in raw))
     base = {p.name: p.estimate for p in section.parameters}
     change: dict[str, float | None] = {}
