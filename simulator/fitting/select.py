@@ -246,9 +246,10 @@ def _gate_assumption(results: list[ParamResult]) -> str:
     if any(r.uncorrected is not None for r in results):
         return (
             f"{said}: that bias is estimated by fitting the gate again to choices simulated "
-            "from the hard threshold at the estimate (the log's slates, each user's fitted "
-            "initial preferences) and subtracted, and the intervals are widened for the "
-            "correction's own noise (docs/science.md)"
+            "from the hard threshold (the log's slates, each user's fitted initial "
+            "preferences), first at the estimate and then at the estimate less that bias, "
+            "and subtracted; the intervals are widened for the correction's own noise "
+            "(docs/science.md)"
         )
     return (
         f"{said}; no correction was made (the maximum of this fit, or of its refit to "
