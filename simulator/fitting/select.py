@@ -435,8 +435,8 @@ def _parameter_rows(results: list[ParamResult]) -> list[ParameterFit]:
         else:  # the bootstrap of a stencil the maximum lies outside says nothing
             note = (
                 "the likelihood's maximum was not located (it keeps rising beyond the points "
-                "evaluated, e.g. along a ridge of correlated parameters): no estimate and no "
-                "interval"
+                "evaluated, e.g. along a ridge of correlated parameters, or the best point "
+                "stands far above its nearest neighbours): no estimate and no interval"
             )
         params.append(
             ParameterFit(
