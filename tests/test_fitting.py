@@ -490,12 +490,12 @@ def test_a_bounded_confidence_fit_says_its_threshold_is_smoothed_and_how_it_is_c
 
 
 def test_simulated_choices_are_drawn_from_the_likelihood_s_choice_probabilities():
-    """debias.simulate_choices draws each event from the likelihood's own model: 4,000
+    """debias.simulate draws each event from the likelihood's own model: 4,000
     copies of one user shown one slate choose each slot (and the outside option) as
     often as exp(event_loglik) says, within 4 standard errors."""
     import numpy as np
 
-    from simulator.fitting.debias import simulate_choices
+    from simulator.fitting.debias import simulate
     from simulator.fitting.likelihood import ChoiceForm, Items, event_loglik
     from simulator.fitting.log import EventLog
 
@@ -513,7 +513,7 @@ def test_simulated_choices_are_drawn_from_the_likelihood_s_choice_probabilities(
         exposures="logged",
     )
     u0 = unit(torch.tensor([[0.3, -0.5, 0.8]])).expand(n, 3)
-    sim = simulate_choices(FAMILIES["static"], {}, u0, log, items, choice, seed=1)
+    sim, _ = simulate(FAMILIES["static"], {}, u0, log, items, choice, seed=1)
     freq = np.array([(sim.chosen[:, 0] == j).float().mean().item() for j in (0, 1, 2, 3, -1)])
     probs = []
     for j in (0, 1, 2, 3, -1):

@@ -32,36 +32,12 @@ from .families import FAMILIES, Family
 from .fit import Evaluator, Point, raw_to_theta, refit, theta_tensors
 from .likelihood import ChoiceForm, Items, prepared
 from .log import EventLog
-from .uncertainty import (
-    IDENTIFIED,
-    IDENTIFIED_BELOW,
-    NOT,
-    WEAK,
-    WEAK_BELOW,
-    ParamResult,
-    analyse,
-)
+from .uncertainty import ParamResult, analyse, status_of
 
 #: simulated logs the bias is averaged over, at each step
 SIMS = 1
 #: steps toward the parameters whose simulated fits the gate's estimate is the mean of
 STEPS = 2
-
-
-def simulate_choices(
-    family: Family,
-    theta: dict[str, float],
-    u0: torch.Tensor,
-    log: EventLog,
-    items: Items,
-    choice: ChoiceForm,
-    seed: int,
-) -> EventLog:
-    """The log's slates and mask with new choices drawn from ``family`` at ``theta``
-    (hard threshold, ``smooth`` 0) from initial preferences ``u0`` [U, d]: the choice
-    model of the likelihood (MNL over the slate plus the outside option where the log has
-    one), each user's state carried as the likelihood carries it (:func:`states`)."""
-    return simulate(family, theta, u0, log, items, choice, seed)[0]
 
 
 def simulate(
@@ -73,7 +49,11 @@ def simulate(
     choice: ChoiceForm,
     seed: int,
 ) -> tuple[EventLog, torch.Tensor]:
-    """:func:`simulate_choices`, and each user's state before each event [U, T, d]."""
+    """The log's slates and mask with new choices drawn from ``family`` at ``theta``
+    (hard threshold, ``smooth`` 0) from initial preferences ``u0`` [U, d]: the choice
+    model of the likelihood (MNL over the slate plus the outside option where the log has
+    one), each user's state carried as the likelihood carries it (:func:`states`); and
+    each user's state before each event [U, T, d]."""
     prep = prepared(log, items, choice)
     gen = torch.Generator().manual_seed(seed)
     th = theta_tensors(theta)
@@ -123,7 +103,7 @@ def _simulated_fit(ev: Evaluator, best: Point, at: tuple[float, ...], s: int) ->
     the bias's noise). None when its maximum was not located."""
     fam, seed = ev.family, ev.seed
     theta = raw_to_theta(fam, at)
-    sim_log = simulate_choices(fam, theta, best.u0, ev.log, ev.items, ev.choice, seed + 7919 * s)
+    sim_log, _ = simulate(fam, theta, best.u0, ev.log, ev.items, ev.choice, seed + 7919 * s)
     sim_ev = Evaluator(fam, sim_log, ev.items, ev.choice, seed=seed + s)
     found, _ = analyse(sim_ev, refit(sim_ev, best.theta), replicates=2, seed=seed)
     if not all(r.located for r in found):
@@ -185,7 +165,7 @@ def corrected(
         new, lo, hi = (float(q.to_value(torch.tensor(v))) for v in (centre, lo, hi))
         se = r.se * widen
         rel = se / max(abs(new), q.resolution)
-        status = IDENTIFIED if rel < IDENTIFIED_BELOW else WEAK if rel < WEAK_BELOW else NOT
+        status = status_of(rel)
         out.append(
             replace(
                 r,

@@ -556,27 +556,10 @@ class Evaluator:
         if len(stuck):
             rows_all = self.rough_rows if rough else torch.arange(self.log.users)
             th = {k: v[stuck] if v.dim() else v for k, v in theta_tensors(theta).items()}
-            sub, w_sub = big.subset(stuck), weight[stuck]
-            again = fit_u0(
-                self.family,
-                th,
-                sub,
-                self.items,
-                self.choice,
-                w_sub,
-                self.restarts()[rows_all][stuck % n],
-                evals,
-            )
-            ll2, m2, c2, _ = user_terms(
-                self.family,
-                th,
-                sub,
-                self.items,
-                self.choice,
-                w_sub,
-                again,
-                None if draws is None else draws[:, stuck],
-            )
+            # the users' own arguments: family, parameters, log, items, choice, weight
+            own = (self.family, th, big.subset(stuck), self.items, self.choice, weight[stuck])
+            again = fit_u0(*own, self.restarts()[rows_all][stuck % n], evals)
+            ll2, m2, c2, _ = user_terms(*own, again, None if draws is None else draws[:, stuck])
             up = ll2 > ll[stuck]
             marginal[stuck[up]] = m2[up]
             u0[stuck[up]] = c2[up]

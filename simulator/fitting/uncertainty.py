@@ -59,6 +59,13 @@ class ParamResult:
     uncorrected: float | None = None
 
 
+def status_of(relative_se: float) -> str:
+    """Identified, weakly identified or not, by the relative standard error."""
+    if relative_se < IDENTIFIED_BELOW:
+        return IDENTIFIED
+    return WEAK if relative_se < WEAK_BELOW else NOT
+
+
 def _step_sizes(ev: Evaluator, best: Point) -> tuple[list[float], bool]:
     """Per parameter, a step on the unconstrained scale over which the profile drops by
     0.5 to 8 log-likelihood units (or the largest tried, for a flat profile); and whether
@@ -252,7 +259,7 @@ def analyse(
         se = max(se_curv, se_boot)
         scale = max(abs(value), q.resolution)
         rel = se / scale
-        status = IDENTIFIED if rel < IDENTIFIED_BELOW else WEAK if rel < WEAK_BELOW else NOT
+        status = status_of(rel)
         if cov_raw is None or not inside:
             status = NOT
         lo, hi = np.percentile(boot[:, i], [2.5, 97.5])
