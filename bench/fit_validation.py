@@ -294,11 +294,13 @@ def main() -> None:
         **({"gate_width": args.gate_width} if args.gate_width is not None else {}),
     }
     other_setup = 0
+    other_codes: Counter[str] = Counter()
     if args.summarize:  # the table of repetitions already run (--runs-out of earlier runs)
         for line in args.summarize.read_text().splitlines():
             r = json.loads(line)
             if r.get("setup") != setup:
                 other_setup += 1
+                other_codes[str((r.get("setup") or {}).get("code"))] += 1
             elif r["family"] in runs and all(q["seed"] != r["seed"] for q in runs[r["family"]]):
                 runs[r["family"]].append(r)  # a seed run twice counts once
     # repetition-major: a run stopped early still has every family about equally often
@@ -326,6 +328,14 @@ def main() -> None:
     table = {fam: summarize(rs) for fam, rs in runs.items() if rs}
     if args.markdown:
         print(markdown(table))
+        if other_setup:  # the tables say nothing of these: say so where a reader looks
+            codes = ", ".join(f"{c} ({n})" for c, n in sorted(other_codes.items()))
+            print(
+                f"{other_setup} repetitions in {args.summarize} ran with another setup and "
+                f"are not pooled (their code digests: {codes}; this table's: {code}); "
+                "--code and the size and option flags select them",
+                file=sys.stderr,
+            )
         return
     print(
         json.dumps(
