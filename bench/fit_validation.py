@@ -332,8 +332,9 @@ def main() -> None:
             codes = ", ".join(f"{c} ({n})" for c, n in sorted(other_codes.items()))
             print(
                 f"{other_setup} repetitions in {args.summarize} ran with another setup and "
-                f"are not pooled (their code digests: {codes}; this table's: {code}); "
-                "--code and the size and option flags select them",
+                f"are not pooled (their code digests: {codes}; this table's: {code}, a "
+                "repetition at the same digest differing in size or options); --code and "
+                "the size and option flags select them",
                 file=sys.stderr,
             )
         return

@@ -1260,6 +1260,32 @@ def test_a_spike_at_the_best_point_is_no_located_maximum():
     assert located.located and located.interval[1] - located.interval[0] > 0.01
 
 
+class _QuarticProfile(_ParabolaProfile):
+    """A smooth maximum flatter on top than a parabola: 1e5 x^4 in all, at -2."""
+
+    def values(self, key):
+        import numpy as np
+
+        return np.full(len(self.k), -1e5 * (key[0] + 2.0) ** 4 / len(self.k))
+
+
+def test_a_maximum_flatter_than_a_parabola_is_located():
+    """A reviewer's case: the profile drops by under 0.5 over one step and by over 8
+    over three times that, so the step sizes bounced between the two and the last one
+    tried decided; ending on the longer, the smooth maximum was called a spike and not
+    located. The shorter of a bracketing pair is now the step, and only the shortest
+    step tried decides smoothness."""
+    from simulator.fitting.uncertainty import _step_sizes, analyse
+
+    ev = _QuarticProfile()
+    best = ev((-2.0,))
+    for q in ((-2.0373,), (-1.9627,)):  # the search's own neighbours: a first step of 0.12
+        ev(q)
+    _steps, smooth = _step_sizes(ev, best)
+    assert smooth
+    assert analyse(ev, best, replicates=20, seed=0)[0][0].located
+
+
 def test_a_maximum_not_located_reports_neither_estimate_nor_interval():
     """When the likelihood keeps rising beyond every stencil, the last stencil's
     bootstrap says nothing about the parameter (bounded confidence at 2,000 users got a

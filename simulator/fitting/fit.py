@@ -47,6 +47,9 @@ TAIL_DF = 4
 UNIFORM_SHARE = 8
 #: the longest Newton step (radians) that centres a user's proposal on their mode
 NEWTON_MAX = 0.05
+#: the gain in a user's log-likelihood at their mode for which a refit from their static
+#: fit replaces a fit that stopped where the information is not positive definite
+REFIT_GAIN = 1e-3
 #: floor of the proposal's precision (at most about 3 radians of spread on the sphere)
 PROPOSAL_FLOOR = 0.1
 #: rows (users x draws) whose likelihood is evaluated in one pass: at most the rows an
@@ -163,9 +166,10 @@ def user_terms(
     draws: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-user log-likelihood at ``u0`` [U], log marginal likelihood [U], the
-    proposal's centre [U, d] (``u0`` polished by a Newton step) and whether ``u0`` is a
-    maximum [U] bool (its information in the tangent space positive definite, every
-    eigenvalue over :data:`RIDGE`; not at a saddle, where the fit can stop). The marginal is the
+    proposal's centre [U, d] (``u0`` polished by a Newton step) and whether ``u0`` looks
+    like a maximum [U] bool: the information in the tangent space positive definite, every
+    eigenvalue over :data:`RIDGE` (the observed information without draws, the expected
+    with them, as below); not so at a saddle, where the fit can stop. The marginal is the
     likelihood integrated over the initial preferences on the sphere (a flat prior, the
     sphere's area measure), by importance sampling around ``u0`` (the user's mode) with
     the standard normal ``draws`` [M, U, d + TAIL_DF]; without draws, the Laplace
@@ -550,8 +554,10 @@ class Evaluator:
         # one such user's marginal came out 34 nats low, and where a draw happened to land
         # near their maximum only 10 nats low, a spike the search took for the maximum
         # (biased assimilation, seed 7005: an interval 1e-5 wide around an estimate 2.4%
-        # off). Such users are fitted again from their static fit; the higher is kept (a
-        # user with no events to fit has no maximum to find).
+        # off). Such users are fitted again from their static fit, and that fit is kept
+        # where its log-likelihood at the mode is higher by REFIT_GAIN (a user flagged at a
+        # true maximum, with few events, reaches it again: their centre should not move
+        # with the optimizer's noise). A user with no events to fit has no maximum to find.
         stuck = torch.nonzero(~concave & weight.any(dim=1))[:, 0]
         if len(stuck):
             rows_all = self.rough_rows if rough else torch.arange(self.log.users)
@@ -560,7 +566,7 @@ class Evaluator:
             own = (self.family, th, big.subset(stuck), self.items, self.choice, weight[stuck])
             again = fit_u0(*own, self.restarts()[rows_all][stuck % n], evals)
             ll2, m2, c2, _ = user_terms(*own, again, None if draws is None else draws[:, stuck])
-            up = ll2 > ll[stuck]
+            up = ll2 > ll[stuck] + REFIT_GAIN
             marginal[stuck[up]] = m2[up]
             u0[stuck[up]] = c2[up]
         self.evaluations += p

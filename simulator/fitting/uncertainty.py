@@ -40,9 +40,9 @@ RECENTRE = 3
 WHITE_EDGE = 3.0
 #: the longest step (unconstrained scale) of that stencil along one axis
 WHITE_LONGEST = 3.0
-#: tries at a step size (each a third or three times the last): the first is read off the
-#: search's own points, so a profile still too steep after these is not smooth there
-SHRINKS = 5
+#: steps tried per parameter (each a third or three times the last): the first is read
+#: off the search's own points, so a profile still too steep after these is not smooth
+STEP_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ class ParamResult:
     relative_se: float
     status: str
     clamped_share: float  # bootstrap replicates whose maximum left the stencil
-    located: bool = True  # the likelihood's maximum lies inside the final stencil
+    #: the likelihood's maximum lies inside the final stencil, and the profile is smooth
+    #: there (no spike at the best point: :func:`_step_sizes`)
+    located: bool = True
     #: the fit's own estimate, where a correction (see :mod:`.debias`) replaced it
     uncorrected: float | None = None
 
@@ -68,29 +70,36 @@ def status_of(relative_se: float) -> str:
 
 def _step_sizes(ev: Evaluator, best: Point) -> tuple[list[float], bool]:
     """Per parameter, a step on the unconstrained scale over which the profile drops by
-    0.5 to 8 log-likelihood units (or the largest tried, for a flat profile); and whether
-    the profile is smooth there: False when it still drops by more than 8 units over the
-    shortest step tried, a spike at the best point that no quadratic describes."""
+    0.5 to 8 log-likelihood units (or the largest tried, for a flat profile; the shorter
+    of two steps a factor 3 apart that bracket that range, for a profile flatter on top
+    than a parabola); and whether the profile is smooth there: False when it drops by
+    more than 8 units over the shortest step tried, a spike at the best point that no
+    quadratic describes."""
     steps = []
     smooth = True
     for i in range(len(best.raw)):
         h = _first_step(ev, best, i)
-        drop = 0.0
-        for _ in range(SHRINKS):
+        tried: dict[float, float] = {}  # step -> the profile's drop over it
+        for _ in range(STEP_TRIES):
             lo = list(best.raw)
             hi = list(best.raw)
             lo[i] -= h
             hi[i] += h
             a, b = ev.many([tuple(lo), tuple(hi)])
-            drop = best.marginal - 0.5 * (a.marginal + b.marginal)
+            drop = tried[h] = best.marginal - 0.5 * (a.marginal + b.marginal)
+            shorter = [k for k in tried if k < h and tried[k] < 0.5]
             if drop < 0.5 and h < 2.0:
+                if any(k > h and tried[k] > 8.0 for k in tried):
+                    break  # bracketed: this one
                 h *= 3
             elif drop > 8.0:
+                if shorter:  # bracketed: the shorter one
+                    h = max(shorter)
+                    break
                 h /= 3
             else:
                 break
-        else:
-            smooth = smooth and drop <= 8.0
+        smooth = smooth and tried[min(tried)] <= 8.0
         steps.append(h)
     return steps, smooth
 
