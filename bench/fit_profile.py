@@ -1,0 +1,117 @@
+"""Where a fitting point's time goes (prints one JSON line).
+
+A log of ``--users`` x ``--steps`` is generated from ``--family``'s ground truth
+(uniformly random slates, exposures logged) and the family's whole-log marginal likelihood
+is evaluated at its true parameters (untimed: it warm-starts the rest), then at
+``--points`` nearby points under cProfile. Prints the cumulative seconds of the parts:
+the users' initial-preference fits (``fit_u0``, L-BFGS), the importance-sampled marginal
+(``user_terms``), within it the expected information, and the family's state update
+(``step``, called once per event step by both), with their shares of the total, and the
+L-BFGS evaluations each initial-preference fit took (``fit_u0`` stops at 100 iterations,
+at most 125 evaluations). Shares hold on a loaded machine; seconds do not.
+
+    python bench/fit_profile.py --family trecs --users 2000 --points 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import platform
+import pstats
+import sys
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from simulator.threads import configure_process  # noqa: E402
+
+configure_process()  # before torch loads OpenMP: idle threads sleep instead of spinning
+
+import torch  # noqa: E402
+
+from recommenders.baselines import UniformRandom  # noqa: E402
+from simulator.fitting import fit  # noqa: E402
+from simulator.fitting.families import FAMILIES, Family, family_of_spec  # noqa: E402
+from simulator.fitting.fit import Evaluator, theta_to_raw  # noqa: E402
+from simulator.fitting.recovery import TRUTH, recovery_spec, simulate_log  # noqa: E402
+
+#: the parts reported (cumulative time, recursion counted once)
+PARTS = {
+    "fit_u0": fit.fit_u0,
+    "user_terms": fit.user_terms,
+    "expected_information": fit._expected_information,
+    "family_step": Family.step,
+}
+
+
+def _key(func) -> tuple[str, int, str]:
+    """A function's key in cProfile's statistics."""
+    code = func.__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default="trecs", choices=sorted(TRUTH))
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--dim", type=int, default=6)
+    ap.add_argument("--points", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    family = FAMILIES[args.family]
+    if not family.params:
+        ap.error(f"{args.family} has no parameters to evaluate points of")
+    spec = recovery_spec(args.family, args.dim)
+    log, items, choice = simulate_log(spec, UniformRandom(), args.users, args.steps, seed=0)
+    ev = Evaluator(family, log, items, choice, seed=0)
+    truth = theta_to_raw(family, family_of_spec(spec.dynamics)[1])
+    ev(truth)
+    offsets = [0.05, 0.0167, -0.02, 0.03, -0.04, 0.01][: args.points]
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    for off in offsets:
+        ev(tuple(r + off for r in truth))
+    profile.disable()
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    parts = {}
+    for name, func in PARTS.items():
+        seconds = stats[_key(func)][3] if _key(func) in stats else 0.0
+        parts[name] = {"seconds": round(seconds, 2), "share": round(seconds / total, 3)}
+    # the L-BFGS objective's evaluations per initial-preference fit (its cap is
+    # fit_u0's max_evals iterations, 1.25 x as many evaluations)
+    closure = next(
+        c for c in fit._lbfgs.__code__.co_consts if getattr(c, "co_name", "") == "closure"
+    )
+    evals = stats.get((closure.co_filename, closure.co_firstlineno, "closure"), (0, 0))[1]
+    fits = stats.get(_key(fit.fit_u0), (0, 0))[1]
+    print(
+        json.dumps(
+            {
+                "benchmark": "fit_profile",
+                "family": args.family,
+                "users": args.users,
+                "steps": args.steps,
+                "points": len(offsets),
+                "seconds": round(total, 2),
+                "parts": parts,
+                "initial_preference_fits": fits,
+                "lbfgs_evaluations_per_fit": round(evals / fits, 1) if fits else None,
+                "threads": args.threads,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
