@@ -48,6 +48,10 @@ PARTS = {
     "family_step": Family.step,
 }
 
+#: the timed points' offsets from the truth on the unconstrained scale (a search's
+#: neighbours: each warm-starts from the nearest point evaluated)
+OFFSETS = (0.05, 0.0167, -0.02, 0.03, -0.04, 0.01)
+
 
 def _key(func) -> tuple[str, int, str]:
     """A function's key in cProfile's statistics."""
@@ -64,6 +68,10 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = ap.parse_args()
+    if min(args.users, args.steps, args.dim, args.threads) < 1:
+        ap.error("--users, --steps, --dim and --threads must be positive")
+    if not 1 <= args.points <= len(OFFSETS):
+        ap.error(f"--points must be 1 to {len(OFFSETS)}")
     torch.set_num_threads(args.threads)
     family = FAMILIES[args.family]
     if not family.params:
@@ -73,7 +81,7 @@ def main() -> None:
     ev = Evaluator(family, log, items, choice, seed=0)
     truth = theta_to_raw(family, family_of_spec(spec.dynamics)[1])
     ev(truth)
-    offsets = [0.05, 0.0167, -0.02, 0.03, -0.04, 0.01][: args.points]
+    offsets = OFFSETS[: args.points]
     profile = cProfile.Profile()
     start = time.perf_counter()
     profile.enable()
@@ -84,7 +92,7 @@ def main() -> None:
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     parts = {}
     for name, func in PARTS.items():
-        seconds = stats[_key(func)][3] if _key(func) in stats else 0.0
+        seconds = stats.get(_key(func), (0, 0, 0.0, 0.0))[3]
         parts[name] = {"seconds": round(seconds, 2), "share": round(seconds / total, 3)}
     # the L-BFGS objective's evaluations per initial-preference fit (its cap is
     # fit_u0's max_evals iterations, 1.25 x as many evaluations)
