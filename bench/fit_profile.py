@@ -4,11 +4,11 @@ A log of ``--users`` x ``--steps`` is generated from ``--family``'s ground truth
 (uniformly random slates, exposures logged) and the family's whole-log marginal likelihood
 is evaluated at its true parameters (untimed: it warm-starts the rest), then at
 ``--points`` nearby points under cProfile. Prints the cumulative seconds of the parts:
-the users' initial-preference fits (``fit_u0``, L-BFGS), the importance-sampled marginal
+the users' initial-preference fits (``fit_u0``), the importance-sampled marginal
 (``user_terms``), within it the expected information, and the family's state update
 (``step``, called once per event step by both), with their shares of the total, and the
-L-BFGS evaluations each initial-preference fit took (``fit_u0`` stops at 100 iterations,
-at most 125 evaluations). Shares hold on a loaded machine; seconds do not.
+evaluations each initial-preference fit took (each evaluates the users still being
+fitted; ``fit_u0`` stops at 100). Shares hold on a loaded machine; seconds do not.
 
     python bench/fit_profile.py --family trecs --users 2000 --points 4
 """
@@ -94,12 +94,12 @@ def main() -> None:
     for name, func in PARTS.items():
         seconds = stats.get(_key(func), (0, 0, 0.0, 0.0))[3]
         parts[name] = {"seconds": round(seconds, 2), "share": round(seconds / total, 3)}
-    # the L-BFGS objective's evaluations per initial-preference fit (its cap is
-    # fit_u0's max_evals iterations, 1.25 x as many evaluations)
-    closure = next(
-        c for c in fit._lbfgs.__code__.co_consts if getattr(c, "co_name", "") == "closure"
+    # the objective's evaluations per initial-preference fit (its cap is fit_u0's
+    # max_evals)
+    objective = next(
+        c for c in fit.fit_u0.__code__.co_consts if getattr(c, "co_name", "") == "objective"
     )
-    evals = stats.get((closure.co_filename, closure.co_firstlineno, "closure"), (0, 0))[1]
+    evals = stats.get((objective.co_filename, objective.co_firstlineno, "objective"), (0, 0))[1]
     fits = stats.get(_key(fit.fit_u0), (0, 0))[1]
     print(
         json.dumps(
@@ -112,7 +112,7 @@ def main() -> None:
                 "seconds": round(total, 2),
                 "parts": parts,
                 "initial_preference_fits": fits,
-                "lbfgs_evaluations_per_fit": round(evals / fits, 1) if fits else None,
+                "evaluations_per_fit": round(evals / fits, 1) if fits else None,
                 "threads": args.threads,
                 "python": platform.python_version(),
                 "torch": torch.__version__,

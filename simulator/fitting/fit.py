@@ -63,8 +63,13 @@ RAW_LOW, RAW_HIGH = -7.0, 4.0
 #: for a bounded parameter (sigmoid(7)), 7 for an unbounded one
 SEARCH_LOW, SEARCH_HIGH = RAW_LOW, RAW_HIGH + 3.0
 STATIC = FAMILIES["static"]
-#: L-BFGS evaluations per initial-preference fit at the coarse grid's points
+#: evaluations per initial-preference fit at the coarse grid's points
 ROUGH_EVALS = 25
+#: a user's initial-preference fit ends when the norm of their log-likelihood's gradient
+#: on the sphere falls below U0_GTOL (nats per radian) or their next step's predicted
+#: gain below U0_FTOL nats (see :func:`_sphere_bfgs`); ARMIJO: the line search's
+#: sufficient-decrease constant
+U0_GTOL, U0_FTOL, ARMIJO = 1e-4, 1e-6, 1e-4
 #: users the coarse grid is evaluated on (a seeded subsample of larger logs): the grid
 #: only locates a start for the search, which then uses every user
 ROUGH_USERS = 400
@@ -137,22 +142,106 @@ def fit_u0(
     u0: torch.Tensor,
     max_evals: int = 100,
 ) -> torch.Tensor:
-    """Each user's maximum-likelihood initial preferences at fixed parameters (users are
-    independent given the parameters, so one joint L-BFGS solves them all)."""
+    """Each user's maximum-likelihood initial preferences at fixed parameters (``theta``
+    scalars, or [U] per-row values), from ``u0``, in at most ``max_evals`` evaluations of
+    the users still being fitted (see :func:`_sphere_bfgs`)."""
     th = theta_tensors(theta)
     smooth = SMOOTH if family.smooth_gate else 0.0
-    raw = u0.clone().requires_grad_(True)
-    n = max(int(weight.sum()), 1)
 
-    def loss() -> torch.Tensor:
-        ll = event_loglik(family, th, unit(raw), log, items, choice, smooth)
-        # summed in float64: a float32 total of many users cannot resolve the small
-        # changes near the optimum, and the optimizer stopped there early (per-user scale
-        # keeps gradients O(1))
-        return -(ll.double() * weight).sum() / n * log.users
+    def objective(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        part = log if len(rows) == log.users else log.subset(rows)
+        own = {k: v[rows] if v.dim() else v for k, v in th.items()}
+        raw = x.to(u0.dtype).requires_grad_(True)
+        ll = event_loglik(family, own, unit(raw), part, items, choice, smooth)
+        # summed in float64: a float32 total cannot resolve the last steps' changes
+        total = (ll.double() * weight[rows]).sum(dim=1)
+        (grad,) = torch.autograd.grad(total.sum(), raw)
+        return -total.detach(), -grad.double()
 
-    _lbfgs([raw], loss, max_evals)
-    return unit(raw.detach())
+    return _sphere_bfgs(objective, u0, max_evals).to(u0.dtype)
+
+
+def _sphere_bfgs(objective, x0: torch.Tensor, max_evals: int) -> torch.Tensor:
+    """Minimizes U independent functions of a direction, ``f_u(x / |x|)``, from the rows
+    of ``x0`` [U, d]; ``objective(x [R, d], rows [R])`` gives the values [R] and
+    gradients [R, d] (float64) of the users ``rows`` at the unit vectors ``x``. Returns
+    [U, d] unit vectors.
+
+    Each user has their own BFGS on the sphere: a step along the tangent space, mapped
+    back onto the sphere by normalizing (a retraction), with vectors carried from one
+    point's tangent space to the next by projection (Absil, Mahony and Sepulchre 2008,
+    ch. 8); their own d x d inverse-Hessian approximation, its first update scaled as
+    Shanno and Phua (1978) propose; and their own backtracking line search (Armijo's
+    condition; a step that fails is halved). Users are independent given the
+    parameters, so one joint optimizer would give them one line search and one curvature
+    history, and the worst-conditioned users then hold back all the others: a joint
+    L-BFGS left bounded confidence's users short of their maximum after 100 iterations,
+    at every point (bench/fit_profile.py). Each evaluation takes only the users still
+    being fitted. A user is done when their gradient on the sphere falls below
+    :data:`U0_GTOL`, or when the decrease their next step can make is under
+    :data:`U0_FTOL` nats (a user's float32 likelihood resolves about 1e-5); the batch
+    stops after ``max_evals`` evaluations."""
+    users, d = x0.shape
+    x = unit(x0.double())
+    eye = torch.eye(d, dtype=torch.float64)
+
+    def tangent(v: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        return v - (v * at).sum(dim=1, keepdim=True) * at
+
+    def projector(at: torch.Tensor) -> torch.Tensor:
+        return eye - at[:, :, None] * at[:, None, :]
+
+    f, g = objective(x, torch.arange(users))
+    g = tangent(g, x)
+    # a first step of at most 1 (45 degrees): the curvature is not known yet
+    h = projector(x) / g.norm(dim=1).clamp_min(1.0)[:, None, None]
+    fresh = torch.ones(users, dtype=torch.bool)  # no update yet: the first is scaled
+    step = torch.ones(users, dtype=torch.float64)
+    active = g.norm(dim=1) >= U0_GTOL
+    for _ in range(max_evals - 1):
+        rows = torch.nonzero(active)[:, 0]
+        here = x[rows]
+        p = tangent(-(h[rows] @ g[rows, :, None])[..., 0], here)
+        slope = (g[rows] * p).sum(dim=1)
+        uphill = slope >= 0  # the approximation lost its curvature (rounding): start again
+        if bool(uphill.any()):
+            h[rows[uphill]] = projector(here[uphill])
+            fresh[rows[uphill]] = True
+            p = torch.where(uphill[:, None], -g[rows], p)
+            slope = (g[rows] * p).sum(dim=1)
+        t = step[rows]
+        tiny = -t * slope < U0_FTOL
+        active[rows[tiny]] = False
+        keep = ~tiny
+        rows, here, p, slope, t = rows[keep], here[keep], p[keep], slope[keep], t[keep]
+        if not len(rows):
+            break
+        there = unit(here + t[:, None] * p)
+        f_new, g_new = objective(there, rows)
+        g_new = tangent(g_new, there)
+        ok = (f_new <= f[rows] + ARMIJO * t * slope) & torch.isfinite(g_new).all(dim=1)
+        step[rows[~ok]] *= 0.5
+        done, there, g_new = rows[ok], there[ok], g_new[ok]
+        # the step and the gradient's change, in the new point's tangent space
+        s = tangent(t[ok, None] * p[ok], there)
+        y = g_new - tangent(g[done], there)
+        sy = (s * y).sum(dim=1)
+        curved = sy > 1e-12  # otherwise the update would not stay positive definite
+        move = projector(there)
+        h_old = move @ h[done] @ move
+        scale = sy / (y * y).sum(dim=1).clamp_min(1e-300)
+        h_old = torch.where(
+            (fresh[done] & curved)[:, None, None], scale[:, None, None] * move, h_old
+        )
+        rho = 1.0 / sy.clamp_min(1e-12)
+        v = eye - rho[:, None, None] * s[:, :, None] * y[:, None, :]
+        h_new = v @ h_old @ v.transpose(1, 2) + rho[:, None, None] * s[:, :, None] * s[:, None, :]
+        h[done] = torch.where(curved[:, None, None], h_new, h_old)
+        fresh[done[curved]] = False
+        x[done], f[done], g[done] = there, f_new[ok], g_new
+        step[done] = 1.0
+        active[done] = g_new.norm(dim=1) >= U0_GTOL
+    return x
 
 
 def user_terms(
@@ -454,11 +543,8 @@ class Evaluator:
         self.seed = seed
         self.weight = log.mask if weight is None else (weight & log.mask)
         self._restarts: torch.Tensor | None = None
-        if u0 is None:
-            u0 = initial_u0(log, items, seed)
-            if family.params:  # the static fit is cheap and a far better start
-                u0 = fit_u0(STATIC, {}, log, items, choice, self.weight, u0)
-                self._restarts = u0
+        if u0 is None:  # the static fit is cheap and a far better start
+            u0 = self.restarts() if family.params else initial_u0(log, items, seed)
         self.start = u0
         self.profile = Profile(family)
         self.rough: dict[tuple[float, ...], Point] = {}
