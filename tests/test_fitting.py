@@ -1243,7 +1243,7 @@ def test_each_user_s_direction_is_found_whatever_the_others_curvature():
         (grad,) = torch.autograd.grad(f.sum(), raw)
         return f.detach(), grad
 
-    found = _sphere_bfgs(objective, start, max_evals=100)
+    found = _sphere_bfgs(objective, start, max_evals=100)[0]
     angle = torch.arccos((found * target).sum(dim=1).clamp(-1, 1))
     assert float(angle[1:].max()) < 2e-3, angle[1:].max()
     assert torch.allclose(found[0], start[0])
@@ -1279,8 +1279,8 @@ def test_bounded_confidence_users_reach_their_maximum_in_one_fit():
     from simulator.fitting import fit as F
 
     fam, theta, log, items, choice, start, loglik = _bounded_confidence_fits()
-    once = F.fit_u0(fam, theta, log, items, choice, log.mask, start)
-    twice = F.fit_u0(fam, theta, log, items, choice, log.mask, once)
+    once = F.fit_u0(fam, theta, log, items, choice, log.mask, start)[0]
+    twice = F.fit_u0(fam, theta, log, items, choice, log.mask, once)[0]
     gain = loglik(twice) - loglik(once)
     assert float(gain.sum()) < 0.01 and float(gain.max()) < 1e-3, gain.max()
     assert float((loglik(once) - loglik(start)).min()) > -1e-4  # no user worse off
@@ -1294,9 +1294,9 @@ def test_a_user_s_initial_preferences_do_not_depend_on_the_other_users():
     from simulator.fitting import fit as F
 
     fam, theta, log, items, choice, start, _ = _bounded_confidence_fits()
-    whole = F.fit_u0(fam, theta, log, items, choice, log.mask, start)
+    whole = F.fit_u0(fam, theta, log, items, choice, log.mask, start)[0]
     rows = torch.arange(0, log.users, 7)
-    part = F.fit_u0(fam, theta, log.subset(rows), items, choice, log.mask[rows], start[rows])
+    part = F.fit_u0(fam, theta, log.subset(rows), items, choice, log.mask[rows], start[rows])[0]
     assert float((part - whole[rows]).abs().max()) < 2e-3
 
 
@@ -1316,6 +1316,67 @@ def test_a_point_s_marginal_does_not_depend_on_the_point_that_warm_started_it():
     warm = F.Evaluator(fam, log, items, choice, u0=near.u0, seed=0)(truth)
     diff = (first.marginal_u - warm.marginal_u).abs()
     assert float(diff.max()) < 0.05 and float(diff.sum()) < 0.3, diff.max()
+
+
+def test_a_subset_of_users_carries_the_prepared_tensors():
+    """An initial-preference fit evaluates ever fewer users, each time on a subset of
+    the log: the subset takes its rows of the log's prepared tensors instead of gathering
+    the items' features again, and its likelihood is bitwise the same."""
+    from dataclasses import replace
+
+    from simulator.fitting import fit as F
+    from simulator.fitting.likelihood import event_loglik, prepared
+
+    fam, theta, log, items, choice, start, _ = _bounded_confidence_fits()
+    th = theta_tensors(theta)
+    prepared(log, items, choice)
+    rows = torch.tensor([5, 3, 3, 200, 17])  # a repeat, as in a bootstrap sample
+    sub = log.subset(rows)
+    assert len(sub.cache) == 1
+    fresh = replace(log).subset(rows)  # a copy of the log without the cached tensors
+    assert not fresh.cache
+    carried = event_loglik(fam, th, start[rows], sub, items, choice, F.SMOOTH)
+    computed = event_loglik(fam, th, start[rows], fresh, items, choice, F.SMOOTH)
+    assert torch.equal(carried, computed)
+
+
+def test_a_warm_start_carries_each_user_s_curvature(monkeypatch):
+    """A point warm-started from a neighbour's fits starts each user's quasi-Newton fit
+    from the neighbour's last inverse-Hessian approximation too: the users' curvature is
+    not learnt again (about d - 1 steps each), so the fit evaluates far fewer users,
+    and ends where a fit from the static start ends."""
+    from simulator.fitting import fit as F
+
+    fam, theta, log, items, choice, _, _ = _bounded_confidence_fits()
+    truth = F.theta_to_raw(fam, theta)
+    near = tuple(r + 0.05 for r in truth)
+    evaluated: list[int] = []
+    inner = F._sphere_bfgs
+
+    def counted(objective, x0, max_evals, h0=None):
+        def count(x, rows):
+            evaluated.append(len(rows))
+            return objective(x, rows)
+
+        return inner(count, x0, max_evals, h0)
+
+    monkeypatch.setattr(F, "_sphere_bfgs", counted)
+    ev = F.Evaluator(fam, log, items, choice, seed=0)
+    ev(near)
+    evaluated.clear()
+    carried = ev(truth)  # from the neighbour's fits and curvature
+    with_curvature = sum(evaluated)
+    plain = F.Evaluator(fam, log, items, choice, u0=ev.profile.points[ev.key(near)].u0, seed=0)
+    evaluated.clear()
+    plain(truth)  # from the neighbour's fits, curvature unknown
+    without = sum(evaluated)
+    assert with_curvature < 0.5 * without, (with_curvature, without)
+    cold = F.Evaluator(fam, log, items, choice, seed=0)(truth)
+    diff = (carried.marginal_u - cold.marginal_u).abs()
+    assert float(diff.max()) < 0.05 and float(diff.sum()) < 0.3, diff.max()
+    # only the newest points and the best keep their curvature
+    kept = [q for q in ev.profile.points.values() if q.curvature is not None]
+    assert len(kept) <= F.CURVATURE_KEPT + 1
 
 
 class _RisingProfile(_ParabolaProfile):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -70,6 +71,9 @@ ROUGH_EVALS = 25
 #: gain below U0_FTOL nats (see :func:`_sphere_bfgs`); ARMIJO: the line search's
 #: sufficient-decrease constant
 U0_GTOL, U0_FTOL, ARMIJO = 1e-4, 1e-6, 1e-4
+#: the newest points that keep each user's curvature for the warm starts of the next
+#: (the best point keeps it too)
+CURVATURE_KEPT = 8
 #: users the coarse grid is evaluated on (a seeded subsample of larger logs): the grid
 #: only locates a start for the search, which then uses every user
 ROUGH_USERS = 400
@@ -126,6 +130,10 @@ class Point:
     theta: dict[str, float]
     marginal_u: torch.Tensor  # [U] float64
     u0: torch.Tensor  # [U, d]
+    #: [U, d, d] float64 each user's last inverse-Hessian approximation (the warm start's
+    #: curvature, see :func:`_sphere_bfgs`); kept only on the :data:`CURVATURE_KEPT`
+    #: newest points and the best, the likely warm starts of the next
+    curvature: torch.Tensor | None = None
 
     @property
     def marginal(self) -> float:
@@ -141,10 +149,13 @@ def fit_u0(
     weight: torch.Tensor,
     u0: torch.Tensor,
     max_evals: int = 100,
-) -> torch.Tensor:
+    curvature: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each user's maximum-likelihood initial preferences at fixed parameters (``theta``
     scalars, or [U] per-row values), from ``u0``, in at most ``max_evals`` evaluations of
-    the users still being fitted (see :func:`_sphere_bfgs`)."""
+    the users still being fitted (see :func:`_sphere_bfgs`), and each user's final
+    inverse-Hessian approximation [U, d, d] (float64): ``curvature`` for the next fit
+    started here (rows of NaN: none known)."""
     th = theta_tensors(theta)
     smooth = SMOOTH if family.smooth_gate else 0.0
 
@@ -158,14 +169,23 @@ def fit_u0(
         (grad,) = torch.autograd.grad(total.sum(), raw)
         return -total.detach(), -grad.double()
 
-    return _sphere_bfgs(objective, u0, max_evals).to(u0.dtype)
+    x, h = _sphere_bfgs(objective, u0, max_evals, curvature)
+    return x.to(u0.dtype), h
 
 
-def _sphere_bfgs(objective, x0: torch.Tensor, max_evals: int) -> torch.Tensor:
+def _tangent(v: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """``v`` projected on the tangent space of the sphere at the unit vectors ``at``
+    (over the last dimension)."""
+    return v - (v * at).sum(dim=-1, keepdim=True) * at
+
+
+def _sphere_bfgs(
+    objective, x0: torch.Tensor, max_evals: int, h0: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimizes U independent functions of a direction, ``f_u(x / |x|)``, from the rows
     of ``x0`` [U, d]; ``objective(x [R, d], rows [R])`` gives the values [R] and
     gradients [R, d] (float64) of the users ``rows`` at the unit vectors ``x``. Returns
-    [U, d] unit vectors.
+    [U, d] unit vectors and each user's last inverse-Hessian approximation [U, d, d].
 
     Each user has their own BFGS on the sphere: a step along the tangent space, mapped
     back onto the sphere by normalizing (a retraction), with vectors carried from one
@@ -180,28 +200,36 @@ def _sphere_bfgs(objective, x0: torch.Tensor, max_evals: int) -> torch.Tensor:
     being fitted. A user is done when their gradient on the sphere falls below
     :data:`U0_GTOL`, or when the decrease their next step can make is under
     :data:`U0_FTOL` nats (a user's float32 likelihood resolves about 1e-5); the batch
-    stops after ``max_evals`` evaluations."""
+    stops after ``max_evals`` evaluations.
+
+    ``h0`` [U, d, d]: inverse-Hessian approximations to start from (rows of NaN: none),
+    the last ones of a fit at nearby parameters; carried to ``x0``'s tangent spaces by
+    projection. A warm start then takes near-Newton steps from the first (Nocedal and
+    Wright 2006, 6.1, on the initial matrix), where a user whose curvature must be learnt
+    again spends about d - 1 steps on it."""
     users, d = x0.shape
     x = unit(x0.double())
     eye = torch.eye(d, dtype=torch.float64)
-
-    def tangent(v: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-        return v - (v * at).sum(dim=1, keepdim=True) * at
 
     def projector(at: torch.Tensor) -> torch.Tensor:
         return eye - at[:, :, None] * at[:, None, :]
 
     f, g = objective(x, torch.arange(users))
-    g = tangent(g, x)
+    g = _tangent(g, x)
     # a first step of at most 1 (45 degrees): the curvature is not known yet
     h = projector(x) / g.norm(dim=1).clamp_min(1.0)[:, None, None]
     fresh = torch.ones(users, dtype=torch.bool)  # no update yet: the first is scaled
+    if h0 is not None:
+        known = torch.isfinite(h0).all(dim=2).all(dim=1)
+        move = projector(x[known])
+        h[known] = move @ h0[known].double() @ move
+        fresh[known] = False
     step = torch.ones(users, dtype=torch.float64)
     active = g.norm(dim=1) >= U0_GTOL
     for _ in range(max_evals - 1):
         rows = torch.nonzero(active)[:, 0]
         here = x[rows]
-        p = tangent(-(h[rows] @ g[rows, :, None])[..., 0], here)
+        p = _tangent(-(h[rows] @ g[rows, :, None])[..., 0], here)
         slope = (g[rows] * p).sum(dim=1)
         uphill = slope >= 0  # the approximation lost its curvature (rounding): start again
         if bool(uphill.any()):
@@ -218,13 +246,13 @@ def _sphere_bfgs(objective, x0: torch.Tensor, max_evals: int) -> torch.Tensor:
             break
         there = unit(here + t[:, None] * p)
         f_new, g_new = objective(there, rows)
-        g_new = tangent(g_new, there)
+        g_new = _tangent(g_new, there)
         ok = (f_new <= f[rows] + ARMIJO * t * slope) & torch.isfinite(g_new).all(dim=1)
         step[rows[~ok]] *= 0.5
         done, there, g_new = rows[ok], there[ok], g_new[ok]
         # the step and the gradient's change, in the new point's tangent space
-        s = tangent(t[ok, None] * p[ok], there)
-        y = g_new - tangent(g[done], there)
+        s = _tangent(t[ok, None] * p[ok], there)
+        y = g_new - _tangent(g[done], there)
         sy = (s * y).sum(dim=1)
         curved = sy > 1e-12  # otherwise the update would not stay positive definite
         move = projector(there)
@@ -241,7 +269,7 @@ def _sphere_bfgs(objective, x0: torch.Tensor, max_evals: int) -> torch.Tensor:
         x[done], f[done], g[done] = there, f_new[ok], g_new
         step[done] = 1.0
         active[done] = g_new.norm(dim=1) >= U0_GTOL
-    return x
+    return x, h
 
 
 def user_terms(
@@ -325,8 +353,7 @@ def user_terms(
     uniform = torch.arange(m) >= m - max(1, m // UNIFORM_SHARE)  # [M]
     share = float(uniform.double().mean())
     z = draws[..., :d]
-    tangent_z = z - (z * centre).sum(dim=-1, keepdim=True) * centre
-    y = tangent_z / (draws[..., d:].pow(2).mean(dim=-1, keepdim=True)).sqrt()  # [M, U, d]
+    y = _tangent(z, centre) / draws[..., d:].pow(2).mean(dim=-1, keepdim=True).sqrt()
     root = tangent @ vec  # [U, d, d-1]
     inv_sqrt = root @ (root.transpose(1, 2) / eig.sqrt()[:, :, None])  # [U, d, d]
     v = torch.einsum("ude,mue->mud", inv_sqrt, y)  # [M, U, d]
@@ -556,6 +583,7 @@ class Evaluator:
         self.rough_log = log.subset(self.rough_rows)
         self.max_rows = max_rows
         self.evaluations = 0
+        self._curved: deque[Point] = deque(maxlen=CURVATURE_KEPT)
         dim = items.features.shape[1]
         gen = torch.Generator().manual_seed(seed + 1)
         self.draws = (
@@ -569,7 +597,8 @@ class Evaluator:
         user's fit stopped at a saddle, it is taken again from here."""
         if self._restarts is None:
             u0 = initial_u0(self.log, self.items, self.seed)
-            self._restarts = fit_u0(STATIC, {}, self.log, self.items, self.choice, self.weight, u0)
+            fitted = fit_u0(STATIC, {}, self.log, self.items, self.choice, self.weight, u0)
+            self._restarts = fitted[0]
         return self._restarts
 
     @staticmethod
@@ -600,11 +629,16 @@ class Evaluator:
         known = list(self.rough.values()) if rough else list(pts.values())
         start = self.start[self.rough_rows] if rough else self.start
         weight_all = self.weight[self.rough_rows] if rough else self.weight
-        starts = []
+        d = start.shape[1]
+        starts, curvatures = [], []
         for raw in keys:
+            curv = torch.full((n, d, d), math.nan, dtype=torch.float64)  # none known
             if raw in self.rough and not rough:  # the grid's users from their rough fit
                 warm = start.clone()
-                warm[self.rough_rows] = self.rough[raw].u0
+                grid = self.rough[raw]
+                warm[self.rough_rows] = grid.u0
+                if grid.curvature is not None:
+                    curv[self.rough_rows] = grid.curvature
                 starts.append(warm)
             elif known:
                 near = min(
@@ -612,8 +646,11 @@ class Evaluator:
                     key=lambda q: sum((a - b) ** 2 for a, b in zip(q.raw, raw, strict=True)),
                 )
                 starts.append(near.u0)
+                if near.curvature is not None:
+                    curv = near.curvature
             else:
                 starts.append(start)
+            curvatures.append(curv)
         thetas = [raw_to_theta(self.family, raw) for raw in keys]
         theta: dict[str, float] | dict[str, torch.Tensor]
         if p == 1:
@@ -627,8 +664,16 @@ class Evaluator:
                 for q in self.family.params
             }
         evals = ROUGH_EVALS if rough else 100
-        u0 = fit_u0(
-            self.family, theta, big, self.items, self.choice, weight, torch.cat(starts), evals
+        u0, curvature = fit_u0(
+            self.family,
+            theta,
+            big,
+            self.items,
+            self.choice,
+            weight,
+            torch.cat(starts),
+            evals,
+            torch.cat(curvatures),
         )
         # the rough points only locate a start: the Laplace approximation suffices there
         draws = None if rough or self.draws is None else self.draws.repeat(1, p, 1)
@@ -650,21 +695,32 @@ class Evaluator:
             th = {k: v[stuck] if v.dim() else v for k, v in theta_tensors(theta).items()}
             # the users' own arguments: family, parameters, log, items, choice, weight
             own = (self.family, th, big.subset(stuck), self.items, self.choice, weight[stuck])
-            again = fit_u0(*own, self.restarts()[rows_all][stuck % n], evals)
+            again, again_curv = fit_u0(*own, self.restarts()[rows_all][stuck % n], evals)
             ll2, m2, c2, _ = user_terms(*own, again, None if draws is None else draws[:, stuck])
             up = ll2 > ll[stuck] + REFIT_GAIN
             marginal[stuck[up]] = m2[up]
             u0[stuck[up]] = c2[up]
+            curvature[stuck[up]] = again_curv[up]
         self.evaluations += p
         for j, raw in enumerate(keys):
             rows = slice(j * n, (j + 1) * n)
-            point = Point(raw, thetas[j], marginal[rows], u0[rows])
+            point = Point(raw, thetas[j], marginal[rows], u0[rows], curvature[rows])
+            # only the newest points and the best keep their curvature for the next warm
+            # starts, so that it costs at most CURVATURE_KEPT + 1 points' worth of memory
+            if len(self._curved) == self._curved.maxlen:
+                oldest = self._curved[0]
+                if oldest is not self.profile.best:
+                    oldest.curvature = None
+            self._curved.append(point)
             if rough:
                 self.rough[raw] = point
                 continue
             pts[raw] = point
-            if self.profile.best is None or point.marginal > self.profile.best.marginal:
+            before = self.profile.best
+            if before is None or point.marginal > before.marginal:
                 self.profile.best = point
+                if before is not None and all(q is not before for q in self._curved):
+                    before.curvature = None
 
 
 def grid_axes(family: Family, size: int) -> list[list[float]]:

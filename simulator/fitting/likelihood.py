@@ -10,7 +10,7 @@ outside option (proxy slates: every event is a click) the same form without ``c0
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -65,6 +65,12 @@ class Prepared:
     consumed_x: torch.Tensor  # [U, T, d] features of the item consumed (0 if none)
     clicked: torch.Tensor  # [U, T] 1.0 where an item was consumed
     chosen_base: torch.Tensor  # [U, T] the chosen slot's base (0 for a no-click)
+
+    def rows(self, rows: torch.Tensor) -> Prepared:
+        """These users' tensors: the same values as preparing their subset of the log."""
+        return Prepared(
+            *(getattr(self, f.name)[rows] for f in fields(self))  # every field is [U, ...]
+        )
 
 
 def prepared(log: EventLog, items: Items, choice: ChoiceForm) -> Prepared:

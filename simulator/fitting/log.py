@@ -59,15 +59,21 @@ class EventLog:
         return self.mask.sum(dim=1)
 
     def subset(self, rows: torch.Tensor) -> EventLog:
-        """These users (rows may repeat: a bootstrap sample)."""
+        """These users (rows may repeat: a bootstrap sample). The tensors cached on this
+        log are carried, their rows taken (each cached value is an (owner, value) pair
+        whose value has a ``rows`` method): a fit that evaluates ever fewer users does
+        not compute them again at each evaluation."""
         ids = tuple(self.user_ids[int(i)] for i in rows)
-        return replace(
+        sub = replace(
             self,
             slates=self.slates[rows],
             chosen=self.chosen[rows],
             mask=self.mask[rows],
             user_ids=ids,
         )
+        for key, (owner, value) in self.cache.items():
+            sub.cache[key] = (owner, value.rows(rows))
+        return sub
 
     def consumed(self) -> torch.Tensor:
         """[U, T] consumed item index or -1."""
