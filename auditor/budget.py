@@ -253,8 +253,9 @@ class FitCost:
     slate: int
     dim: int
     work: int  # events x slate x dimension x families x FIT_PASSES
-    cells: int  # rows evaluated at once x longest x slate x dimension
+    cells: int  # rows x longest x slate x dimension, plus the kept curvature (below)
     rows: int
+    curvature: int = 0  # of cells: the users' curvature kept for warm starts
 
 
 def fit_rows(users: int) -> int:
@@ -269,6 +270,16 @@ def fit_rows(users: int) -> int:
     return per * users
 
 
+def fit_curvature_cells(rows: int, dim: int) -> int:
+    """The values (float32 units) of the users' curvature the fitter keeps for warm
+    starts: a d x d float64 matrix per row of each batch that one of the
+    ``CURVATURE_KEPT`` newest points or the best belongs to (a point's matrices are a view
+    of its whole batch's, so a kept point keeps its batch's)."""
+    from simulator.fitting.fit import CURVATURE_KEPT
+
+    return (CURVATURE_KEPT + 1) * rows * dim * dim * 2
+
+
 def estimate_fit(
     events_per_user: Collection[int], *, max_events: int, slate: int, dim: int, families: int
 ) -> FitCost:
@@ -276,11 +287,13 @@ def estimate_fit(
     ``events_per_user`` events, each cut to its first ``max_events``. The work counts
     what one likelihood pass touches per family (event x slate item x dimension) times
     :data:`FIT_PASSES`, in the units of the derivation's budget; the
-    largest memory is the slate items' features of every event of the rows evaluated at
-    once, which the gradient of the users' initial preferences holds."""
+    memory is the largest array, the slate items' features of every event of the rows
+    evaluated at once (which the gradient of the users' initial preferences holds), plus
+    the users' curvature kept for warm starts (:func:`fit_curvature_cells`)."""
     kept = [min(int(n), max_events) for n in events_per_user]
     users, events, longest = len(kept), sum(kept), max(kept, default=0)
     rows = fit_rows(users)
+    curvature = fit_curvature_cells(rows, dim)
     return FitCost(
         users=users,
         events=events,
@@ -289,8 +302,9 @@ def estimate_fit(
         slate=slate,
         dim=dim,
         work=events * slate * dim * families * FIT_PASSES,
-        cells=rows * longest * slate * dim,
+        cells=rows * longest * slate * dim + curvature,
         rows=rows,
+        curvature=curvature,
     )
 
 
@@ -311,6 +325,7 @@ def check_fit(
         raise BudgetExceeded(
             f"the dynamics fit would hold {_cells(cost.cells)}: the slate items' features of "
             f"{cost.rows:,} user rows x {cost.longest:,} events x {cost.slate} items x "
-            f"{cost.dim} dimensions, over this service's limit of {cells:,} values "
-            f"({cells_name}); use a smaller max_events"
+            f"{cost.dim} dimensions, plus {cost.curvature:,} for the users' curvature kept "
+            f"for warm starts, over this service's limit of {cells:,} values "
+            f"({cells_name}); use a smaller max_events or dim"
         )

@@ -1367,6 +1367,7 @@ def test_a_warm_start_carries_each_user_s_curvature(monkeypatch):
     carried = ev(truth)  # from the neighbour's fits and curvature
     with_curvature = sum(evaluated)
     plain = F.Evaluator(fam, log, items, choice, u0=ev.profile.points[ev.key(near)].u0, seed=0)
+    plain.restarts()  # as ``ev`` has it: a stuck user's refit starts there
     evaluated.clear()
     plain(truth)  # from the neighbour's fits, curvature unknown
     without = sum(evaluated)
@@ -1374,9 +1375,42 @@ def test_a_warm_start_carries_each_user_s_curvature(monkeypatch):
     cold = F.Evaluator(fam, log, items, choice, seed=0)(truth)
     diff = (carried.marginal_u - cold.marginal_u).abs()
     assert float(diff.max()) < 0.05 and float(diff.sum()) < 0.3, diff.max()
-    # only the newest points and the best keep their curvature
-    kept = [q for q in ev.profile.points.values() if q.curvature is not None]
-    assert len(kept) <= F.CURVATURE_KEPT + 1
+
+
+def test_only_the_newest_points_and_the_best_keep_their_curvature():
+    """The users' curvature (d x d per user) is kept on the CURVATURE_KEPT newest points
+    and on the best, whichever came first, and the memory it holds is within what the
+    service's budget counts for it (auditor.budget.fit_curvature_cells)."""
+    from auditor.budget import fit_curvature_cells, fit_rows
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting import fit as F
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+
+    spec = recovery_spec("trecs", dim=4)
+    log, items, choice = simulate_log(spec, UniformRandom(), users=30, steps=8, seed=0)
+    fam = FAMILIES["trecs"]
+    ev = F.Evaluator(fam, log, items, choice, seed=0)
+    truth = F.theta_to_raw(fam, {"delta": 0.1})[0]
+    climb = [(truth - 2.0 + 0.4 * i,) for i in range(6)]  # towards the truth
+    away = [(truth + 2.0 + 0.1 * i,) for i in range(F.CURVATURE_KEPT + 3)]
+    for raw in climb:
+        ev(raw)
+    best = ev.profile.best
+    assert best is not None and best.curvature is not None
+    ev.many(away[:2])  # two at once: one batch, one tensor
+    for raw in away[2:]:  # far from the maximum: the best stays, out of the newest
+        ev(raw)
+    assert ev.profile.best is best and best.curvature is not None
+    kept = [k for k, q in ev.profile.points.items() if q.curvature is not None]
+    newest = [ev.key(r) for r in away[-F.CURVATURE_KEPT :]]
+    assert sorted(kept) == sorted([best.raw, *newest])
+    assert best.curvature.shape == (log.users, 4, 4)
+    held = {
+        q.curvature.untyped_storage().data_ptr(): q.curvature.untyped_storage().nbytes()
+        for q in ev.profile.points.values()
+        if q.curvature is not None
+    }
+    assert sum(held.values()) <= 4 * fit_curvature_cells(fit_rows(log.users), 4)
 
 
 class _RisingProfile(_ParabolaProfile):
