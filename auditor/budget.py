@@ -255,7 +255,7 @@ class FitCost:
     work: int  # events x slate x dimension x families x FIT_PASSES
     cells: int  # rows x longest x slate x dimension, plus the kept curvature (below)
     rows: int
-    curvature: int = 0  # of cells: the users' curvature kept for warm starts
+    curvature: int  # of cells: the users' curvature (see fit_curvature_cells)
 
 
 def fit_rows(users: int) -> int:
@@ -270,14 +270,21 @@ def fit_rows(users: int) -> int:
     return per * users
 
 
+#: d x d float64 matrices per row that the users' initial-preference fit holds while it
+#: runs (simulator.fitting.fit._sphere_bfgs: the starts' curvature, the inverse-Hessian
+#: approximations, the projections and the update's products), besides those it keeps
+FIT_CURVATURE_WORK = 8
+
+
 def fit_curvature_cells(rows: int, dim: int) -> int:
-    """The values (float32 units) of the users' curvature the fitter keeps for warm
-    starts: a d x d float64 matrix per row of each batch that one of the
-    ``CURVATURE_KEPT`` newest points or the best belongs to (a point's matrices are a view
-    of its whole batch's, so a kept point keeps its batch's)."""
+    """The values (float32 units) of the users' curvature: a d x d float64 matrix per row
+    of each batch that one of the ``CURVATURE_KEPT`` newest points or the best belongs to
+    (kept for warm starts; a point's matrices are a view of its whole batch's, so a kept
+    point keeps its batch's), plus :data:`FIT_CURVATURE_WORK` per row of the batch being
+    fitted."""
     from simulator.fitting.fit import CURVATURE_KEPT
 
-    return (CURVATURE_KEPT + 1) * rows * dim * dim * 2
+    return (CURVATURE_KEPT + 1 + FIT_CURVATURE_WORK) * rows * dim * dim * 2
 
 
 def estimate_fit(
@@ -325,7 +332,7 @@ def check_fit(
         raise BudgetExceeded(
             f"the dynamics fit would hold {_cells(cost.cells)}: the slate items' features of "
             f"{cost.rows:,} user rows x {cost.longest:,} events x {cost.slate} items x "
-            f"{cost.dim} dimensions, plus {cost.curvature:,} for the users' curvature kept "
-            f"for warm starts, over this service's limit of {cells:,} values "
+            f"{cost.dim} dimensions, plus {cost.curvature:,} for the users' curvature (kept "
+            f"for warm starts and in the fit), over this service's limit of {cells:,} values "
             f"({cells_name}); use a smaller max_events or dim"
         )
