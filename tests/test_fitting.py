@@ -552,6 +552,47 @@ def test_simulated_states_are_the_likelihood_s_states():
     assert not torch.allclose(path[:, 1:], u0[:, None].expand(-1, 5, -1), atol=1e-3)
 
 
+def test_posterior_draws_sit_as_far_from_the_mode_as_the_true_initial_preferences():
+    """posterior_u0 draws each user's initial preferences from their posterior, not their
+    mode: static users (1,000 x 50 steps, d = 6): the log-likelihood at a draw is below
+    the user's maximum by (d - 1)/2 = 2.5 on average, as at the true initial preferences
+    the log was generated from (2.43), and a draw is as far from the mode (0.15 rad); the
+    mode itself is 0 and 0. Three draws differ from each other."""
+    from recommenders.baselines import UniformRandom
+    from simulator.engine import build_environment, run_arms
+    from simulator.fitting.fit import Evaluator, posterior_u0
+    from simulator.fitting.likelihood import ChoiceForm, Items, event_loglik
+    from simulator.fitting.log import from_run
+    from simulator.fitting.recovery import recovery_spec
+
+    spec = recovery_spec("static")
+    env = build_environment(spec)
+    run = run_arms(env, {"log": UniformRandom()}, users=1000, steps=50, seed=7, record_full=True)
+    arm = run.arms["log"]
+    log = from_run(arm.slates, arm.choices)
+    items = Items(env.catalog.features, env.catalog.appeal)
+    choice = ChoiceForm.of(spec.choice, log)
+    fam = FAMILIES["static"]
+    ev = Evaluator(fam, log, items, choice, seed=7)
+    point = ev(())
+
+    def below_mode(u):
+        ll = (event_loglik(fam, {}, u, log, items, choice) * log.mask).sum(dim=1).double()
+        mode = (event_loglik(fam, {}, point.u0, log, items, choice) * log.mask).sum(dim=1)
+        angle = torch.arccos((u * point.u0).sum(dim=1).clamp(-1.0, 1.0))
+        return float((mode.double() - ll).mean()), float(angle.mean())
+
+    true_drop, true_angle = below_mode(arm.preferences[0])
+    assert true_drop == pytest.approx(2.5, abs=0.15)
+    draws = [posterior_u0(ev, point, seed) for seed in range(3)]
+    for u in draws:
+        drop, angle = below_mode(u)
+        assert drop == pytest.approx(2.5, abs=0.15), drop
+        assert angle == pytest.approx(true_angle, rel=0.1), (angle, true_angle)
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert below_mode(point.u0) == (0.0, pytest.approx(0.0, abs=1e-3))
+
+
 def test_the_correction_takes_the_bias_at_the_corrected_point_and_widens_the_interval(
     monkeypatch,
 ):
@@ -569,12 +610,16 @@ def test_the_correction_takes_the_bias_at_the_corrected_point_and_widens_the_int
     fam = FAMILIES["bounded_confidence"]
     c = (0.05, -0.2)
 
-    def known(ev, best, at, s):
+    starts = []
+
+    def known(ev, best, at, s, u0):
+        starts.append(u0)
         raw = tuple(a + 0.1 * a + ci for a, ci in zip(at, c, strict=True))
         return Point(raw, raw_to_theta(fam, raw), torch.zeros(1), torch.zeros(1, 3))
 
     monkeypatch.setattr(debias, "_simulated_fit", known)
-    ev = type("Ev", (), {"family": fam})()
+    monkeypatch.setattr(debias, "posterior_u0", lambda ev, point, seed: torch.randn(1, 3))
+    ev = type("Ev", (), {"family": fam, "seed": 0})()
     best = Point((-0.5, -1.3), raw_to_theta(fam, (-0.5, -1.3)), torch.zeros(1), torch.zeros(1, 3))
     corr = debias.gate_bias(ev, best)
     first = [0.1 * r + ci for r, ci in zip(best.raw, c, strict=True)]
@@ -582,6 +627,8 @@ def test_the_correction_takes_the_bias_at_the_corrected_point_and_widens_the_int
     want = [0.1 * a + ci for a, ci in zip(second_at, c, strict=True)]
     assert corr is not None and corr.raw_bias == pytest.approx(want)
     assert corr.steps[1]["at"] == pytest.approx(raw_to_theta(fam, tuple(second_at)))
+    # both steps simulate from the same draw of the users' initial preferences
+    assert len(starts) == 2 and starts[0] is starts[1]
 
     rows = []
     for i, q in enumerate(fam.params):

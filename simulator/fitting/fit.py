@@ -281,6 +281,7 @@ def user_terms(
     weight: torch.Tensor,
     u0: torch.Tensor,
     draws: torch.Tensor | None = None,
+    keep: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-user log-likelihood at ``u0`` [U], log marginal likelihood [U], the
     proposal's centre [U, d] (``u0`` polished by a Newton step) and whether ``u0`` looks
@@ -303,7 +304,10 @@ def user_terms(
     sphere by the exponential map ``cos|v| c + sin|v| v/|v|`` (area element
     ``(sin|v| / |v|)^(d-2)``; a vector longer than pi would reach a point twice and is
     given weight 0). Any proposal gives an unbiased estimate of the integral; this one
-    keeps the weights even."""
+    keeps the weights even. ``keep``, where given (with draws), receives the draws'
+    points on the sphere [M, U, d] as ``"points"`` and their log importance weights
+    [M, U] as ``"log_weights"`` (for draws from each user's posterior, see
+    :func:`posterior_u0`)."""
     th = theta_tensors(theta)
     smooth = SMOOTH if family.smooth_gate else 0.0
     raw = u0.clone().requires_grad_(True)
@@ -390,6 +394,8 @@ def user_terms(
     w = torch.cat(lp) - log_q  # [M, U]
     # a t draw past the antipode would reach a point twice: weight 0
     w = torch.where(uniform[:, None] | (t_r < math.pi), w, torch.full_like(w, -math.inf))
+    if keep is not None:
+        keep["points"], keep["log_weights"] = points, w
     marginal = torch.logsumexp(w, dim=0) - math.log(len(draws))
     # The log of an average of M weights is biased low by about the average's relative
     # variance over 2 (Jensen; O(1/M)), and that bias moves with theta: with 16 draws it
@@ -813,6 +819,34 @@ def refit(ev: Evaluator, start: dict[str, float], rounds: int = REFIT_ROUNDS) ->
         return ev(())
     ev(theta_to_raw(fam, start))
     return zoom(ev, REFIT_STEP, rounds)
+
+
+def posterior_u0(ev: Evaluator, point: Point, seed: int) -> torch.Tensor:
+    """[U, d] one draw of each user's initial preferences from their posterior at
+    ``point``: the flat prior on the sphere times the user's likelihood, approximated by
+    the marginal likelihood's own importance-sampling draws, one of which is picked in
+    proportion to its weight (sampling importance resampling, Rubin 1988). Unlike the
+    user's mode, such a draw is distributed with the log as the true initial preferences
+    are (where the model holds): the mode leans toward the items the user chose on the
+    log's own slates."""
+    if ev.draws is None:
+        raise ValueError("posterior draws need the importance-sampling draws (draws > 0)")
+    keep: dict[str, torch.Tensor] = {}
+    user_terms(
+        ev.family,
+        point.theta,
+        ev.log,
+        ev.items,
+        ev.choice,
+        ev.weight,
+        point.u0,
+        ev.draws,
+        keep=keep,
+    )
+    w, points = keep["log_weights"], keep["points"]  # [M, U], [M, U, d]
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.multinomial(torch.softmax(w, dim=0).T, 1, generator=gen)[:, 0]
+    return points[pick, torch.arange(w.shape[1])].to(point.u0.dtype)
 
 
 def plain_mle(
