@@ -12,7 +12,9 @@ the generating family is selected, and the induced shift of a policy the fit nev
 A full repetition takes minutes (bounded confidence about 20 on one core of the
 development machine), so the table is filled over several runs: each repetition is
 appended to ``--runs-out`` with its setup (size, options and a digest of the code that
-ran it), and ``--summarize RUNS`` pools the repetitions whose setup is this checkout's.
+ran it), and ``--summarize RUNS`` pools the repetitions whose setup is this checkout's
+(``--code DIGEST,FAMILY=OTHER``: another digest's, and one family's at a third, where a
+change of the code did not reach that family).
 The repetitions docs/results.md reports are kept in bench/results/fit_validation.jsonl;
 continue them with new seeds:
 
@@ -225,7 +227,9 @@ def main() -> None:
         "--code",
         metavar="DIGEST",
         help="with --summarize: the code digest whose repetitions to pool (default: this "
-        "checkout's); repetitions with another setup are counted, not pooled",
+        "checkout's); repetitions with another setup are counted, not pooled. "
+        "DIGEST,FAMILY=OTHER pools FAMILY's repetitions at OTHER instead (a family a "
+        "change of the code did not reach: say why where the table is shown)",
     )
     ap.add_argument(
         "--gate-width",
@@ -280,7 +284,13 @@ def main() -> None:
     start = time.perf_counter()
     families = args.families.split(",")
     runs: dict[str, list[dict]] = {fam: [] for fam in families}
-    code = args.code or code_digest()
+    code, *overrides = (args.code or code_digest()).split(",")
+    code_of = {fam: code for fam in families}
+    for item in overrides:
+        fam, eq, digest = item.partition("=")
+        if not eq or fam not in code_of or not digest:
+            ap.error(f"--code: {item!r} is not FAMILY=DIGEST for one of {families}")
+        code_of[fam] = digest
     # what a repetition's numbers depend on besides the seed: only equal ones are pooled
     setup = {
         "code": code,
@@ -298,7 +308,7 @@ def main() -> None:
     if args.summarize:  # the table of repetitions already run (--runs-out of earlier runs)
         for line in args.summarize.read_text().splitlines():
             r = json.loads(line)
-            if r.get("setup") != setup:
+            if r.get("setup") != {**setup, "code": code_of.get(r.get("family"), code)}:
                 other_setup += 1
                 other_codes[str((r.get("setup") or {}).get("code"))] += 1
             elif r["family"] in runs and all(q["seed"] != r["seed"] for q in runs[r["family"]]):
@@ -332,7 +342,8 @@ def main() -> None:
             codes = ", ".join(f"{c} ({n})" for c, n in sorted(other_codes.items()))
             print(
                 f"{other_setup} repetitions in {args.summarize} ran with another setup and "
-                f"are not pooled (their code digests: {codes}; this table's: {code}, a "
+                f"are not pooled (their code digests: {codes}; this table's: "
+                f"{', '.join(sorted(set(code_of.values())))}, a "
                 "repetition at the same digest differing in size or options); --code and "
                 "the size and option flags select them",
                 file=sys.stderr,
@@ -351,6 +362,7 @@ def main() -> None:
                 "unseen_policy": None if args.no_predictive else "oracle-greedy vs random",
                 "table": table,
                 "setup": setup,
+                **({"code_of": code_of} if overrides else {}),
                 "reps_with_another_setup": other_setup,
                 "seconds": round(time.perf_counter() - start, 1),
                 "python": platform.python_version(),

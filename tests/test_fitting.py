@@ -1584,3 +1584,47 @@ def test_the_validation_table_says_which_repetitions_it_left_out(tmp_path):
     assert "| generating family |" in out.stdout
     assert "2 repetitions" in out.stderr and "0123456789ab (2)" in out.stderr
     assert "--code" in out.stderr
+
+
+def test_the_validation_table_pools_a_family_at_another_digest_only_when_told(tmp_path):
+    """``--code DIGEST,FAMILY=OTHER`` pools FAMILY's repetitions at OTHER (a family a
+    change of the code did not reach) with the others' at DIGEST; without it they are
+    left out and counted. Two recorded repetitions, the second relabelled."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = [json.loads(line) for line in (root / "bench/results/fit_validation.jsonl").open()]
+    trecs = next(r for r in rows if r["family"] == "trecs" and r["setup"]["selection"])
+    bc = next(r for r in rows if r["family"] == "bounded_confidence" and r["setup"]["selection"])
+    trecs = {**trecs, "setup": {**trecs["setup"], "code": "aaaaaaaaaaaa"}}
+    bc = {**bc, "setup": {**bc["setup"], "code": "bbbbbbbbbbbb"}}
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text(json.dumps(trecs) + "\n" + json.dumps(bc) + "\n")
+
+    def table(code):
+        return subprocess.run(
+            [
+                sys.executable,
+                "bench/fit_validation.py",
+                "--summarize",
+                str(runs),
+                "--markdown",
+                "--code",
+                code,
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+
+    alone = table("bbbbbbbbbbbb")
+    assert "| bounded_confidence | 1 (" in alone.stdout and "| trecs | 1 (" not in alone.stdout
+    assert "aaaaaaaaaaaa (1)" in alone.stderr
+    both = table("bbbbbbbbbbbb,trecs=aaaaaaaaaaaa")
+    assert "| bounded_confidence | 1 (" in both.stdout and "| trecs | 1 (" in both.stdout
+    assert "repetitions" not in both.stderr
+    bad = table("bbbbbbbbbbbb,nofamily=aaaaaaaaaaaa")
+    assert bad.returncode == 2 and "FAMILY=DIGEST" in bad.stderr
