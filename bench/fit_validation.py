@@ -9,7 +9,7 @@ the generating family is selected, and the induced shift of a policy the fit nev
 
     nice python bench/fit_validation.py --reps 50 --users 2000 --steps 50
 
-A full repetition takes minutes (bounded confidence about 20 on one core of the
+A full repetition takes minutes (bounded confidence about 10 on one core of the
 development machine), so the table is filled over several runs: each repetition is
 appended to ``--runs-out`` with its setup (size, options and a digest of the code that
 ran it), and ``--summarize RUNS`` pools the repetitions whose setup is this checkout's
