@@ -285,6 +285,8 @@ def main() -> None:
     families = args.families.split(",")
     runs: dict[str, list[dict]] = {fam: [] for fam in families}
     code, *overrides = (args.code or code_digest()).split(",")
+    if "=" in code or not code:
+        ap.error(f"--code: {code!r} is no digest: DIGEST comes first, then FAMILY=DIGEST")
     code_of = {fam: code for fam in families}
     for item in overrides:
         fam, eq, digest = item.partition("=")

@@ -1628,3 +1628,6 @@ def test_the_validation_table_pools_a_family_at_another_digest_only_when_told(tm
     assert "repetitions" not in both.stderr
     bad = table("bbbbbbbbbbbb,nofamily=aaaaaaaaaaaa")
     assert bad.returncode == 2 and "FAMILY=DIGEST" in bad.stderr
+    # an override alone would have pooled nothing, silently
+    first = table("trecs=aaaaaaaaaaaa")
+    assert first.returncode == 2 and "DIGEST comes first" in first.stderr
