@@ -14,7 +14,7 @@ development machine), so the table is filled over several runs: each repetition 
 appended to ``--runs-out`` with its setup (size, options and a digest of the code that
 ran it), and ``--summarize RUNS`` pools the repetitions whose setup is this checkout's
 (``--code DIGEST,FAMILY=OTHER``: another digest's, and one family's at a third, where a
-change of the code did not reach that family).
+change of the code did not reach that family; ``--seeds FIRST-LAST``: only those seeds).
 The repetitions docs/results.md reports are kept in bench/results/fit_validation.jsonl;
 continue them with new seeds:
 
@@ -232,6 +232,12 @@ def main() -> None:
         "change of the code did not reach: say why where the table is shown)",
     )
     ap.add_argument(
+        "--seeds",
+        metavar="FIRST-LAST",
+        help="with --summarize: only the repetitions whose seed lies in this range (one "
+        "run's --seed and --reps, where a file holds several runs of one setup)",
+    )
+    ap.add_argument(
         "--gate-width",
         type=float,
         metavar="RAD",
@@ -250,6 +256,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.code and not args.summarize:
         ap.error("--code names the repetitions to summarize: use it with --summarize")
+    if args.seeds and not args.summarize:
+        ap.error("--seeds names the repetitions to summarize: use it with --summarize")
+    first, last = -math.inf, math.inf
+    if args.seeds:
+        lo, dash, hi = args.seeds.partition("-")
+        if not (dash and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi)):
+            ap.error(f"--seeds: {args.seeds!r} is not FIRST-LAST (e.g. 6000-6049)")
+        first, last = int(lo), int(hi)
     if args.gate_width is not None:
         if args.workers > 1:
             ap.error("--gate-width applies in this process only: use --workers 1")
@@ -305,12 +319,14 @@ def main() -> None:
         "predictive": not (args.no_predictive or args.no_selection),
         **({"gate_width": args.gate_width} if args.gate_width is not None else {}),
     }
-    other_setup = 0
+    other_setup = outside = 0
     other_codes: Counter[str] = Counter()
     if args.summarize:  # the table of repetitions already run (--runs-out of earlier runs)
         for line in args.summarize.read_text().splitlines():
             r = json.loads(line)
-            if r.get("setup") != {**setup, "code": code_of.get(r.get("family"), code)}:
+            if not first <= r.get("seed", -1) <= last:
+                outside += 1
+            elif r.get("setup") != {**setup, "code": code_of.get(r.get("family"), code)}:
                 other_setup += 1
                 other_codes[str((r.get("setup") or {}).get("code"))] += 1
             elif r["family"] in runs and all(q["seed"] != r["seed"] for q in runs[r["family"]]):
@@ -340,6 +356,8 @@ def main() -> None:
     table = {fam: summarize(rs) for fam, rs in runs.items() if rs}
     if args.markdown:
         print(markdown(table))
+        if outside:
+            print(f"left out: {outside} repetitions outside --seeds {args.seeds}", file=sys.stderr)
         if other_setup:  # the tables say nothing of these: say so where a reader looks
             codes = ", ".join(f"{c} ({n})" for c, n in sorted(other_codes.items()))
             print(
@@ -366,6 +384,7 @@ def main() -> None:
                 "setup": setup,
                 **({"code_of": code_of} if overrides else {}),
                 "reps_with_another_setup": other_setup,
+                **({"seeds": args.seeds, "reps_outside_seeds": outside} if args.seeds else {}),
                 "seconds": round(time.perf_counter() - start, 1),
                 "python": platform.python_version(),
                 "torch": torch.__version__,

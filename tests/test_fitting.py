@@ -1631,3 +1631,45 @@ def test_the_validation_table_pools_a_family_at_another_digest_only_when_told(tm
     # an override alone would have pooled nothing, silently
     first = table("trecs=aaaaaaaaaaaa")
     assert first.returncode == 2 and "DIGEST comes first" in first.stderr
+
+
+def test_the_validation_table_pools_only_the_seeds_asked_for(tmp_path):
+    """``--seeds FIRST-LAST`` pools one run's repetitions where a file holds several runs
+    of one setup (T-RECS at seeds 3000-3049 and 6000-6049), and says how many it left
+    out; a range that is no range is refused."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = [json.loads(line) for line in (root / "bench/results/fit_validation.jsonl").open()]
+    trecs = next(r for r in rows if r["family"] == "trecs" and r["setup"]["selection"])
+    code = trecs["setup"]["code"]
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps({**trecs, "seed": s}) + "\n" for s in (3000, 6000, 6001)))
+
+    def table(*extra):
+        return subprocess.run(
+            [
+                sys.executable,
+                "bench/fit_validation.py",
+                "--summarize",
+                str(runs),
+                "--markdown",
+                "--code",
+                code,
+                *extra,
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+
+    assert "| trecs | 3 (" in table().stdout
+    some = table("--seeds", "6000-6049")
+    assert "| trecs | 2 (6000-6001) |" in some.stdout
+    assert "left out: 1 repetitions outside --seeds 6000-6049" in some.stderr
+    for bad in ("6049-6000", "6000", "x-6049"):
+        refused = table("--seeds", bad)
+        assert refused.returncode == 2 and "FIRST-LAST" in refused.stderr
