@@ -1586,13 +1586,26 @@ def test_the_validation_table_says_which_repetitions_it_left_out(tmp_path):
     assert "--code" in out.stderr
 
 
+def _validation_table(runs, *options):
+    """``bench/fit_validation.py --summarize RUNS --markdown`` with ``options``, as run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "bench/fit_validation.py", "--summarize", str(runs), "--markdown"]
+    return subprocess.run(
+        [*cmd, *options],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_the_validation_table_pools_a_family_at_another_digest_only_when_told(tmp_path):
     """``--code DIGEST,FAMILY=OTHER`` pools FAMILY's repetitions at OTHER (a family a
     change of the code did not reach) with the others' at DIGEST; without it they are
     left out and counted. Two recorded repetitions, the second relabelled."""
     import json
-    import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -1605,20 +1618,7 @@ def test_the_validation_table_pools_a_family_at_another_digest_only_when_told(tm
     runs.write_text(json.dumps(trecs) + "\n" + json.dumps(bc) + "\n")
 
     def table(code):
-        return subprocess.run(
-            [
-                sys.executable,
-                "bench/fit_validation.py",
-                "--summarize",
-                str(runs),
-                "--markdown",
-                "--code",
-                code,
-            ],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
+        return _validation_table(runs, "--code", code)
 
     alone = table("bbbbbbbbbbbb")
     assert "| bounded_confidence | 1 (" in alone.stdout and "| trecs | 1 (" not in alone.stdout
@@ -1638,8 +1638,6 @@ def test_the_validation_table_pools_only_the_seeds_asked_for(tmp_path):
     of one setup (T-RECS at seeds 3000-3049 and 6000-6049), and says how many it left
     out; a range that is no range is refused."""
     import json
-    import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -1650,21 +1648,7 @@ def test_the_validation_table_pools_only_the_seeds_asked_for(tmp_path):
     runs.write_text("".join(json.dumps({**trecs, "seed": s}) + "\n" for s in (3000, 6000, 6001)))
 
     def table(*extra):
-        return subprocess.run(
-            [
-                sys.executable,
-                "bench/fit_validation.py",
-                "--summarize",
-                str(runs),
-                "--markdown",
-                "--code",
-                code,
-                *extra,
-            ],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
+        return _validation_table(runs, "--code", code, *extra)
 
     assert "| trecs | 3 (" in table().stdout
     some = table("--seeds", "6000-6049")
