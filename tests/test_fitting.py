@@ -1554,38 +1554,6 @@ def test_a_maximum_not_located_reports_neither_estimate_nor_interval():
     assert "not located" in html
 
 
-def test_the_validation_table_says_which_repetitions_it_left_out(tmp_path):
-    """``--summarize --markdown`` pools only repetitions of this checkout's code and setup;
-    a file of repetitions run at another code digest printed empty tables and nothing
-    else. It now says how many it left out, their digests and how to select them."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    row = {
-        "family": "trecs",
-        "seed": 1,
-        "selected": "trecs",
-        "parameters": {},
-        "seconds": 1.0,
-        "setup": {"code": "0123456789ab", "users": 2000, "steps": 50},
-    }
-    runs = tmp_path / "runs.jsonl"
-    runs.write_text(json.dumps(row) + "\n" + json.dumps({**row, "seed": 2}) + "\n")
-    out = subprocess.run(
-        [sys.executable, "bench/fit_validation.py", "--summarize", str(runs), "--markdown"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "| generating family |" in out.stdout
-    assert "2 repetitions" in out.stderr and "0123456789ab (2)" in out.stderr
-    assert "--code" in out.stderr
-
-
 def _validation_table(runs, *options):
     """``bench/fit_validation.py --summarize RUNS --markdown`` with ``options``, as run."""
     import subprocess
@@ -1599,6 +1567,29 @@ def _validation_table(runs, *options):
         capture_output=True,
         text=True,
     )
+
+
+def test_the_validation_table_says_which_repetitions_it_left_out(tmp_path):
+    """``--summarize --markdown`` pools only repetitions of this checkout's code and setup;
+    a file of repetitions run at another code digest printed empty tables and nothing
+    else. It now says how many it left out, their digests and how to select them."""
+    import json
+
+    row = {
+        "family": "trecs",
+        "seed": 1,
+        "selected": "trecs",
+        "parameters": {},
+        "seconds": 1.0,
+        "setup": {"code": "0123456789ab", "users": 2000, "steps": 50},
+    }
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text(json.dumps(row) + "\n" + json.dumps({**row, "seed": 2}) + "\n")
+    out = _validation_table(runs)
+    assert out.returncode == 0, out.stderr
+    assert "| generating family |" in out.stdout
+    assert "2 repetitions" in out.stderr and "0123456789ab (2)" in out.stderr
+    assert "--code" in out.stderr
 
 
 def test_the_validation_table_pools_a_family_at_another_digest_only_when_told(tmp_path):
