@@ -39,13 +39,16 @@ _EPS = 1e-7
 class Param:
     """One parameter: its range (``low``..``high``; ``high=None`` for [low, inf)), a
     starting value, and a resolution below which differences do not matter (the scale
-    used for identifiability when the estimate is near 0)."""
+    used for identifiability when the estimate is near 0). A ``threshold`` (an angle
+    beyond which nothing moves the user) gets a finer coarse grid: its likelihood peaks
+    sharply (:func:`.fit.grid_axes`)."""
 
     name: str
     low: float
     high: float | None
     init: float
     resolution: float
+    threshold: bool = False
 
     def to_value(self, raw: torch.Tensor) -> torch.Tensor:
         if self.high is None:
@@ -125,7 +128,7 @@ def _anchored(inner: Update) -> Update:
 
 DELTA = Param("delta", 0.0, 1.0, 0.05, 0.005)
 ETA = Param("eta", 0.0, None, 0.1, 0.01)
-EPSILON = Param("epsilon", 0.0, math.pi, 1.0, 0.02)
+EPSILON = Param("epsilon", 0.0, math.pi, 1.0, 0.02, threshold=True)
 MU = Param("mu", 0.0, 1.0, 0.1, 0.005)
 LAM = Param("lam", 0.0, 1.0, 0.05, 0.005)
 
