@@ -552,26 +552,34 @@ def test_simulated_states_are_the_likelihood_s_states():
     assert not torch.allclose(path[:, 1:], u0[:, None].expand(-1, 5, -1), atol=1e-3)
 
 
+def _uniform_log(family: str):
+    """A log of 1,000 users x 50 steps (seed 7) from ``family``'s recovery scenario under
+    uniformly random slates: the log, items, choice form and the true initial preferences."""
+    from recommenders.baselines import UniformRandom
+    from simulator.engine import build_environment, run_arms
+    from simulator.fitting.likelihood import ChoiceForm, Items
+    from simulator.fitting.log import from_run
+    from simulator.fitting.recovery import recovery_spec
+
+    spec = recovery_spec(family)
+    env = build_environment(spec)
+    run = run_arms(env, {"log": UniformRandom()}, users=1000, steps=50, seed=7, record_full=True)
+    arm = run.arms["log"]
+    log = from_run(arm.slates, arm.choices)
+    items = Items(env.catalog.features, env.catalog.appeal)
+    return log, items, ChoiceForm.of(spec.choice, log), arm.preferences[0]
+
+
 def test_posterior_draws_sit_as_far_from_the_mode_as_the_true_initial_preferences():
     """posterior_u0 draws each user's initial preferences from their posterior, not their
     mode: static users (1,000 x 50 steps, d = 6): the log-likelihood at a draw is below
     the user's maximum by (d - 1)/2 = 2.5 on average, as at the true initial preferences
     the log was generated from (2.43), and a draw is as far from the mode (0.15 rad); the
     mode itself is 0 and 0. Three draws differ from each other."""
-    from recommenders.baselines import UniformRandom
-    from simulator.engine import build_environment, run_arms
     from simulator.fitting.fit import Evaluator, posterior_u0
-    from simulator.fitting.likelihood import ChoiceForm, Items, event_loglik
-    from simulator.fitting.log import from_run
-    from simulator.fitting.recovery import recovery_spec
+    from simulator.fitting.likelihood import event_loglik
 
-    spec = recovery_spec("static")
-    env = build_environment(spec)
-    run = run_arms(env, {"log": UniformRandom()}, users=1000, steps=50, seed=7, record_full=True)
-    arm = run.arms["log"]
-    log = from_run(arm.slates, arm.choices)
-    items = Items(env.catalog.features, env.catalog.appeal)
-    choice = ChoiceForm.of(spec.choice, log)
+    log, items, choice, true_u0 = _uniform_log("static")
     fam = FAMILIES["static"]
     ev = Evaluator(fam, log, items, choice, seed=7)
     point = ev(())
@@ -582,7 +590,7 @@ def test_posterior_draws_sit_as_far_from_the_mode_as_the_true_initial_preference
         angle = torch.arccos((u * point.u0).sum(dim=1).clamp(-1.0, 1.0))
         return float((mode.double() - ll).mean()), float(angle.mean())
 
-    true_drop, true_angle = below_mode(arm.preferences[0])
+    true_drop, true_angle = below_mode(true_u0)
     assert true_drop == pytest.approx(2.5, abs=0.15)
     draws = [posterior_u0(ev, point, seed) for seed in range(3)]
     for u in draws:
@@ -626,27 +634,17 @@ def test_the_hard_thresholds_posterior_draws_sit_as_far_from_the_mode_as_the_tru
     model, so its users start from the hard model's draws."""
     from dataclasses import replace
 
-    from recommenders.baselines import UniformRandom
-    from simulator.engine import build_environment, run_arms
     from simulator.fitting.fit import Evaluator, posterior_u0, theta_to_raw
-    from simulator.fitting.likelihood import ChoiceForm, Items
-    from simulator.fitting.log import from_run
-    from simulator.fitting.recovery import recovery_spec
 
-    spec = recovery_spec("bounded_confidence")
-    env = build_environment(spec)
-    run = run_arms(env, {"log": UniformRandom()}, users=1000, steps=50, seed=7, record_full=True)
-    arm = run.arms["log"]
-    log = from_run(arm.slates, arm.choices)
-    items = Items(env.catalog.features, env.catalog.appeal)
+    log, items, choice, true_u0 = _uniform_log("bounded_confidence")
     fam = FAMILIES["bounded_confidence"]
-    ev = Evaluator(fam, log, items, ChoiceForm.of(spec.choice, log), seed=7)
+    ev = Evaluator(fam, log, items, choice, seed=7)
     point = ev(theta_to_raw(fam, {"epsilon": 0.8, "mu": 0.2}))
 
     def angle(u):
         return float(torch.arccos((u.double() * point.u0.double()).sum(1).clamp(-1, 1)).mean())
 
-    truth = angle(arm.preferences[0])
+    truth = angle(true_u0)
     hard = angle(posterior_u0(ev, point, 11, family=replace(fam, smooth_gate=False)))
     gate = angle(posterior_u0(ev, point, 11))
     assert hard == pytest.approx(truth, rel=0.03), (hard, truth)
