@@ -715,6 +715,97 @@ def test_the_correction_takes_the_bias_at_the_corrected_point_and_widens_the_int
         assert r.relative_se == pytest.approx(r.se / r.estimate)
 
 
+def test_the_correction_measures_the_bias_s_slope_and_widens_by_what_it_amplifies(
+    monkeypatch,
+):
+    """A stand-in simulated fit whose mean is linear in the parameters simulated at,
+    F(a) = M a + c (unconstrained scale), so that the bias's slope is G = M - I: the
+    steps' own displacement and one probe orthogonal to it recover G; and the widening is
+    the spread of the two-step corrected estimate over the gate's own, as a Monte Carlo
+    of that very procedure (the gate's error x and one simulated fit's noise e, both with
+    the gate's covariance, e common to both steps) gives it."""
+    import math
+
+    import numpy as np
+
+    from simulator.fitting import debias
+    from simulator.fitting.fit import Point, raw_to_theta
+    from simulator.fitting.uncertainty import IDENTIFIED, ParamResult, derivative
+
+    fam = FAMILIES["bounded_confidence"]
+    m = np.array([[0.7, 0.15], [-0.1, 0.8]])
+    c = np.array([0.05, -0.2])
+    at_seen = []
+
+    def known(ev, best, at, s, u0):
+        at_seen.append(at)
+        raw = tuple(float(v) for v in m @ np.array(at) + c)
+        return Point(raw, raw_to_theta(fam, raw), torch.zeros(1), torch.zeros(1, 3))
+
+    monkeypatch.setattr(debias, "_simulated_fit", known)
+    monkeypatch.setattr(debias, "posterior_u0", lambda *a, **k: torch.zeros(1, 3))
+    ev = type("Ev", (), {"family": fam, "seed": 0})()
+    raw0 = np.array([-0.5, -1.3])
+    best = Point(tuple(raw0), raw_to_theta(fam, tuple(raw0)), torch.zeros(1), torch.zeros(1, 3))
+    sd = np.array([0.01, 0.02])
+    corr = debias.gate_bias(ev, best, se_raw=tuple(sd))
+    assert corr is not None and corr.slope is not None
+    assert np.array(corr.slope) == pytest.approx(m - np.eye(2), abs=1e-9)
+    # two steps, then one probe: as far as the steps moved, in standard errors, and
+    # orthogonal to them in those units
+    assert len(at_seen) == 3 and len(corr.probes) == 1
+    moved = (np.array(at_seen[1]) - np.array(at_seen[0])) / sd
+    probe = (np.array(at_seen[2]) - np.array(at_seen[1])) / sd
+    assert float(moved @ probe) == pytest.approx(0.0, abs=1e-9)
+    assert np.linalg.norm(probe) == pytest.approx(np.linalg.norm(moved))
+
+    # the gate's covariance on the unconstrained scale: these sds, correlation -0.8
+    rho = -0.8
+    cov = np.array([[sd[0] ** 2, rho * sd[0] * sd[1]], [rho * sd[0] * sd[1], sd[1] ** 2]])
+    rng = np.random.default_rng(0)
+    draws = rng.multivariate_normal(raw0, cov, size=4000)
+    boot = np.array(
+        [
+            [float(q.to_value(torch.tensor(v))) for q, v in zip(fam.params, row, strict=True)]
+            for row in draws
+        ]
+    )
+    rows = [
+        ParamResult(
+            q.name,
+            best.theta[q.name],
+            float(sd[i] * derivative(q, raw0[i])),
+            (0.1, 0.9),
+            0.01,
+            IDENTIFIED,
+            0.0,
+        )
+        for i, q in enumerate(fam.params)
+    ]
+    widen = debias.widening(fam, best, rows, boot, corr)
+
+    g = m - np.eye(2)
+    n = 200_000
+    x = rng.multivariate_normal(np.zeros(2), cov, size=n)
+    e = rng.multivariate_normal(np.zeros(2), cov, size=n)
+    est = raw0 + x
+
+    def bias(a):
+        return a @ g.T + c + e
+
+    a1 = est - bias(est)
+    final = est - bias(a1)
+    want = final.std(axis=0) / x.std(axis=0)
+    assert widen == pytest.approx(list(want), rel=0.01)
+    # here the bias grows as the estimate falls: more than sqrt(2)
+    assert min(widen) > math.sqrt(2)
+    out = debias.corrected(fam, best, rows, corr, boot)
+    assert [r.widening for r in out] == pytest.approx(widen)
+    assert [r.se for r in out] == pytest.approx(
+        [r.se * w for r, w in zip(rows, widen, strict=True)]
+    )
+
+
 @pytest.mark.slow
 def test_the_threshold_gate_s_bias_is_corrected_by_simulation():
     """Bounded confidence fitted through the logistic gate, on a log simulated with a hard
