@@ -460,8 +460,7 @@ class Dataset(BaseModel):
         None,
         description="The fit step's work: events x slate size x dimension x families x "
         f"{FIT_PASSES} passes; candidates that include one with a smoothed threshold "
-        "(bounded confidence, anchored or not) count four families more (five anchored): two "
-        "fits for its correction and one per parameter for its interval (None: no fit; "
+        "(bounded confidence, anchored or not) count two families more, for its correction (None: no fit; "
         "the dynamics are the chosen ones).",
     )
     created: str | None = Field(None, description="Submitted at (ISO 8601, UTC).")

@@ -213,7 +213,4 @@ def _compared(results: list[ParamResult], truth: dict[str, float]) -> dict[str, 
             "status": r.status,
             "relative_se": r.relative_se if math.isfinite(r.relative_se) else None,
         }
-        if r.uncorrected is not None:  # the gate's own estimate, and the interval's widening
-            params[r.name]["uncorrected"] = r.uncorrected
-            params[r.name]["widening"] = r.widening
     return params

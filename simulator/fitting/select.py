@@ -248,8 +248,7 @@ def _gate_assumption(results: list[ParamResult]) -> str:
             f"{said}: that bias is estimated by fitting the gate again to choices simulated "
             "from the hard threshold (the log's slates, each user's fitted initial "
             "preferences), first at the estimate and then at the estimate less that bias, "
-            "and subtracted; the intervals are widened for the correction's own noise and "
-            "for how the bias moves with the parameters, measured by simulation too "
+            "and subtracted; the intervals are widened for the correction's own noise "
             "(docs/science.md)"
         )
     return (
@@ -339,12 +338,6 @@ def fit_log(
                         "simulated_logs": correction.sims,
                         "steps": list(correction.steps),
                         "bias_unconstrained": list(correction.raw_bias),
-                        "bias_slope_unconstrained": (
-                            [list(row) for row in correction.slope]
-                            if correction.slope is not None
-                            else None
-                        ),
-                        "slope_probes": list(correction.probes),
                     }
                 }
                 if correction is not None
@@ -431,8 +424,7 @@ def _parameter_rows(results: list[ParamResult]) -> list[ParameterFit]:
         if shown:
             note = (
                 f"corrected by simulation for the threshold gate's bias (the gate's own "
-                f"estimate: {r.uncorrected:.4g}); interval widened {r.widening or 1.0:.2f}x for "
-                "the correction's noise and the bias's slope"
+                f"estimate: {r.uncorrected:.4g}); interval widened for the correction's noise"
                 if r.uncorrected is not None
                 else ""
             )

@@ -59,8 +59,6 @@ class ParamResult:
     located: bool = True
     #: the fit's own estimate, where a correction (see :mod:`.debias`) replaced it
     uncorrected: float | None = None
-    #: the factor that correction multiplied the standard error and half-widths by
-    widening: float | None = None
 
 
 def status_of(relative_se: float) -> str:
@@ -264,7 +262,7 @@ def analyse(
         cov_raw = frame @ np.linalg.inv(a_hat) @ frame.T  # back to unconstrained units
     for i, q in enumerate(fam.params):
         value = best.theta[q.name]
-        slope = derivative(q, best.raw[i])
+        slope = _derivative(q, best.raw[i])
         se_curv = math.sqrt(cov_raw[i, i]) * slope if cov_raw is not None else math.inf
         se_boot = float(np.std(boot[:, i], ddof=1)) if replicates > 1 else math.inf
         se = max(se_curv, se_boot)
@@ -289,7 +287,7 @@ def analyse(
     return results, boot
 
 
-def derivative(q, raw: float) -> float:
+def _derivative(q, raw: float) -> float:
     t = torch.tensor(float(raw), requires_grad=True)
     (g,) = torch.autograd.grad(q.to_value(t), t)
     return float(g)
