@@ -14,7 +14,9 @@ development machine), so the table is filled over several runs: each repetition 
 appended to ``--runs-out`` with its setup (size, options and a digest of the code that
 ran it), and ``--summarize RUNS`` pools the repetitions whose setup is this checkout's
 (``--code DIGEST,FAMILY=OTHER``: another digest's, and one family's at a third, where a
-change of the code did not reach that family; ``--seeds FIRST-LAST``: only those seeds).
+change of the code did not reach that family; ``FAMILY=NEW+OLD``: both digests', NEW's
+row where a seed ran at both, where a change reached only some of OLD's repetitions;
+``--seeds FIRST-LAST``: only those seeds).
 The repetitions docs/results.md reports are kept in bench/results/fit_validation.jsonl;
 continue them with new seeds:
 
@@ -104,6 +106,7 @@ def summarize(runs: list[dict]) -> dict:
     pred = [r["predictive"]["relative_error"] for r in runs if r.get("predictive")]
     pred = [p for p in pred if p is not None]
     params = parameter_rows(runs)
+    gate = [r["gate_correction"] for r in runs if "gate_correction" in r]
     return {
         "reps": len(runs),
         "seeds": sorted(r["seed"] for r in runs),
@@ -123,6 +126,17 @@ def summarize(runs: list[dict]) -> dict:
         "predictive_relative_error_median": statistics.median(pred) if pred else None,
         "predictive_relative_error_max": max(pred) if pred else None,
         "predictive_within_15pct_share": sum(p <= 0.15 for p in pred) / len(pred) if pred else None,
+        # a family with a threshold gate: repetitions whose row records its correction,
+        # those corrected, and those corrected in a later attempt (with other seeds)
+        **(
+            {
+                "gate_recorded": len(gate),
+                "gate_corrected": sum(g["applied"] for g in gate),
+                "gate_retried": sum((g["attempt"] or 0) > 1 for g in gate),
+            }
+            if gate
+            else {}
+        ),
         "seconds_median": statistics.median(r["seconds"] for r in runs),
     }
 
@@ -190,6 +204,13 @@ def markdown(table: dict[str, dict]) -> str:
             f"| {fam} | {t['reps']} ({_seeds(t['seeds'])}) | {share} | {chosen} | {pred} "
             f"| {within} | {t['seconds_median']:.0f} |"
         )
+    for fam, t in table.items():
+        if "gate_recorded" in t:
+            lines.append(
+                f"\n{fam}: the threshold gate's bias corrected in {t['gate_corrected']} of "
+                f"the {t['gate_recorded']} repetitions whose rows record it "
+                f"({t['gate_retried']} at a second attempt, with other seeds)"
+            )
     return "\n".join(lines)
 
 
@@ -299,14 +320,14 @@ def main() -> None:
     families = args.families.split(",")
     runs: dict[str, list[dict]] = {fam: [] for fam in families}
     code, *overrides = (args.code or code_digest()).split(",")
-    if "=" in code or not code:
+    if "=" in code or not all(code.split("+")):
         ap.error(f"--code: {code!r} is no digest: DIGEST comes first, then FAMILY=DIGEST")
-    code_of = {fam: code for fam in families}
+    code_of = {fam: code.split("+") for fam in families}  # first listed wins a seed
     for item in overrides:
         fam, eq, digest = item.partition("=")
-        if not eq or fam not in code_of or not digest:
+        if not eq or fam not in code_of or not all(digest.split("+")):
             ap.error(f"--code: {item!r} is not FAMILY=DIGEST for one of {families}")
-        code_of[fam] = digest
+        code_of[fam] = digest.split("+")
     # what a repetition's numbers depend on besides the seed: only equal ones are pooled
     setup = {
         "code": code,
@@ -322,15 +343,26 @@ def main() -> None:
     other_setup = outside = 0
     other_codes: Counter[str] = Counter()
     if args.summarize:  # the table of repetitions already run (--runs-out of earlier runs)
+        rank: dict[tuple[str, int], int] = {}  # (family, seed): its row's digest's place
         for line in args.summarize.read_text().splitlines():
             r = json.loads(line)
+            got = r.get("setup") or {}
+            digests = code_of.get(r.get("family"), [code])
             if not first <= r.get("seed", -1) <= last:
                 outside += 1
-            elif r.get("setup") != {**setup, "code": code_of.get(r.get("family"), code)}:
+            elif {**got, "code": None} != {**setup, "code": None} or got.get("code") not in digests:
                 other_setup += 1
-                other_codes[str((r.get("setup") or {}).get("code"))] += 1
-            elif r["family"] in runs and all(q["seed"] != r["seed"] for q in runs[r["family"]]):
-                runs[r["family"]].append(r)  # a seed run twice counts once
+                other_codes[str(got.get("code"))] += 1
+            elif r["family"] in runs:  # a seed run twice counts once: its first digest's
+                key, place = (r["family"], r["seed"]), digests.index(got["code"])
+                if key not in rank:
+                    runs[r["family"]].append(r)
+                elif place < rank[key]:
+                    fam_runs = runs[r["family"]]
+                    fam_runs[[q["seed"] for q in fam_runs].index(r["seed"])] = r
+                else:
+                    continue
+                rank[key] = place
     # repetition-major: a run stopped early still has every family about equally often
     for rep in range(0 if args.summarize else args.reps):
         for fam in families:
@@ -363,7 +395,7 @@ def main() -> None:
             print(
                 f"{other_setup} repetitions in {args.summarize} ran with another setup and "
                 f"are not pooled (their code digests: {codes}; this table's: "
-                f"{', '.join(sorted(set(code_of.values())))}, a "
+                f"{', '.join(sorted({d for ds in code_of.values() for d in ds}))}, a "
                 "repetition at the same digest differing in size or options); --code and "
                 "the size and option flags select them",
                 file=sys.stderr,

@@ -460,7 +460,8 @@ class Dataset(BaseModel):
         None,
         description="The fit step's work: events x slate size x dimension x families x "
         f"{FIT_PASSES} passes; candidates that include one with a smoothed threshold "
-        "(bounded confidence, anchored or not) count two families more, for its correction (None: no fit; "
+        "(bounded confidence, anchored or not) count four families more, for its correction and one "
+        "retry of it (None: no fit; "
         "the dynamics are the chosen ones).",
     )
     created: str | None = Field(None, description="Submitted at (ISO 8601, UTC).")

@@ -715,6 +715,71 @@ def test_the_correction_takes_the_bias_at_the_corrected_point_and_widens_the_int
         assert r.relative_se == pytest.approx(r.se / r.estimate)
 
 
+def test_a_correction_whose_simulated_fit_is_not_located_is_tried_again_then_said_uncorrected(
+    monkeypatch,
+):
+    """A validation repetition (bounded confidence, seed 6021) reported the gate's own
+    estimates, 1.8% off, because one simulated refit's maximum was not located, and its
+    row did not say so. Now the correction starts again with the next seeds (common to
+    its steps again); only when every attempt fails is it given up, and then the row of
+    a validation run and each parameter of the fit's section say the estimates are the
+    gate's, uncorrected."""
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting import debias, recovery
+    from simulator.fitting.fit import Point, raw_to_theta
+    from simulator.fitting.select import _parameter_rows
+    from simulator.fitting.uncertainty import IDENTIFIED, ParamResult
+
+    fam = FAMILIES["bounded_confidence"]
+    calls, seeds = [], []
+
+    def flaky(ev, best, at, s, u0):  # the first simulated fit is not located
+        calls.append(s)
+        if len(calls) == 1:
+            return None
+        raw = tuple(a + 0.1 for a in at)
+        return Point(raw, raw_to_theta(fam, raw), torch.zeros(1), torch.zeros(1, 3))
+
+    def posterior(ev, point, seed, family=None):
+        seeds.append(seed)
+        return torch.randn(1, 3)
+
+    monkeypatch.setattr(debias, "_simulated_fit", flaky)
+    monkeypatch.setattr(debias, "posterior_u0", posterior)
+    ev = type("Ev", (), {"family": fam, "seed": 0})()
+    best = Point((-0.5, -1.3), raw_to_theta(fam, (-0.5, -1.3)), torch.zeros(1), torch.zeros(1, 3))
+    heard: list[str] = []
+    corr = debias.gate_bias(ev, best, progress=heard.append)
+    assert corr is not None and corr.attempt == 2
+    assert corr.raw_bias == pytest.approx((0.1, 0.1))
+    # the second attempt's simulated logs have seed 2, at both of its steps
+    assert calls == [1, 2, 2] and seeds == [104729, 2 * 104729, 2 * 104729]
+    assert "attempt 2, with other seeds" in heard[-1]
+    assert debias.corrects(["static", "bounded_confidence"]) == 4  # the budget counts it
+
+    monkeypatch.setattr(debias, "_simulated_fit", lambda *a: None)
+    assert debias.gate_bias(ev, best) is None
+    assert debias.uncorrected_gate(fam, None) and not debias.uncorrected_gate(fam, corr)
+    assert not debias.uncorrected_gate(FAMILIES["trecs"], None)
+    row = ParamResult("epsilon", 0.785, 0.003, (0.779, 0.791), 0.004, IDENTIFIED, 0.0)
+    (shown,) = _parameter_rows([row], gate_bias=True)
+    assert shown.estimate == 0.785 and "not corrected for the threshold gate's bias" in shown.note
+    assert _parameter_rows([row])[0].note == ""
+    # a validation row says whether its estimates were corrected (a tiny log, whose gate
+    # fit is located; every simulated refit fails as patched above)
+    out = recovery.recover_once(
+        "bounded_confidence",
+        UniformRandom,
+        users=30,
+        steps=8,
+        seed=0,
+        replicates=20,
+        selection=False,
+    )
+    assert out["gate_correction"] == {"applied": False, "attempt": None}
+    assert all(p["status"] == IDENTIFIED for p in out["parameters"].values())
+
+
 @pytest.mark.slow
 def test_the_threshold_gate_s_bias_is_corrected_by_simulation():
     """Bounded confidence fitted through the logistic gate, on a log simulated with a hard
@@ -1715,3 +1780,42 @@ def test_the_validation_table_pools_only_the_seeds_asked_for(tmp_path):
     for bad in ("6049-6000", "6000", "x-6049"):
         refused = table("--seeds", bad)
         assert refused.returncode == 2 and "FIRST-LAST" in refused.stderr
+
+
+def test_the_validation_table_pools_two_digests_with_the_first_s_row_for_a_seed(tmp_path):
+    """``FAMILY=NEW+OLD`` pools a family's repetitions at both digests, NEW's row where a
+    seed ran at both (a change that reached only some of OLD's repetitions, rerun at
+    NEW), and the table says how many repetitions' rows record the threshold gate's
+    correction and how many were corrected. Three recorded rows, relabelled: seed 1 at
+    OLD (uncorrected) and NEW (corrected at a second attempt), seed 2 at OLD."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = [json.loads(line) for line in (root / "bench/results/fit_validation.jsonl").open()]
+    bc = next(r for r in rows if r["family"] == "bounded_confidence" and r["setup"]["selection"])
+
+    def at(code, seed, estimate, gate=None):
+        params = {
+            **bc["parameters"],
+            "epsilon": {**bc["parameters"]["epsilon"], "estimate": estimate},
+        }
+        row = {**bc, "seed": seed, "parameters": params, "setup": {**bc["setup"], "code": code}}
+        return {**row, **({"gate_correction": gate} if gate else {})}
+
+    runs = tmp_path / "runs.jsonl"
+    lines = [
+        at("aaaaaaaaaaaa", 1, 0.7),
+        at("aaaaaaaaaaaa", 2, 0.8),
+        at("bbbbbbbbbbbb", 1, 0.9, {"applied": True, "attempt": 2}),
+    ]
+    runs.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = _validation_table(runs, "--code", "bbbbbbbbbbbb+aaaaaaaaaaaa")
+    assert out.returncode == 0, out.stderr
+    assert "| bounded_confidence | 2 (1-2) |" in out.stdout
+    # seed 1 is NEW's row (0.9, not 0.7): bias of (0.9, 0.8) against 0.8 is +6.25%
+    assert "| +6.25% |" in out.stdout
+    assert "corrected in 1 of the 1 repetitions whose rows record it (1 at a second" in out.stdout
+    old_first = _validation_table(runs, "--code", "aaaaaaaaaaaa+bbbbbbbbbbbb")
+    assert "| -6.25% |" in old_first.stdout  # (0.7, 0.8)
+    assert "repetitions" not in out.stderr

@@ -122,11 +122,11 @@ def test_a_fit_over_the_budget_or_badly_asked_is_refused_and_leaves_nothing(tmp_
         detail = problem(over, 422, "budget")
         assert "dynamics fit costs" in detail and "RECAUDIT_MAX_DERIVE_COST" in detail
         assert " x 2 families x " in detail  # static and trecs
-        # bounded confidence may be corrected by two more fits (simulator.fitting.debias)
+        # bounded confidence may be corrected by two more fits, tried twice (simulator.fitting.debias)
         gated = upload(
             c, csv_bytes(log), options={"fit": {**FIT, "candidates": ["bounded_confidence"]}}
         )
-        assert " x 4 families x " in problem(gated, 422, "budget")
+        assert " x 6 families x " in problem(gated, 422, "budget")
         bad = [
             ({"candidates": ["nope"]}, "unknown family 'nope'"),
             ({"max_events": 0}, "invalid fit.max_events"),

@@ -17,6 +17,10 @@ the gate's estimate, then at the estimate less that bias (:data:`STEPS`), with t
 simulation and resampling seeds, and the last one is subtracted on the unconstrained
 scale. The correction's own sampling noise (each simulated fit is as noisy as the fit
 itself) widens the interval: its half-widths are multiplied by ``sqrt(1 + 1/sims)``.
+Where a simulated fit's maximum is not located, the correction starts again with other
+seeds, up to :data:`ATTEMPTS` times; only then is the gate's estimate reported
+uncorrected, and said to be (a validation repetition reported one so, silently, with its
+gate's known bias: docs/results.md).
 
 Where the users start matters (docs/results.md). From their modes, which lean toward the
 items they chose on those very slates, the simulated fits came out lower than the gate's
@@ -48,6 +52,9 @@ from .uncertainty import ParamResult, analyse, status_of
 SIMS = 1
 #: steps toward the parameters whose simulated fits the gate's estimate is the mean of
 STEPS = 2
+#: times the correction is tried, each with new seeds, when a simulated fit's maximum
+#: is not located
+ATTEMPTS = 2
 
 
 def simulate(
@@ -103,6 +110,8 @@ class Correction:
     #: per step, the parameters simulated at and each simulated log's estimate
     steps: tuple[dict[str, Any], ...]
     sims: int
+    #: the attempt (1 to :data:`ATTEMPTS`) whose simulated fits were all located
+    attempt: int = 1
 
 
 def _simulated_fit(
@@ -129,29 +138,50 @@ def gate_bias(
     sims: int = SIMS,
     steps: int = STEPS,
     progress: Callable[[str], None] | None = None,
+    attempts: int = ATTEMPTS,
 ) -> Correction | None:
     """The gate's bias where it matters, at the corrected estimate: first at ``best``
     (the gate's estimate), then at ``best`` less that bias, ``steps`` times in all (the
     fixed point of indirect inference, reached in a step or two: the bias moves with the
     parameters, and at the gate's estimate it under-corrected ``mu`` by a third). Each
     step simulates ``sims`` logs with the same seeds (common random numbers) and takes the
-    mean shift of their fits. None when a simulated fit's maximum was not located.
-    ``progress`` hears of each simulated fit."""
+    mean shift of their fits. Where a simulated fit's maximum is not located, all of it
+    again with the next ``sims`` seeds, ``attempts`` times in all; None when none
+    succeeded. ``progress`` hears of each simulated fit."""
+    for attempt in range(attempts):
+        got = _gate_bias_once(ev, best, sims, steps, attempt, progress)
+        if got is not None:
+            return got
+    return None
+
+
+def _gate_bias_once(
+    ev: Evaluator,
+    best: Point,
+    sims: int,
+    steps: int,
+    attempt: int,
+    progress: Callable[[str], None] | None,
+) -> Correction | None:
+    """One attempt of :func:`gate_bias`, with the simulation seeds ``attempt * sims + 1``
+    to ``attempt * sims + sims`` (the first attempt's are 1 to ``sims``)."""
     at = best.raw
     bias = tuple(0.0 for _ in at)
     done: list[dict[str, Any]] = []
     hard = replace(ev.family, smooth_gate=False)
+    seeds = range(attempt * sims + 1, attempt * sims + sims + 1)
+    again = f", attempt {attempt + 1}, with other seeds" if attempt else ""
     for step in range(steps):
         # each simulated log's users start from a draw of their posterior under the hard
         # threshold simulated from, at the parameters simulated at, around the gate's
         # modes; the same seed at every step (common random numbers)
         here = replace(best, raw=at, theta=raw_to_theta(ev.family, at))
         shifts, fitted = [], []
-        for s in range(1, sims + 1):
+        for i, s in enumerate(seeds):
             if progress:
                 progress(
                     f"correcting {ev.family.name}'s threshold-gate bias by simulation "
-                    f"({step * sims + s} of {steps * sims})"
+                    f"({step * sims + i + 1} of {steps * sims}{again})"
                 )
             u0 = posterior_u0(ev, here, ev.seed + 104729 * s, family=hard)
             got = _simulated_fit(ev, best, at, s, u0)
@@ -162,7 +192,7 @@ def gate_bias(
         bias = tuple(float(b) for b in np.mean(shifts, axis=0))
         done.append({"at": raw_to_theta(ev.family, at), "fitted": fitted})
         at = tuple(r - b for r, b in zip(best.raw, bias, strict=True))
-    return Correction(bias, tuple(done), sims)
+    return Correction(bias, tuple(done), sims, attempt + 1)
 
 
 def corrected(
@@ -199,11 +229,11 @@ def corrected(
 
 
 def corrects(names: Iterable[str]) -> int:
-    """Fits the correction may add to one fit of these candidates (``STEPS`` x ``SIMS``
-    where a family with a smoothed threshold is among them and so may be selected; each
-    about one family's fit): for budgets."""
+    """Fits the correction may add to one fit of these candidates at most (``STEPS`` x
+    ``SIMS`` x ``ATTEMPTS`` where a family with a smoothed threshold is among them and so
+    may be selected; each about one family's fit): for budgets."""
     gated = any(FAMILIES[n].smooth_gate for n in names if n in FAMILIES)
-    return STEPS * SIMS if gated else 0
+    return STEPS * SIMS * ATTEMPTS if gated else 0
 
 
 def analyse_fit(
@@ -216,7 +246,8 @@ def analyse_fit(
     """:func:`.uncertainty.analyse`, then, for a family with a smoothed threshold whose
     maximum was located, the correction of its estimates by simulation (the bootstrap
     estimates [R, p] are the gate's own). Every fit that reports a family's parameters
-    goes through here."""
+    goes through here. The correction is None where the family has no gate, and where it
+    has one whose estimates stay uncorrected (:func:`uncorrected_gate` says so)."""
     results, boot = analyse(ev, best, replicates=replicates, seed=seed)
     if not ev.family.smooth_gate or not results or not all(r.located for r in results):
         return results, boot, None
@@ -226,3 +257,10 @@ def analyse_fit(
     if correction is None:
         return results, boot, None
     return corrected(ev.family, estimate, results, correction), boot, correction
+
+
+def uncorrected_gate(family: Family, correction: Correction | None) -> bool:
+    """A family with a smoothed threshold whose estimates were not corrected (its
+    maximum, or a simulated refit's in every attempt, was not located): they are the
+    gate's own, with its bias."""
+    return family.smooth_gate and correction is None

@@ -26,8 +26,8 @@ from ..specs import (
     TRecsDrift,
     UniformSpherePopulation,
 )
-from .debias import analyse_fit
-from .families import DEFAULT_CANDIDATES, family_of_spec
+from .debias import Correction, analyse_fit
+from .families import DEFAULT_CANDIDATES, Family, family_of_spec
 from .fit import Evaluator, maximize, plain_mle
 from .likelihood import ChoiceForm, Items
 from .log import EventLog, from_run
@@ -153,12 +153,13 @@ def recover_once(
     fam, truth = family_of_spec(spec.dynamics)
     if not selection:
         ev = Evaluator(fam, log, items, choice, seed=seed)
-        results, _, _ = analyse_fit(ev, maximize(ev), replicates=replicates, seed=seed)
+        results, _, correction = analyse_fit(ev, maximize(ev), replicates=replicates, seed=seed)
         return {
             "family": family,
             "seed": seed,
             "selected": None,
             "parameters": _compared(results, truth),
+            **_gate_row(fam, correction),
             "seconds": round(time.perf_counter() - start, 1),
         }
     section, internals = fit_log(
@@ -171,10 +172,10 @@ def recover_once(
         workers=workers,
     )
     if section.family == family:
-        results = internals["results"]
+        results, correction = internals["results"], internals["correction"]
     else:  # the generating family's own fit, for parameter recovery
         ev = Evaluator(fam, log, items, choice, seed=seed)
-        results, _, _ = analyse_fit(ev, maximize(ev), replicates=replicates, seed=seed)
+        results, _, correction = analyse_fit(ev, maximize(ev), replicates=replicates, seed=seed)
     params = _compared(results, truth)
     out: dict[str, Any] = {
         "family": family,
@@ -183,6 +184,7 @@ def recover_once(
         "vs_static": section.vs_static,
         "candidates": {c.family: c.vs_static for c in section.candidates},
         "parameters": params,
+        **_gate_row(fam, correction),
     }
     if unseen is not None and reference is not None:
         true_shift = induced_shift(spec, unseen, reference, users, steps, seed + 10_000)
@@ -196,6 +198,19 @@ def recover_once(
         }
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
+
+
+def _gate_row(family: Family, correction: Correction | None) -> dict[str, Any]:
+    """For a family with a smoothed threshold, whether its estimates were corrected for
+    the gate's bias, and in which attempt (a row reported uncorrected says so)."""
+    if not family.smooth_gate:
+        return {}
+    return {
+        "gate_correction": {
+            "applied": correction is not None,
+            "attempt": correction.attempt if correction is not None else None,
+        }
+    }
 
 
 def _compared(results: list[ParamResult], truth: dict[str, float]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import fit as _fit
-from .debias import analyse_fit
+from .debias import ATTEMPTS, analyse_fit, uncorrected_gate
 from .families import DEFAULT_CANDIDATES, FAMILIES, Family
 from .fit import Evaluator, maximize, raw_to_theta, refit
 from .likelihood import ChoiceForm, Items
@@ -252,8 +252,9 @@ def _gate_assumption(results: list[ParamResult]) -> str:
             "(docs/science.md)"
         )
     return (
-        f"{said}; no correction was made (the maximum of this fit, or of its refit to "
-        "simulated choices, was not located)"
+        f"{said}; no correction was made (the maximum of this fit, or of a refit to "
+        f"simulated choices in each of {ATTEMPTS} attempts with other seeds, was not "
+        "located): the estimates and intervals are the gate's, with its bias"
     )
 
 
@@ -304,7 +305,7 @@ def fit_log(
     ev = Evaluator(family, log, items, choice, seed=seed)
     best = refit(ev, scores[selected].theta) if family.params else ev(())
     results, boot, correction = analyse_fit(ev, best, replicates, seed, progress)
-    params = _parameter_rows(results)
+    params = _parameter_rows(results, uncorrected_gate(family, correction))
     theta = {r.name: r.estimate for r in results}
     section = FitSection(
         family=selected,
@@ -336,6 +337,7 @@ def fit_log(
                 {
                     "gate_correction": {
                         "simulated_logs": correction.sims,
+                        "attempt": correction.attempt,
                         "steps": list(correction.steps),
                         "bias_unconstrained": list(correction.raw_bias),
                     }
@@ -415,19 +417,29 @@ def with_proxy_notes(section: FitSection, sensitivity: dict) -> FitSection:
     return section.model_copy(update={"parameters": tuple(params)})
 
 
-def _parameter_rows(results: list[ParamResult]) -> list[ParameterFit]:
+def _parameter_rows(results: list[ParamResult], gate_bias: bool = False) -> list[ParameterFit]:
     """The section's parameter rows: a parameter not identified has no estimate, and no
-    interval either when the likelihood's maximum was not located."""
+    interval either when the likelihood's maximum was not located. ``gate_bias``: the
+    estimates are a threshold gate's that were not corrected, which each shown row says."""
     params = []
     for r in results:
         shown = r.status != NOT
         if shown:
-            note = (
-                f"corrected by simulation for the threshold gate's bias (the gate's own "
-                f"estimate: {r.uncorrected:.4g}); interval widened for the correction's noise"
-                if r.uncorrected is not None
-                else ""
-            )
+            if r.uncorrected is not None:
+                note = (
+                    f"corrected by simulation for the threshold gate's bias (the gate's own "
+                    f"estimate: {r.uncorrected:.4g}); interval widened for the correction's "
+                    "noise"
+                )
+            elif gate_bias:
+                note = (
+                    "not corrected for the threshold gate's bias (no simulated refit's "
+                    "maximum was located): the gate's own estimate and interval, which on "
+                    "simulated logs ran a few percent off (epsilon low, mu high) and may "
+                    "miss the value"
+                )
+            else:
+                note = ""
         elif r.located:
             note = (
                 "the data do not pin this parameter down; the interval is what they do not rule out"
