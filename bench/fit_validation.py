@@ -343,7 +343,9 @@ def main() -> None:
     other_setup = outside = 0
     other_codes: Counter[str] = Counter()
     if args.summarize:  # the table of repetitions already run (--runs-out of earlier runs)
-        rank: dict[tuple[str, int], int] = {}  # (family, seed): its row's digest's place
+        # (family, seed): the place of its row's digest in the family's list, and the row;
+        # a seed run twice counts once, its first-listed digest's (first in the file at one)
+        chosen: dict[tuple[str, int], tuple[int, dict]] = {}
         for line in args.summarize.read_text().splitlines():
             r = json.loads(line)
             got = r.get("setup") or {}
@@ -353,16 +355,12 @@ def main() -> None:
             elif {**got, "code": None} != {**setup, "code": None} or got.get("code") not in digests:
                 other_setup += 1
                 other_codes[str(got.get("code"))] += 1
-            elif r["family"] in runs:  # a seed run twice counts once: its first digest's
+            elif r["family"] in runs:
                 key, place = (r["family"], r["seed"]), digests.index(got["code"])
-                if key not in rank:
-                    runs[r["family"]].append(r)
-                elif place < rank[key]:
-                    fam_runs = runs[r["family"]]
-                    fam_runs[[q["seed"] for q in fam_runs].index(r["seed"])] = r
-                else:
-                    continue
-                rank[key] = place
+                if key not in chosen or place < chosen[key][0]:
+                    chosen[key] = (place, r)
+        for (fam, _), (_, r) in chosen.items():
+            runs[fam].append(r)
     # repetition-major: a run stopped early still has every family about equally often
     for rep in range(0 if args.summarize else args.reps):
         for fam in families:
