@@ -10,7 +10,16 @@ the users' initial-preference fits (``fit_u0``), the importance-sampled marginal
 evaluations each initial-preference fit took (each evaluates the users still being
 fitted; ``fit_u0`` stops at 100). Shares hold on a loaded machine; seconds do not.
 
+With ``--selection``, one candidate's whole selection fit instead (what ``fit_log`` runs
+per candidate: ``select.score_candidate`` on the training users, at most
+``--fit-users`` of them, then the held-out users scored): a log generated from
+``--data``'s ground truth (default T-RECS, what ``bench/fit.py`` fits) and split as
+``fit_log`` splits it, the seconds of the coarse grid's rough points (on
+``fit.ROUGH_USERS`` users, each point's Laplace value from the exact observed
+information) apart from the full points', and the same parts as above.
+
     python bench/fit_profile.py --family trecs --users 2000 --points 4
+    python bench/fit_profile.py --selection --family bounded_confidence --fit-users 1600
 """
 
 from __future__ import annotations
@@ -39,12 +48,14 @@ from simulator.fitting import fit  # noqa: E402
 from simulator.fitting.families import FAMILIES, Family, family_of_spec  # noqa: E402
 from simulator.fitting.fit import Evaluator, theta_to_raw  # noqa: E402
 from simulator.fitting.recovery import TRUTH, recovery_spec, simulate_log  # noqa: E402
+from simulator.fitting.select import SELECTION_USERS, make_split, score_candidate  # noqa: E402
 
 #: the parts reported (cumulative time, recursion counted once)
 PARTS = {
     "fit_u0": fit.fit_u0,
     "user_terms": fit.user_terms,
     "expected_information": fit._expected_information,
+    "observed_information": fit._observed_information,
     "family_step": Family.step,
 }
 
@@ -67,9 +78,23 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=6)
     ap.add_argument("--points", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument(
+        "--selection", action="store_true", help="one candidate's selection fit (see above)"
+    )
+    ap.add_argument("--data", default="trecs", choices=sorted(TRUTH), help="with --selection")
+    ap.add_argument(
+        "--fit-users",
+        type=int,
+        default=SELECTION_USERS,
+        help=f"with --selection: training users fitted on (default {SELECTION_USERS})",
+    )
     args = ap.parse_args()
-    if min(args.users, args.steps, args.dim, args.threads) < 1:
-        ap.error("--users, --steps, --dim and --threads must be positive")
+    if min(args.users, args.steps, args.dim, args.threads, args.fit_users) < 1:
+        ap.error("--users, --steps, --dim, --threads and --fit-users must be positive")
+    if args.selection:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(selection_profile(args)))
+        return
     if not 1 <= args.points <= len(OFFSETS):
         ap.error(f"--points must be 1 to {len(OFFSETS)}")
     torch.set_num_threads(args.threads)
@@ -92,6 +117,8 @@ def main() -> None:
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     parts = {}
     for name, func in PARTS.items():
+        if name == "observed_information":  # only the rough points' Laplace values use it
+            continue
         seconds = stats.get(_key(func), (0, 0, 0.0, 0.0))[3]
         parts[name] = {"seconds": round(seconds, 2), "share": round(seconds / total, 3)}
     # the objective's evaluations per initial-preference fit (its cap is fit_u0's
@@ -119,6 +146,61 @@ def main() -> None:
             }
         )
     )
+
+
+def selection_profile(args: argparse.Namespace) -> dict:
+    """``--selection``: the seconds of one candidate's selection fit and of its parts."""
+    family = FAMILIES[args.family]
+    spec = recovery_spec(args.data, args.dim)
+    log, items, choice = simulate_log(spec, UniformRandom(), args.users, args.steps, seed=0)
+    split = make_split(log, 0, max_fit=args.fit_users)
+    phases: dict[str, list[float]] = {}  # rough / full / held-out: [calls, points, seconds]
+    evaluate = Evaluator._evaluate
+    fitted_on = int(split.fit_users.sum())
+
+    def timed(ev: Evaluator, keys: list, rough: bool = False) -> None:
+        begin = time.perf_counter()
+        evaluate(ev, keys, rough)
+        phase = "rough" if rough else ("full" if ev.log.users == fitted_on else "held_out")
+        acc = phases.setdefault(phase, [0, 0, 0.0])
+        acc[0] += 1
+        acc[1] += len(keys)
+        acc[2] += time.perf_counter() - begin
+
+    Evaluator._evaluate = timed  # type: ignore[method-assign]
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    try:
+        score = score_candidate(family, log, items, choice, split, 0)
+    finally:
+        profile.disable()
+        Evaluator._evaluate = evaluate  # type: ignore[method-assign]
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    parts = {}
+    for name, func in PARTS.items():
+        seconds = stats.get(_key(func), (0, 0, 0.0, 0.0))[3]
+        parts[name] = {"seconds": round(seconds, 2), "share": round(seconds / total, 3)}
+    return {
+        "benchmark": "fit_profile_selection",
+        "family": args.family,
+        "data": args.data,
+        "users": args.users,
+        "steps": args.steps,
+        "fit_users": fitted_on,
+        "rough_users": min(fit.ROUGH_USERS, fitted_on),
+        "seconds": round(total, 2),
+        "phases": {
+            k: {"calls": int(v[0]), "points": int(v[1]), "seconds": round(v[2], 2)}
+            for k, v in phases.items()
+        },
+        "parts": parts,
+        "estimate": score.theta,
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 if __name__ == "__main__":
