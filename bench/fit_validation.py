@@ -16,7 +16,10 @@ ran it), and ``--summarize RUNS`` pools the repetitions whose setup is this chec
 (``--code DIGEST,FAMILY=OTHER``: another digest's, and one family's at a third, where a
 change of the code did not reach that family; ``FAMILY=NEW+OLD``: both digests', NEW's
 row where a seed ran at both, where a change reached only some of OLD's repetitions;
-``--seeds FIRST-LAST``: only those seeds).
+``--seeds FIRST-LAST``: only those seeds). Each row also records the ``machine`` it ran
+on (CPU model and flags, torch): a row reproduces on the CPU it ran on, and another may
+round differently in the last digits (docs/benchmarks.md), so the machine is recorded
+but not part of the setup that decides what is pooled.
 The repetitions docs/results.md reports are kept in bench/results/fit_validation.jsonl;
 continue them with new seeds:
 
@@ -62,6 +65,30 @@ def code_digest() -> str:
     for path in sorted([*root.glob("simulator/**/*.py"), root / "recommenders/baselines.py"]):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
+
+
+def machine() -> dict[str, str]:
+    """The CPU (``/proc/cpuinfo``'s model name and vector extensions, where readable),
+    architecture and torch a repetition ran on."""
+    model, vector = "", ""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        info = ""
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        if key.strip() == "flags":
+            flags = set(value.split())
+            vector = " ".join(sorted(f for f in flags if f == "avx2" or f.startswith("avx512f")))
+            break
+    return {
+        "cpu": model or platform.processor(),
+        "vector": vector,
+        "arch": platform.machine(),
+        "torch": torch.__version__,
+    }
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -361,6 +388,7 @@ def main() -> None:
                     chosen[key] = (place, r)
         for (fam, _), (_, r) in chosen.items():
             runs[fam].append(r)
+    here = machine()
     # repetition-major: a run stopped early still has every family about equally often
     for rep in range(0 if args.summarize else args.reps):
         for fam in families:
@@ -379,6 +407,7 @@ def main() -> None:
                 selection=not args.no_selection,
             )
             r["setup"] = setup
+            r["machine"] = here
             runs[fam].append(r)
             if args.runs_out:
                 with args.runs_out.open("a") as fh:

@@ -1819,3 +1819,39 @@ def test_the_validation_table_pools_two_digests_with_the_first_s_row_for_a_seed(
     old_first = _validation_table(runs, "--code", "aaaaaaaaaaaa+bbbbbbbbbbbb")
     assert "| -6.25% |" in old_first.stdout  # (0.7, 0.8)
     assert "repetitions" not in out.stderr
+
+
+def test_a_validation_row_records_its_machine_which_does_not_decide_the_pooling(tmp_path):
+    """A row reproduces on the CPU it ran on, and another CPU may round differently in the
+    last digits (docs/benchmarks.md): each repetition records the machine it ran on,
+    outside the setup, so that rows of one code from two machines still pool. One tiny
+    repetition run for real, then summarized with a copy of it from another CPU."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    runs = tmp_path / "runs.jsonl"
+    cmd = [
+        *(sys.executable, "bench/fit_validation.py", "--families", "static", "--reps", "1"),
+        *("--users", "30", "--steps", "5", "--no-predictive", "--candidates", "static,trecs"),
+        *("--replicates", "20", "--seed", "7", "--runs-out", str(runs)),
+    ]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert row["machine"]["cpu"] and row["machine"]["torch"] == torch.__version__
+    assert "machine" not in row["setup"]
+    other = {**row, "seed": 8, "machine": {**row["machine"], "cpu": "another CPU"}}
+    runs.write_text(json.dumps(row) + "\n" + json.dumps(other) + "\n")
+    out = _validation_table(
+        runs,
+        *("--families", "static", "--users", "30", "--steps", "5", "--no-predictive"),
+        *("--candidates", "static,trecs", "--replicates", "20"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| static | 2 (7-8) |" in out.stdout
+    assert "repetitions" not in out.stderr
