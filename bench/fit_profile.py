@@ -64,6 +64,16 @@ PARTS = {
 OFFSETS = (0.05, 0.0167, -0.02, 0.03, -0.04, 0.01)
 
 
+def _parts(stats: dict, total: float, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Each part's cumulative seconds and share of ``total`` in cProfile's ``stats``."""
+    out = {}
+    for name, func in PARTS.items():
+        if name not in skip:
+            seconds = stats.get(_key(func), (0, 0, 0.0, 0.0))[3]
+            out[name] = {"seconds": round(seconds, 2), "share": round(seconds / total, 3)}
+    return out
+
+
 def _key(func) -> tuple[str, int, str]:
     """A function's key in cProfile's statistics."""
     code = func.__code__
@@ -115,12 +125,8 @@ def main() -> None:
     profile.disable()
     total = time.perf_counter() - start
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    parts = {}
-    for name, func in PARTS.items():
-        if name == "observed_information":  # only the rough points' Laplace values use it
-            continue
-        seconds = stats.get(_key(func), (0, 0, 0.0, 0.0))[3]
-        parts[name] = {"seconds": round(seconds, 2), "share": round(seconds / total, 3)}
+    # only the rough points' Laplace values use the observed information: none here
+    parts = _parts(stats, total, skip=("observed_information",))
     # the objective's evaluations per initial-preference fit (its cap is fit_u0's
     # max_evals)
     objective = next(
@@ -157,11 +163,13 @@ def selection_profile(args: argparse.Namespace) -> dict:
     phases: dict[str, list[float]] = {}  # rough / full / held-out: [calls, points, seconds]
     evaluate = Evaluator._evaluate
     fitted_on = int(split.fit_users.sum())
+    fitting: list[Evaluator] = []  # the first evaluator is the fit's, the next the held-out
 
     def timed(ev: Evaluator, keys: list, rough: bool = False) -> None:
         begin = time.perf_counter()
         evaluate(ev, keys, rough)
-        phase = "rough" if rough else ("full" if ev.log.users == fitted_on else "held_out")
+        fitting[:] = fitting or [ev]
+        phase = "rough" if rough else ("full" if ev is fitting[0] else "held_out")
         acc = phases.setdefault(phase, [0, 0, 0.0])
         acc[0] += 1
         acc[1] += len(keys)
@@ -178,10 +186,7 @@ def selection_profile(args: argparse.Namespace) -> dict:
         Evaluator._evaluate = evaluate  # type: ignore[method-assign]
     total = time.perf_counter() - start
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    parts = {}
-    for name, func in PARTS.items():
-        seconds = stats.get(_key(func), (0, 0, 0.0, 0.0))[3]
-        parts[name] = {"seconds": round(seconds, 2), "share": round(seconds / total, 3)}
+    parts = _parts(stats, total)
     return {
         "benchmark": "fit_profile_selection",
         "family": args.family,
