@@ -165,7 +165,7 @@ def selection_profile(args: argparse.Namespace) -> dict:
     fitted_on = int(split.fit_users.sum())
     fitting: list[Evaluator] = []  # the first evaluator is the fit's, the next the held-out
 
-    def timed(ev: Evaluator, keys: list, rough: bool = False) -> None:
+    def timed(ev: Evaluator, keys: list[tuple[float, ...]], rough: bool = False) -> None:
         begin = time.perf_counter()
         evaluate(ev, keys, rough)
         fitting[:] = fitting or [ev]
