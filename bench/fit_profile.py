@@ -175,7 +175,7 @@ def selection_profile(args: argparse.Namespace) -> dict:
         acc[1] += len(keys)
         acc[2] += time.perf_counter() - begin
 
-    Evaluator._evaluate = timed  # type: ignore[method-assign]
+    Evaluator._evaluate = timed  # type: ignore[method-assign,assignment]
     profile = cProfile.Profile()
     start = time.perf_counter()
     profile.enable()
