@@ -1001,11 +1001,25 @@ def test_a_candidate_scoring_below_one_ruled_out_is_never_selected():
     assert select(names, scores, n_held, 200, 0, vs_static=gains) == "anchored_trecs"
 
 
+def _same_numbers(a, b, rel: float = 1e-9) -> bool:
+    """Two dumps equal, their floats to ``rel``."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k], rel) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same_numbers(x, y, rel) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-12)
+    return a == b
+
+
 @pytest.mark.slow
-def test_candidates_fitted_in_worker_processes_give_the_same_fit():
-    """``workers`` only decides where each candidate is fitted: the section's numbers are
-    the same with one process and with two."""
+def test_candidates_fitted_in_worker_processes_give_the_same_fit(monkeypatch):
+    """``workers`` only decides where the work runs: the candidates are fitted in the
+    pool's processes, then each whole-log evaluation's users are split between this
+    process and one of the pool's, and the section's numbers are those of one process
+    (the selection's exactly, the rest to float64 rounding)."""
     from recommenders.baselines import UniformRandom
+    from simulator.fitting import fit as F
     from simulator.fitting.recovery import recovery_spec, simulate_log
     from simulator.fitting.select import fit_log
 
@@ -1014,14 +1028,23 @@ def test_candidates_fitted_in_worker_processes_give_the_same_fit():
         recovery_spec("trecs", dim=4), UniformRandom(), users=120, steps=15, seed=3
     )
     names = ("static", "trecs", "anchored_trecs")
+    monkeypatch.setattr(F, "SHARD_ROWS", 100)  # this log's whole-log fit is split
+    halves: list[int] = []
+    split = F._rows_of
+    monkeypatch.setattr(
+        F, "_rows_of", lambda args, rows: halves.append(len(rows)) or split(args, rows)
+    )
     seen: list[str] = []
     one, _ = fit_log(log, items, choice, candidates=names, replicates=50, workers=1)
+    assert not halves
     two, _ = fit_log(
         log, items, choice, candidates=names, replicates=50, workers=2, progress=seen.append
     )
-    assert any("in 2 processes" in m for m in seen)
+    assert any("in parallel" in m for m in seen)
+    assert halves and all(h % 60 == 0 for h in halves)  # half of 120 users x points
     drop = {"seconds"}
-    assert one.model_dump(exclude=drop) == two.model_dump(exclude=drop)
+    assert one.model_dump(exclude=drop)["candidates"] == two.model_dump(exclude=drop)["candidates"]
+    assert _same_numbers(one.model_dump(exclude=drop), two.model_dump(exclude=drop))
 
 
 class _ParabolaProfile:

@@ -125,7 +125,7 @@ def _simulated_fit(
     fam, seed = ev.family, ev.seed
     theta = raw_to_theta(fam, at)
     sim_log, _ = simulate(fam, theta, u0, ev.log, ev.items, ev.choice, seed + 7919 * s)
-    sim_ev = Evaluator(fam, sim_log, ev.items, ev.choice, seed=seed + s)
+    sim_ev = Evaluator(fam, sim_log, ev.items, ev.choice, seed=seed + s, pool=ev.pool)
     found, _ = analyse(sim_ev, refit(sim_ev, best.theta), replicates=2, seed=seed)
     if not all(r.located for r in found):
         return None

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 from collections import deque
-from dataclasses import dataclass, field
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -76,7 +78,7 @@ U0_GTOL, U0_FTOL, ARMIJO = 1e-4, 1e-6, 1e-4
 CURVATURE_KEPT = 8
 #: users the coarse grid is evaluated on (a seeded subsample of larger logs): the grid
 #: only locates a start for the search, which then uses every user
-ROUGH_USERS = 400
+ROUGH_USERS = 300
 
 
 def initial_u0(log: EventLog, items: Items, seed: int = 0) -> torch.Tensor:
@@ -282,6 +284,8 @@ def user_terms(
     u0: torch.Tensor,
     draws: torch.Tensor | None = None,
     keep: dict[str, torch.Tensor] | None = None,
+    exact: bool = True,
+    per_pass: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-user log-likelihood at ``u0`` [U], log marginal likelihood [U], the
     proposal's centre [U, d] (``u0`` polished by a Newton step) and whether ``u0`` looks
@@ -295,7 +299,9 @@ def user_terms(
 
     ``J`` is the information of ``u0`` in the sphere's tangent space, eigenvalues
     floored at :data:`RIDGE`: for the Laplace value the observed information (the
-    Riemannian Hessian of the log-likelihood), for the proposal the expected information
+    Riemannian Hessian of the log-likelihood; the expected where not ``exact``, for the
+    coarse grid's rough points, which only locate a start), for
+    the proposal the expected information
     given the user's history (:func:`_expected_information`, several times cheaper: any
     proposal gives an unbiased estimate of the integral, so it need only be close). A
     draw, a multivariate t vector ``y`` in the tangent space at the centre c (TAIL_DF
@@ -307,13 +313,14 @@ def user_terms(
     keeps the weights even. ``keep``, where given (with draws), receives the draws'
     points on the sphere [M, U, d] as ``"points"`` and their log importance weights
     [M, U] as ``"log_weights"`` (for draws from each user's posterior, see
-    :func:`posterior_u0`)."""
+    :func:`posterior_u0`). ``per_pass``: the draws whose likelihood is evaluated in one
+    pass (default: as many as :data:`DRAW_ROWS` rows hold)."""
     th = theta_tensors(theta)
     smooth = SMOOTH if family.smooth_gate else 0.0
     raw = u0.clone().requires_grad_(True)
     n, d = raw.shape
     ll = (event_loglik(family, th, unit(raw), log, items, choice, smooth) * weight).sum(dim=1)
-    if draws is None:  # the Laplace value needs the exact observed information
+    if draws is None and exact:  # the Laplace value needs the exact observed information
         grad = torch.autograd.grad(ll.sum(), raw, create_graph=True)[0]
         hess = _observed_information(grad, raw)
     else:  # the proposal only needs an approximation of it (see the docstring)
@@ -386,7 +393,8 @@ def user_terms(
         log_q_t + math.log1p(-share), torch.full_like(log_q_t, math.log(share) - log_area)
     )
     lp = []
-    per = max(1, DRAW_ROWS // n)  # draws evaluated together: copies of the users
+    # draws evaluated together (copies of the users)
+    per = per_pass or max(1, DRAW_ROWS // n)
     with torch.no_grad():
         for chunk in points.to(u0.dtype).split(per):
             ll_c = event_loglik(family, th, chunk, log, items, choice, smooth)
@@ -410,6 +418,132 @@ def user_terms(
             var = var + spread * len(part) / (len(part) - 1)
     marginal = marginal + var / (2 * m**2)
     return ll, marginal, centre.to(u0.dtype), concave
+
+
+#: the fewest rows (users x points) an evaluation splits over a pool's processes
+SHARD_ROWS = 256
+
+
+def fit_rows(
+    family: Family,
+    theta: dict[str, float] | dict[str, torch.Tensor],
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    weight: torch.Tensor,
+    start: torch.Tensor,
+    curvature: torch.Tensor,
+    evals: int,
+    draws: torch.Tensor | None,
+    restarts: torch.Tensor | None,
+    rough: bool = False,
+    pool: Executor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's (a user at the parameters ``theta``: scalars, or [R] per row) log
+    marginal likelihood [R] (float64), proposal centre [R, d] and inverse-Hessian
+    approximation [R, d, d] (:func:`fit_u0` from ``start`` with ``curvature``, then
+    :func:`user_terms` with ``draws`` [M, R, d + TAIL_DF]; without draws the Laplace value,
+    from the expected information where ``rough``, else the observed). Rows are independent
+    given the parameters: with a ``pool`` (and at least :data:`SHARD_ROWS` rows), the later
+    half of the rows is computed in one of its processes while this one computes the
+    first. Each half evaluates its draws in passes of as many as the whole would, so each
+    row's numbers are the ones one process gives it (a pass over another number of draws
+    rounds the float32 likelihood differently), to float64 rounding in the last digit.
+
+    A row's fit can stop at a saddle, where the gradient vanishes too, and a warm start
+    then carries it from point to point. The proposal is far too wide there: one such
+    user's marginal came out 34 nats low, and where a draw happened to land near their
+    maximum only 10 nats low, a spike the search took for the maximum (biased
+    assimilation, seed 7005: an interval 1e-5 wide around an estimate 2.4% off). Such rows
+    are fitted again from ``restarts`` [R, d] (each user's static fit), and that fit is
+    kept where its log-likelihood at the mode is higher by :data:`REFIT_GAIN` (a user
+    flagged at a true maximum, with few events, reaches it again: their centre should not
+    move with the optimizer's noise). A user with no events to fit has no maximum to find;
+    static's own fit is the static fit (``restarts`` None)."""
+    # the draws evaluated together, as many as fit all rows in one pass: the same in
+    # either half (a pass over other numbers of draws rounds differently)
+    per = max(1, DRAW_ROWS // max(log.users, 1))
+    args = (theta, log, items, choice, weight, start, curvature, evals, draws, restarts, rough, per)
+    if pool is None or log.users < SHARD_ROWS:
+        return _fit_rows(family, *args)
+    parts = [_rows_of(args, rows) for rows in torch.arange(log.users).tensor_split(2)]
+    # Pickled here, before this process computes: a pool's queue pickles in a thread of
+    # its own, and torch's reductions move a tensor's storage into shared memory as they
+    # pickle it, under the feet of a computation reading it (the items are in both halves;
+    # it corrupted their values). Only this package's own processes read these bytes.
+    away = pool.submit(_fit_rows_by_name, pickle.dumps((family.name, family.smooth_gate, parts[1])))
+    first = _fit_rows(family, *parts[0])
+    later = pickle.loads(away.result())
+    marginal, u0, curv = (torch.cat([a, b]) for a, b in zip(first, later, strict=True))
+    return marginal, u0, curv
+
+
+def _rows_of(args: tuple, rows: torch.Tensor) -> tuple:
+    """:func:`fit_rows`'s arguments (from ``theta`` on) for these rows only; the log
+    without the likelihood's cached tensors (it may travel to another process)."""
+    theta, log, items, choice, weight, start, curvature, evals, draws, restarts, rough, per = args
+    th = {k: v[rows] if v.dim() else v for k, v in theta_tensors(theta).items()}
+    return (
+        th,
+        replace(log.subset(rows)),
+        items,
+        choice,
+        weight[rows],
+        start[rows],
+        curvature[rows],
+        evals,
+        None if draws is None else draws[:, rows],
+        None if restarts is None else restarts[rows],
+        rough,
+        per,
+    )
+
+
+def _fit_rows(
+    family: Family,
+    theta: dict[str, float] | dict[str, torch.Tensor],
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    weight: torch.Tensor,
+    start: torch.Tensor,
+    curvature: torch.Tensor,
+    evals: int,
+    draws: torch.Tensor | None,
+    restarts: torch.Tensor | None,
+    rough: bool,
+    per: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`fit_rows` on all of its rows at once, ``per`` draws in each pass."""
+    u0, curv = fit_u0(family, theta, log, items, choice, weight, start, evals, curvature)
+    ll, marginal, u0, concave = user_terms(
+        family, theta, log, items, choice, weight, u0, draws, exact=not rough, per_pass=per
+    )
+    stuck = torch.nonzero(~concave & weight.any(dim=1))[:, 0]
+    if len(stuck) and restarts is not None:
+        th = {k: v[stuck] if v.dim() else v for k, v in theta_tensors(theta).items()}
+        # the rows' own arguments: family, parameters, log, items, choice, weight
+        own = (family, th, log.subset(stuck), items, choice, weight[stuck])
+        again, again_curv = fit_u0(*own, restarts[stuck], evals)
+        ll2, m2, c2, _ = user_terms(
+            *own, again, None if draws is None else draws[:, stuck], exact=not rough, per_pass=per
+        )
+        up = ll2 > ll[stuck] + REFIT_GAIN
+        marginal[stuck[up]] = m2[up]
+        u0[stuck[up]] = c2[up]
+        curv[stuck[up]] = again_curv[up]
+    return marginal, u0, curv
+
+
+def _fit_rows_by_name(payload: bytes) -> bytes:
+    """:func:`fit_rows` on half of its rows in a pool's process: the family's name and
+    gate, and the rows' arguments, pickled by :func:`fit_rows` (a family's update may be
+    a closure, so the family travels by name); the result pickled the same way."""
+    name, gated, args = pickle.loads(payload)
+    family = FAMILIES[name]
+    if family.smooth_gate != gated:
+        family = replace(family, smooth_gate=gated)
+    return pickle.dumps(_fit_rows(family, *args))
 
 
 def _observed_information(grad: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
@@ -558,7 +692,9 @@ class Evaluator:
 
     Several points are evaluated together by stacking copies of the users, each copy
     with its own parameter values (users are independent given the parameters), which
-    costs little more than one point while the batch is small."""
+    costs little more than one point while the batch is small. With a ``pool``, each
+    evaluation's users are shared with one of its processes (:func:`fit_rows`; the coarse
+    grid's rough points are not: they are few users)."""
 
     def __init__(
         self,
@@ -571,14 +707,24 @@ class Evaluator:
         seed: int = 0,
         max_rows: int = 8192,
         draws: int = DRAWS,
+        pool: Executor | None = None,
+        curvature: torch.Tensor | None = None,
     ) -> None:
+        """``u0`` [U, d]: each user's start (default: their static fit; rows of NaN: that
+        user's static fit), with ``curvature`` [U, d, d] its inverse-Hessian approximations
+        (rows of NaN: none known), the warm start of the first point evaluated."""
         self.family, self.log, self.items, self.choice = family, log, items, choice
+        #: processes that share each full evaluation's users (see :func:`fit_rows`)
+        self.pool = pool
         self.seed = seed
         self.weight = log.mask if weight is None else (weight & log.mask)
         self._restarts: torch.Tensor | None = None
         if u0 is None:  # the static fit is cheap and a far better start
             u0 = self.restarts() if family.params else initial_u0(log, items, seed)
+        elif bool(u0.isnan().any()):
+            u0 = torch.where(u0.isnan().any(dim=1, keepdim=True), self.restarts(), u0)
         self.start = u0
+        self.start_curvature = curvature
         self.profile = Profile(family)
         self.rough: dict[tuple[float, ...], Point] = {}
         if log.users > ROUGH_USERS:
@@ -656,6 +802,8 @@ class Evaluator:
                     curv = near.curvature
             else:
                 starts.append(start)
+                if self.start_curvature is not None:
+                    curv = self.start_curvature[self.rough_rows] if rough else self.start_curvature
             curvatures.append(curv)
         thetas = [raw_to_theta(self.family, raw) for raw in keys]
         theta: dict[str, float] | dict[str, torch.Tensor]
@@ -670,7 +818,10 @@ class Evaluator:
                 for q in self.family.params
             }
         evals = ROUGH_EVALS if rough else 100
-        u0, curvature = fit_u0(
+        rows_all = self.rough_rows if rough else torch.arange(self.log.users)
+        # the rough points only locate a start: the Laplace approximation suffices there
+        draws = None if rough or self.draws is None else self.draws.repeat(1, p, 1)
+        marginal, u0, curvature = fit_rows(
             self.family,
             theta,
             big,
@@ -678,35 +829,13 @@ class Evaluator:
             self.choice,
             weight,
             torch.cat(starts),
-            evals,
             torch.cat(curvatures),
+            evals,
+            draws,
+            self.restarts()[rows_all].repeat(p, 1) if self.family.params else None,
+            rough,
+            None if rough else self.pool,
         )
-        # the rough points only locate a start: the Laplace approximation suffices there
-        draws = None if rough or self.draws is None else self.draws.repeat(1, p, 1)
-        ll, marginal, u0, concave = user_terms(
-            self.family, theta, big, self.items, self.choice, weight, u0, draws
-        )
-        # A user's fit can stop at a saddle, where the gradient vanishes too, and a warm
-        # start then carries it from point to point. The proposal is far too wide there:
-        # one such user's marginal came out 34 nats low, and where a draw happened to land
-        # near their maximum only 10 nats low, a spike the search took for the maximum
-        # (biased assimilation, seed 7005: an interval 1e-5 wide around an estimate 2.4%
-        # off). Such users are fitted again from their static fit, and that fit is kept
-        # where its log-likelihood at the mode is higher by REFIT_GAIN (a user flagged at a
-        # true maximum, with few events, reaches it again: their centre should not move
-        # with the optimizer's noise). A user with no events to fit has no maximum to find.
-        stuck = torch.nonzero(~concave & weight.any(dim=1))[:, 0]
-        if len(stuck):
-            rows_all = self.rough_rows if rough else torch.arange(self.log.users)
-            th = {k: v[stuck] if v.dim() else v for k, v in theta_tensors(theta).items()}
-            # the users' own arguments: family, parameters, log, items, choice, weight
-            own = (self.family, th, big.subset(stuck), self.items, self.choice, weight[stuck])
-            again, again_curv = fit_u0(*own, self.restarts()[rows_all][stuck % n], evals)
-            ll2, m2, c2, _ = user_terms(*own, again, None if draws is None else draws[:, stuck])
-            up = ll2 > ll[stuck] + REFIT_GAIN
-            marginal[stuck[up]] = m2[up]
-            u0[stuck[up]] = c2[up]
-            curvature[stuck[up]] = again_curv[up]
         self.evaluations += p
         for j, raw in enumerate(keys):
             rows = slice(j * n, (j + 1) * n)

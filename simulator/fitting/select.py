@@ -26,8 +26,9 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -45,7 +46,7 @@ from .uncertainty import NOT, ParamResult, bootstrap_ratio
 #: the most training users the candidates are fitted on during the selection (a seeded
 #: subsample of a larger log's training users; the selected family is then refitted on
 #: every user, and every held-out user is scored)
-SELECTION_USERS = 4000
+SELECTION_USERS = 600
 
 #: the smallest held-out gain per event that counts (nats): a candidate whose deficit
 #: against the best is not significantly above this is as good as the best. Drift that
@@ -98,6 +99,10 @@ class CandidateScore:
     family: Family
     theta: dict[str, float]
     heldout_u: np.ndarray  # [H] held-out users' marginal log-likelihood
+    #: [U, d] and [U, d, d]: the users' initial preferences and inverse-Hessian
+    #: approximations at the estimate, for the users it was fitted on and those scored
+    #: (rows of NaN: the others), the warm start of the whole-log fit
+    start: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def score_candidate(
@@ -112,16 +117,25 @@ def score_candidate(
     # each held-out user's marginal likelihood of their whole history at the training
     # estimate
     held = Evaluator(family, log.subset(hold), items, choice, seed=seed)(best.raw)
-    return CandidateScore(family, best.theta, held.marginal_u.numpy())
+    d = best.u0.shape[1]
+    u0 = torch.full((log.users, d), math.nan, dtype=best.u0.dtype)
+    curvature = torch.full((log.users, d, d), math.nan, dtype=torch.float64)
+    for rows, point in ((train, best), (hold, held)):
+        u0[rows] = point.u0
+        if point.curvature is not None:
+            curvature[rows] = point.curvature
+    return CandidateScore(
+        family, best.theta, held.marginal_u.numpy(), (u0.numpy(), curvature.numpy())
+    )
 
 
 def _score_by_name(
     name: str, log: EventLog, items: Items, choice: ChoiceForm, split: Split, seed: int
-) -> tuple[dict[str, float], np.ndarray]:
+) -> tuple[dict[str, float], np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """:func:`score_candidate` in a worker process (a family's update may be a closure,
     so the family travels by name both ways)."""
     score = score_candidate(FAMILIES[name], log, items, choice, split, seed)
-    return score.theta, score.heldout_u
+    return score.theta, score.heldout_u, score.start
 
 
 def _one_thread() -> None:
@@ -135,14 +149,14 @@ def score_candidates(
     choice: ChoiceForm,
     split: Split,
     seed: int,
-    workers: int = 1,
+    pool: ProcessPoolExecutor | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, CandidateScore]:
-    """Every candidate's held-out score. With ``workers`` > 1 the candidates are fitted
-    in that many worker processes (one torch thread each), those with the most
-    parameters first; each candidate's fit is the same computation wherever it runs, so
-    the scores do not depend on ``workers``."""
-    if workers <= 1 or len(names) <= 2:
+    """Every candidate's held-out score. With a ``pool`` (:func:`fit_pool`) the
+    candidates are fitted in its processes, those with the most parameters first; each
+    candidate's fit is the same computation wherever it runs, so the scores do not depend
+    on the pool."""
+    if pool is None or len(names) <= 2:
         scores = {}
         for name in names:
             if progress:
@@ -151,23 +165,31 @@ def score_candidates(
         return scores
     plain = replace(log)  # without the likelihood's cached tensors
     order = sorted(names, key=lambda n: -len(FAMILIES[n].params))
-    ctx = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(names)), mp_context=ctx, initializer=_one_thread
-    ) as pool:
-        futures = {
-            pool.submit(_score_by_name, name, plain, items, choice, split, seed): name
-            for name in order
-        }
+    futures = {
+        pool.submit(_score_by_name, name, plain, items, choice, split, seed): name for name in order
+    }
+    if progress:
+        progress(f"selection: fitting {', '.join(order)} in parallel")
+    done = {}
+    for future in as_completed(futures):
+        name = futures[future]
+        done[name] = CandidateScore(FAMILIES[name], *future.result())
         if progress:
-            progress(f"selection: fitting {', '.join(order)} in {workers} processes")
-        done = {}
-        for future in as_completed(futures):
-            name = futures[future]
-            done[name] = CandidateScore(FAMILIES[name], *future.result())
-            if progress:
-                progress(f"selection: fitted {name}")
+            progress(f"selection: fitted {name}")
     return {name: done[name] for name in names}
+
+
+@contextmanager
+def fit_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """``workers`` processes (one torch thread each) for one fit, or None for one: they
+    fit the candidates during the selection, and then take half of each of the whole-log
+    fit's evaluations (:func:`.fit.fit_rows`)."""
+    if workers <= 1:
+        yield None
+        return
+    ctx = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread) as pool:
+        yield pool
 
 
 def select(
@@ -273,13 +295,33 @@ def fit_log(
 ) -> tuple[FitSection, dict]:
     """Select a family, fit it on the whole log, and report it. Returns the section and
     internals (the candidates' scores, the bootstrap estimates) for validation.
-    ``workers``: processes the candidates are fitted in (see :func:`score_candidates`)."""
+    ``workers``: processes the candidates are fitted in, which then share the whole-log
+    fit's evaluations (:func:`fit_pool`); the numbers do not depend on it."""
+    with fit_pool(workers) as pool:
+        return _fit_log(
+            log, items, choice, candidates, seed, replicates, assumptions, data, progress, pool
+        )
+
+
+def _fit_log(
+    log: EventLog,
+    items: Items,
+    choice: ChoiceForm,
+    candidates: tuple[str, ...],
+    seed: int,
+    replicates: int,
+    assumptions: tuple[str, ...],
+    data: dict | None,
+    progress: Callable[[str], None] | None,
+    pool: ProcessPoolExecutor | None,
+) -> tuple[FitSection, dict]:
+    """:func:`fit_log` with its pool."""
     start_time = time.perf_counter()
     names = ("static", *[c for c in candidates if c != "static"])
     split = make_split(log, seed)
     held_users = ~split.train_users if bool((~split.train_users).any()) else split.train_users
     n_held = log.lengths()[held_users].numpy().astype(float)
-    scores = score_candidates(names, log, items, choice, split, seed, workers, progress)
+    scores = score_candidates(names, log, items, choice, split, seed, pool, progress)
     base = scores["static"].heldout_u
     rows = []
     gains: dict[str, tuple[float, float, float]] = {}
@@ -302,7 +344,18 @@ def fit_log(
     family = FAMILIES[selected]
     if progress:
         progress(f"fitting {selected} on the whole log")
-    ev = Evaluator(family, log, items, choice, seed=seed)
+    # warm-started where the selection fitted or scored a user at the selected estimate
+    warm = scores[selected].start if family.params else None
+    ev = Evaluator(
+        family,
+        log,
+        items,
+        choice,
+        seed=seed,
+        pool=pool,
+        u0=None if warm is None else torch.from_numpy(warm[0]),
+        curvature=None if warm is None else torch.from_numpy(warm[1]),
+    )
     best = refit(ev, scores[selected].theta) if family.params else ev(())
     results, boot, correction = analyse_fit(ev, best, replicates, seed, progress)
     params = _parameter_rows(results, uncorrected_gate(family, correction))
