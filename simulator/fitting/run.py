@@ -34,7 +34,8 @@ class FitOptions:
     replicates: int = 200
     seed: int = 0
     sensitivity: bool = False
-    workers: int = 1  # processes the candidates are fitted in (the scores do not depend on it)
+    #: processes the fit runs in (select.fit_pool; the section does not depend on it)
+    workers: int = 1
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.candidates if c not in FAMILIES]
