@@ -1029,11 +1029,15 @@ def test_candidates_fitted_in_worker_processes_give_the_same_fit(monkeypatch):
     )
     names = ("static", "trecs", "anchored_trecs")
     monkeypatch.setattr(F, "SHARD_ROWS", 100)  # this log's whole-log fit is split
-    halves: list[int] = []
-    split = F._rows_of
-    monkeypatch.setattr(
-        F, "_rows_of", lambda args, rows: halves.append(len(rows)) or split(args, rows)
-    )
+    halves: list[int] = []  # the rows of each half sent to the pool
+    take = F.Rows.take
+
+    def counted(rows, which, plain=False):
+        if plain:
+            halves.append(len(which))
+        return take(rows, which, plain)
+
+    monkeypatch.setattr(F.Rows, "take", counted)
     seen: list[str] = []
     one, _ = fit_log(log, items, choice, candidates=names, replicates=50, workers=1)
     assert not halves

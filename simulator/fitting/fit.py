@@ -30,6 +30,7 @@ import pickle
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import torch
 
@@ -424,110 +425,102 @@ def user_terms(
 SHARD_ROWS = 256
 
 
+class Rows(NamedTuple):
+    """One evaluation's rows (a user at a point's parameters) and what each row needs:
+    ``theta`` (scalars, or [R] per row), their log, event weights, starts [R, d] with
+    inverse-Hessian approximations [R, d, d] (rows of NaN: none known), importance-sampling
+    draws [M, R, d + TAIL_DF] (None: the Laplace value) and static fits [R, d] to restart
+    from (None: none, as for static itself)."""
+
+    theta: dict[str, float] | dict[str, torch.Tensor]
+    log: EventLog
+    weight: torch.Tensor
+    start: torch.Tensor
+    curvature: torch.Tensor
+    draws: torch.Tensor | None
+    restarts: torch.Tensor | None
+
+    def take(self, rows: torch.Tensor, plain: bool = False) -> Rows:
+        """These rows only; ``plain``: their log without the likelihood's cached tensors
+        (to travel to another process)."""
+        log = self.log.subset(rows)
+        return Rows(
+            {k: v[rows] if v.dim() else v for k, v in theta_tensors(self.theta).items()},
+            replace(log) if plain else log,
+            self.weight[rows],
+            self.start[rows],
+            self.curvature[rows],
+            None if self.draws is None else self.draws[:, rows],
+            None if self.restarts is None else self.restarts[rows],
+        )
+
+
 def fit_rows(
     family: Family,
-    theta: dict[str, float] | dict[str, torch.Tensor],
-    log: EventLog,
+    rows: Rows,
     items: Items,
     choice: ChoiceForm,
-    weight: torch.Tensor,
-    start: torch.Tensor,
-    curvature: torch.Tensor,
     evals: int,
-    draws: torch.Tensor | None,
-    restarts: torch.Tensor | None,
     rough: bool = False,
     pool: Executor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each row's (a user at the parameters ``theta``: scalars, or [R] per row) log
-    marginal likelihood [R] (float64), proposal centre [R, d] and inverse-Hessian
-    approximation [R, d, d] (:func:`fit_u0` from ``start`` with ``curvature``, then
-    :func:`user_terms` with ``draws`` [M, R, d + TAIL_DF]; without draws the Laplace value,
-    from the expected information where ``rough``, else the observed). Rows are independent
-    given the parameters: with a ``pool`` (and at least :data:`SHARD_ROWS` rows), the later
-    half of the rows is computed in one of its processes while this one computes the
-    first. Each half evaluates its draws in passes of as many as the whole would, so each
-    row's numbers are the ones one process gives it (a pass over another number of draws
-    rounds the float32 likelihood differently), to float64 rounding in the last digit.
+    """Each row's log marginal likelihood [R] (float64), proposal centre [R, d] and
+    inverse-Hessian approximation [R, d, d]: :func:`fit_u0` from the rows' starts with
+    their curvature (at most ``evals`` evaluations), then :func:`user_terms` with their
+    draws (without draws the Laplace value, from the expected information where
+    ``rough``, else the observed). Rows are independent given the parameters: with a
+    ``pool`` (and at least :data:`SHARD_ROWS` rows), the later half of the rows is
+    computed in one of its processes while this one computes the first. Each half
+    evaluates its draws in passes of as many as the whole would, so each row's numbers
+    are the ones one process gives it (a pass over another number of draws rounds the
+    float32 likelihood differently), to float64 rounding in the last digit.
 
     A row's fit can stop at a saddle, where the gradient vanishes too, and a warm start
     then carries it from point to point. The proposal is far too wide there: one such
     user's marginal came out 34 nats low, and where a draw happened to land near their
     maximum only 10 nats low, a spike the search took for the maximum (biased
     assimilation, seed 7005: an interval 1e-5 wide around an estimate 2.4% off). Such rows
-    are fitted again from ``restarts`` [R, d] (each user's static fit), and that fit is
+    are fitted again from their ``restarts`` (each user's static fit), and that fit is
     kept where its log-likelihood at the mode is higher by :data:`REFIT_GAIN` (a user
     flagged at a true maximum, with few events, reaches it again: their centre should not
     move with the optimizer's noise). A user with no events to fit has no maximum to find;
     static's own fit is the static fit (``restarts`` None)."""
     # the draws evaluated together, as many as fit all rows in one pass: the same in
     # either half (a pass over other numbers of draws rounds differently)
-    per = max(1, DRAW_ROWS // max(log.users, 1))
-    args = (theta, log, items, choice, weight, start, curvature, evals, draws, restarts, rough, per)
-    if pool is None or log.users < SHARD_ROWS:
-        return _fit_rows(family, *args)
-    parts = [_rows_of(args, rows) for rows in torch.arange(log.users).tensor_split(2)]
+    per = max(1, DRAW_ROWS // max(rows.log.users, 1))
+    if pool is None or rows.log.users < SHARD_ROWS:
+        return _fit_rows(family, rows, items, choice, evals, rough, per)
+    first, later = (rows.take(h, plain=True) for h in torch.arange(rows.log.users).tensor_split(2))
     # Pickled here, before this process computes: a pool's queue pickles in a thread of
     # its own, and torch's reductions move a tensor's storage into shared memory as they
     # pickle it, under the feet of a computation reading it (the items are in both halves;
     # it corrupted their values). Only this package's own processes read these bytes.
-    away = pool.submit(_fit_rows_by_name, pickle.dumps((family.name, family.smooth_gate, parts[1])))
-    first = _fit_rows(family, *parts[0])
-    later = pickle.loads(away.result())
-    marginal, u0, curv = (torch.cat([a, b]) for a, b in zip(first, later, strict=True))
+    payload = pickle.dumps(
+        (family.name, family.smooth_gate, later, items, choice, evals, rough, per)
+    )
+    away = pool.submit(_fit_rows_by_name, payload)
+    here = _fit_rows(family, first, items, choice, evals, rough, per)
+    there = pickle.loads(away.result())
+    marginal, u0, curv = (torch.cat([a, b]) for a, b in zip(here, there, strict=True))
     return marginal, u0, curv
 
 
-def _rows_of(args: tuple, rows: torch.Tensor) -> tuple:
-    """:func:`fit_rows`'s arguments (from ``theta`` on) for these rows only; the log
-    without the likelihood's cached tensors (it may travel to another process)."""
-    theta, log, items, choice, weight, start, curvature, evals, draws, restarts, rough, per = args
-    th = {k: v[rows] if v.dim() else v for k, v in theta_tensors(theta).items()}
-    return (
-        th,
-        replace(log.subset(rows)),
-        items,
-        choice,
-        weight[rows],
-        start[rows],
-        curvature[rows],
-        evals,
-        None if draws is None else draws[:, rows],
-        None if restarts is None else restarts[rows],
-        rough,
-        per,
-    )
-
-
 def _fit_rows(
-    family: Family,
-    theta: dict[str, float] | dict[str, torch.Tensor],
-    log: EventLog,
-    items: Items,
-    choice: ChoiceForm,
-    weight: torch.Tensor,
-    start: torch.Tensor,
-    curvature: torch.Tensor,
-    evals: int,
-    draws: torch.Tensor | None,
-    restarts: torch.Tensor | None,
-    rough: bool,
-    per: int,
+    family: Family, rows: Rows, items: Items, choice: ChoiceForm, evals: int, rough: bool, per: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`fit_rows` on all of its rows at once, ``per`` draws in each pass."""
-    u0, curv = fit_u0(family, theta, log, items, choice, weight, start, evals, curvature)
+    theta, log, weight = rows.theta, rows.log, rows.weight
+    u0, curv = fit_u0(family, theta, log, items, choice, weight, rows.start, evals, rows.curvature)
     ll, marginal, u0, concave = user_terms(
-        family, theta, log, items, choice, weight, u0, draws, exact=not rough, per_pass=per
+        family, theta, log, items, choice, weight, u0, rows.draws, exact=not rough, per_pass=per
     )
     stuck = torch.nonzero(~concave & weight.any(dim=1))[:, 0]
-    if len(stuck) and restarts is not None:
-        th = {k: v[stuck] if v.dim() else v for k, v in theta_tensors(theta).items()}
+    if len(stuck) and rows.restarts is not None:
+        sub = rows.take(stuck)
         # the rows' own arguments: family, parameters, log, items, choice, weight
-        own = (family, th, log.subset(stuck), items, choice, weight[stuck])
-        again, again_curv = fit_u0(*own, restarts[stuck], evals)
-        ll2, m2, c2, _ = user_terms(
-            *own, again, None if draws is None else draws[:, stuck], exact=not rough, per_pass=per
-        )
+        own = (family, sub.theta, sub.log, items, choice, sub.weight)
+        again, again_curv = fit_u0(*own, rows.restarts[stuck], evals)
+        ll2, m2, c2, _ = user_terms(*own, again, sub.draws, exact=not rough, per_pass=per)
         up = ll2 > ll[stuck] + REFIT_GAIN
         marginal[stuck[up]] = m2[up]
         u0[stuck[up]] = c2[up]
@@ -537,9 +530,10 @@ def _fit_rows(
 
 def _fit_rows_by_name(payload: bytes) -> bytes:
     """:func:`fit_rows` on half of its rows in a pool's process: the family's name and
-    gate, and the rows' arguments, pickled by :func:`fit_rows` (a family's update may be
-    a closure, so the family travels by name); the result pickled the same way."""
-    name, gated, args = pickle.loads(payload)
+    gate, and :func:`_fit_rows`'s other arguments, pickled by :func:`fit_rows` (a family's
+    update may be a closure, so the family travels by name); the result pickled the same
+    way."""
+    name, gated, *args = pickle.loads(payload)
     family = FAMILIES[name]
     if family.smooth_gate != gated:
         family = replace(family, smooth_gate=gated)
@@ -821,20 +815,18 @@ class Evaluator:
         rows_all = self.rough_rows if rough else torch.arange(self.log.users)
         # the rough points only locate a start: the Laplace approximation suffices there
         draws = None if rough or self.draws is None else self.draws.repeat(1, p, 1)
-        marginal, u0, curvature = fit_rows(
-            self.family,
+        stacked = Rows(
             theta,
             big,
-            self.items,
-            self.choice,
             weight,
             torch.cat(starts),
             torch.cat(curvatures),
-            evals,
             draws,
             self.restarts()[rows_all].repeat(p, 1) if self.family.params else None,
-            rough,
-            None if rough else self.pool,
+        )
+        pool = None if rough else self.pool
+        marginal, u0, curvature = fit_rows(
+            self.family, stacked, self.items, self.choice, evals, rough, pool
         )
         self.evaluations += p
         for j, raw in enumerate(keys):
