@@ -1051,6 +1051,57 @@ def test_candidates_fitted_in_worker_processes_give_the_same_fit(monkeypatch):
     assert _same_numbers(one.model_dump(exclude=drop), two.model_dump(exclude=drop))
 
 
+def test_an_evaluation_whose_pool_process_died_is_finished_here(monkeypatch):
+    """A pool process killed (out of memory, say) before the whole-log fit's evaluation
+    leaves its half to this process: the point comes out as without a pool, where the
+    evaluation used to fail with the pool's error."""
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting import fit as F
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+    from simulator.fitting.select import fit_pool
+
+    torch.set_num_threads(1)
+    log, items, choice = simulate_log(
+        recovery_spec("trecs", dim=4), UniformRandom(), users=40, steps=8, seed=5
+    )
+    fam = FAMILIES["trecs"]
+    raw = F.theta_to_raw(fam, {"delta": 0.1})
+    monkeypatch.setattr(F, "SHARD_ROWS", 10)
+    with fit_pool(2) as pool:
+        assert pool is not None
+        pool.submit(int).result()  # its processes start
+        for proc in list(pool._processes.values()):  # type: ignore[attr-defined]
+            proc.kill()
+            proc.join()
+        got = F.Evaluator(fam, log, items, choice, seed=0, pool=pool)(raw)
+    want = F.Evaluator(fam, log, items, choice, seed=0)(raw)
+    assert torch.allclose(got.marginal_u, want.marginal_u, rtol=0, atol=1e-9)
+    assert torch.equal(got.u0, want.u0)
+
+
+def test_a_candidate_keeps_curvature_only_for_the_users_it_was_fitted_on():
+    """The selection's warm start for the whole-log fit keeps each user's d x d curvature
+    only for the (at most SELECTION_USERS) users the candidate was fitted on, and their
+    initial preferences for those and the held-out users: a whole log's worth of d x d
+    matrices per candidate is more memory than the fit's budget counts."""
+    from recommenders.baselines import UniformRandom
+    from simulator.fitting.recovery import recovery_spec, simulate_log
+    from simulator.fitting.select import make_split, score_candidate
+
+    torch.set_num_threads(1)
+    log, items, choice = simulate_log(
+        recovery_spec("trecs", dim=4), UniformRandom(), users=60, steps=8, seed=5
+    )
+    split = make_split(log, 0, max_fit=20)
+    score = score_candidate(FAMILIES["trecs"], log, items, choice, split, 0)
+    assert score.start is not None
+    u0, users, curvature = score.start
+    fitted = torch.nonzero(split.fit_users)[:, 0]
+    assert users.tolist() == fitted.tolist() and curvature.shape == (20, 4, 4)
+    known = ~torch.from_numpy(u0).isnan().any(dim=1)
+    assert torch.equal(known, split.fit_users | ~split.train_users)
+
+
 class _ParabolaProfile:
     """A stand-in evaluator whose profile is a sum of per-user parabolas in the raw
     parameter with random curvatures and centres: concave in total, but many bootstrap

@@ -28,7 +28,8 @@ import itertools
 import math
 import pickle
 from collections import deque
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -291,8 +292,10 @@ def user_terms(
     """Per-user log-likelihood at ``u0`` [U], log marginal likelihood [U], the
     proposal's centre [U, d] (``u0`` polished by a Newton step) and whether ``u0`` looks
     like a maximum [U] bool: the information in the tangent space positive definite, every
-    eigenvalue over :data:`RIDGE` (the observed information without draws, the expected
-    with them, as below); not so at a saddle, where the fit can stop. The marginal is the
+    eigenvalue over :data:`RIDGE` (the observed information without draws where ``exact``,
+    else the expected, as below: the expected is positive definite at most saddles too, so
+    rough points, which only rank the coarse grid, flag few); not so at a saddle, where the
+    fit can stop. The marginal is the
     likelihood integrated over the initial preferences on the sphere (a flat prior, the
     sphere's area measure), by importance sampling around ``u0`` (the user's mode) with
     the standard normal ``draws`` [M, U, d + TAIL_DF]; without draws, the Laplace
@@ -488,9 +491,10 @@ def fit_rows(
     # the draws evaluated together, as many as fit all rows in one pass: the same in
     # either half (a pass over other numbers of draws rounds differently)
     per = max(1, DRAW_ROWS // max(rows.log.users, 1))
-    if pool is None or rows.log.users < SHARD_ROWS:
+    if pool is None or rows.log.users < SHARD_ROWS or not _travels(family):
         return _fit_rows(family, rows, items, choice, evals, rough, per)
-    first, later = (rows.take(h, plain=True) for h in torch.arange(rows.log.users).tensor_split(2))
+    halves = torch.arange(rows.log.users).tensor_split(2)
+    first, later = rows.take(halves[0]), rows.take(halves[1], plain=True)
     # Pickled here, before this process computes: a pool's queue pickles in a thread of
     # its own, and torch's reductions move a tensor's storage into shared memory as they
     # pickle it, under the feet of a computation reading it (the items are in both halves;
@@ -498,11 +502,28 @@ def fit_rows(
     payload = pickle.dumps(
         (family.name, family.smooth_gate, later, items, choice, evals, rough, per)
     )
-    away = pool.submit(_fit_rows_by_name, payload)
+    try:
+        away: Future | None = pool.submit(_fit_rows_by_name, payload)
+    except BrokenProcessPool:  # a process of the pool died earlier (killed, out of memory)
+        away = None
     here = _fit_rows(family, first, items, choice, evals, rough, per)
-    there = pickle.loads(away.result())
+    there = None
+    if away is not None:
+        try:
+            there = pickle.loads(away.result())
+        except BrokenProcessPool:
+            pass
+    if there is None:  # the same numbers, here
+        there = _fit_rows(family, later, items, choice, evals, rough, per)
     marginal, u0, curv = (torch.cat([a, b]) for a, b in zip(here, there, strict=True))
     return marginal, u0, curv
+
+
+def _travels(family: Family) -> bool:
+    """Whether ``family`` is the registered family of its name (with its gate), which a
+    pool's process can rebuild from the name."""
+    known = FAMILIES.get(family.name)
+    return known is not None and replace(known, smooth_gate=family.smooth_gate) == family
 
 
 def _fit_rows(
@@ -704,9 +725,10 @@ class Evaluator:
         pool: Executor | None = None,
         curvature: torch.Tensor | None = None,
     ) -> None:
-        """``u0`` [U, d]: each user's start (default: their static fit; rows of NaN: that
-        user's static fit), with ``curvature`` [U, d, d] its inverse-Hessian approximations
-        (rows of NaN: none known), the warm start of the first point evaluated."""
+        """``u0`` [U, d]: each user's start (default: their static fit, or for static
+        itself their consumed-item mean direction; rows of NaN: that user's static fit),
+        with ``curvature`` [U, d, d] its inverse-Hessian approximations (rows of NaN: none
+        known), the warm start of the first point evaluated."""
         self.family, self.log, self.items, self.choice = family, log, items, choice
         #: processes that share each full evaluation's users (see :func:`fit_rows`)
         self.pool = pool

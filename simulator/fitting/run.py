@@ -34,7 +34,7 @@ class FitOptions:
     replicates: int = 200
     seed: int = 0
     sensitivity: bool = False
-    #: processes the fit runs in (select.fit_pool; the section does not depend on it)
+    #: processes the fit runs in (select.fit_pool; the section is the same, to rounding)
     workers: int = 1
 
     def __post_init__(self) -> None:

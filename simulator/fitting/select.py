@@ -99,10 +99,12 @@ class CandidateScore:
     family: Family
     theta: dict[str, float]
     heldout_u: np.ndarray  # [H] held-out users' marginal log-likelihood
-    #: [U, d] and [U, d, d]: the users' initial preferences and inverse-Hessian
-    #: approximations at the estimate, for the users it was fitted on and those scored
-    #: (rows of NaN: the others), the warm start of the whole-log fit
-    start: tuple[np.ndarray, np.ndarray] | None = None
+    #: the warm start of the whole-log fit: [U, d] the users' initial preferences at the
+    #: estimate, for the users it was fitted on and those scored (rows of NaN: the
+    #: others), and the users it was fitted on [F] with their inverse-Hessian
+    #: approximations [F, d, d] (at most SELECTION_USERS of them: d x d per user of a
+    #: large log would cost more memory than the fit's budget counts)
+    start: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def score_candidate(
@@ -119,19 +121,17 @@ def score_candidate(
     held = Evaluator(family, log.subset(hold), items, choice, seed=seed)(best.raw)
     d = best.u0.shape[1]
     u0 = torch.full((log.users, d), math.nan, dtype=best.u0.dtype)
-    curvature = torch.full((log.users, d, d), math.nan, dtype=torch.float64)
-    for rows, point in ((train, best), (hold, held)):
-        u0[rows] = point.u0
-        if point.curvature is not None:
-            curvature[rows] = point.curvature
-    return CandidateScore(
-        family, best.theta, held.marginal_u.numpy(), (u0.numpy(), curvature.numpy())
-    )
+    u0[hold], u0[train] = held.u0, best.u0
+    curvature = best.curvature
+    if curvature is None:  # none kept: none known
+        curvature = torch.full((len(train), d, d), math.nan, dtype=torch.float64)
+    start = (u0.numpy(), train.numpy(), curvature.numpy())
+    return CandidateScore(family, best.theta, held.marginal_u.numpy(), start)
 
 
 def _score_by_name(
     name: str, log: EventLog, items: Items, choice: ChoiceForm, split: Split, seed: int
-) -> tuple[dict[str, float], np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+) -> tuple[dict[str, float], np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """:func:`score_candidate` in a worker process (a family's update may be a closure,
     so the family travels by name both ways)."""
     score = score_candidate(FAMILIES[name], log, items, choice, split, seed)
@@ -188,8 +188,13 @@ def fit_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         yield None
         return
     ctx = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread)
+    try:
         yield pool
+    except BaseException:  # an error or an interrupt: drop the queued work, do not wait
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def select(
@@ -296,7 +301,8 @@ def fit_log(
     """Select a family, fit it on the whole log, and report it. Returns the section and
     internals (the candidates' scores, the bootstrap estimates) for validation.
     ``workers``: processes the candidates are fitted in, which then share the whole-log
-    fit's evaluations (:func:`fit_pool`); the numbers do not depend on it."""
+    fit's evaluations (:func:`fit_pool`); the numbers do not depend on it (the whole-log
+    fit's to float64 rounding)."""
     with fit_pool(workers) as pool:
         return _fit_log(
             log, items, choice, candidates, seed, replicates, assumptions, data, progress, pool
@@ -346,16 +352,12 @@ def _fit_log(
         progress(f"fitting {selected} on the whole log")
     # warm-started where the selection fitted or scored a user at the selected estimate
     warm = scores[selected].start if family.params else None
-    ev = Evaluator(
-        family,
-        log,
-        items,
-        choice,
-        seed=seed,
-        pool=pool,
-        u0=None if warm is None else torch.from_numpy(warm[0]),
-        curvature=None if warm is None else torch.from_numpy(warm[1]),
-    )
+    u0 = curvature = None
+    if warm is not None:
+        u0 = torch.from_numpy(warm[0])
+        curvature = torch.full((log.users, *warm[2].shape[1:]), math.nan, dtype=torch.float64)
+        curvature[torch.from_numpy(warm[1])] = torch.from_numpy(warm[2])
+    ev = Evaluator(family, log, items, choice, seed=seed, pool=pool, u0=u0, curvature=curvature)
     best = refit(ev, scores[selected].theta) if family.params else ev(())
     results, boot, correction = analyse_fit(ev, best, replicates, seed, progress)
     params = _parameter_rows(results, uncorrected_gate(family, correction))
