@@ -276,15 +276,19 @@ def fit_rows(users: int) -> int:
 FIT_CURVATURE_WORK = 8
 
 
-def fit_curvature_cells(rows: int, dim: int) -> int:
+def fit_curvature_cells(rows: int, dim: int, users: int = 0, families: int = 0) -> int:
     """The values (float32 units) of the users' curvature: a d x d float64 matrix per row
     of each batch that one of the ``CURVATURE_KEPT`` newest points or the best belongs to
     (kept for warm starts; a point's matrices are a view of its whole batch's, so a kept
     point keeps its batch's), plus :data:`FIT_CURVATURE_WORK` per row of the batch being
-    fitted."""
+    fitted; and the selection's warm start of the whole-log fit: one per user each of the
+    ``families`` candidates was fitted on (at most ``SELECTION_USERS`` of the ``users``)
+    and one per user for the whole-log fit's first point."""
     from simulator.fitting.fit import CURVATURE_KEPT
+    from simulator.fitting.select import SELECTION_USERS
 
-    return (CURVATURE_KEPT + 1 + FIT_CURVATURE_WORK) * rows * dim * dim * 2
+    warm = (families * min(users, SELECTION_USERS) + users) if families else 0
+    return ((CURVATURE_KEPT + 1 + FIT_CURVATURE_WORK) * rows + warm) * dim * dim * 2
 
 
 def estimate_fit(
@@ -300,7 +304,7 @@ def estimate_fit(
     kept = [min(int(n), max_events) for n in events_per_user]
     users, events, longest = len(kept), sum(kept), max(kept, default=0)
     rows = fit_rows(users)
-    curvature = fit_curvature_cells(rows, dim)
+    curvature = fit_curvature_cells(rows, dim, users, families)
     return FitCost(
         users=users,
         events=events,
