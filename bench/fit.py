@@ -6,7 +6,7 @@ logged) and fitted. ``family_seconds``: one family (T-RECS) fitted on the whole 
 (grid and pattern search of the marginal likelihood) with its stencil and bootstrap;
 ``full_seconds`` (with --full): the whole ``fit_log`` (held-out selection among the
 default candidates, fitted in ``--workers`` processes, then the selected family with
-intervals; ``selection_seconds`` and ``whole_log_seconds`` split it, and
+intervals, each of its evaluations shared between this process and one of them; ``selection_seconds`` and ``whole_log_seconds`` split it, and
 ``candidates_done_at`` says when each candidate's selection fit ended, with ``--workers``
 over 1).
 

@@ -292,7 +292,9 @@ def main() -> None:
         help="fit bounded confidence's threshold through a logistic gate this wide (0: the "
         "simulator's hard gate) instead of the fitter's own, to compare",
     )
-    ap.add_argument("--workers", type=int, default=1, help="processes for the candidates")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="processes for the fit (select.fit_pool)"
+    )
     ap.add_argument("--dim", type=int, default=6, help="dimension of the recovery scenario")
     ap.add_argument(
         "--estimators",
