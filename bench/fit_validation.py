@@ -51,7 +51,7 @@ configure_process()  # before torch loads OpenMP: idle threads sleep instead of 
 import torch  # noqa: E402
 
 from recommenders.baselines import OracleGreedy, UniformRandom  # noqa: E402
-from simulator.fitting import fit  # noqa: E402
+from simulator.fitting import debias, fit  # noqa: E402
 from simulator.fitting.families import DEFAULT_CANDIDATES  # noqa: E402
 from simulator.fitting.recovery import TRUTH, compare_estimators, recover_once  # noqa: E402
 
@@ -125,6 +125,32 @@ def parameter_rows(runs: list[dict]) -> dict[str, dict]:
             "coverage_wilson": wilson(covered, len(ps)),
         }
     return out
+
+
+class GateRecorder:
+    """Records what the threshold gate's correction did in a repetition (the gate's own
+    estimates and standard errors, and each simulated refit's parameters and estimate),
+    by wrapping :func:`simulator.fitting.debias.corrected`: the rows then show where the
+    corrected estimate's error comes from, with no change to the code a row's digest
+    covers. The last call of a repetition is the one its parameters come from."""
+
+    def __init__(self) -> None:
+        self.last: dict | None = None
+        self._corrected = debias.corrected
+        debias.corrected = self._record
+
+    def _record(self, family, best, results, correction):
+        out = self._corrected(family, best, results, correction)
+        self.last = {
+            "gate": {r.name: {"estimate": r.estimate, "se": r.se} for r in results},
+            "bias_unconstrained": list(correction.raw_bias),
+            "steps": [{"at": s["at"], "fitted": list(s["fitted"])} for s in correction.steps],
+        }
+        return out
+
+    def take(self) -> dict | None:
+        got, self.last = self.last, None
+        return got
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -392,8 +418,10 @@ def main() -> None:
             runs[fam].append(r)
     here = machine()
     # repetition-major: a run stopped early still has every family about equally often
+    recorder = GateRecorder()
     for rep in range(0 if args.summarize else args.reps):
         for fam in families:
+            recorder.take()
             r = recover_once(
                 fam,
                 UniformRandom,
@@ -408,6 +436,9 @@ def main() -> None:
                 workers=args.workers,
                 selection=not args.no_selection,
             )
+            gate = recorder.take()
+            if gate is not None and "gate_correction" in r:
+                r["gate_correction"]["record"] = gate
             r["setup"] = setup
             r["machine"] = here
             runs[fam].append(r)
