@@ -1935,3 +1935,42 @@ def test_a_validation_row_records_its_machine_which_does_not_decide_the_pooling(
     assert out.returncode == 0, out.stderr
     assert "| static | 2 (7-8) |" in out.stdout
     assert "repetitions" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_gated_validation_row_records_the_gate_fit_its_correction_came_from(tmp_path):
+    """Bounded confidence's corrected estimates spread more than their intervals say
+    (docs/results.md); to see where that comes from, its validation rows record the gate's
+    own estimates and standard errors and each simulated refit. The record is the one the
+    row's numbers came from: each estimate is the gate's less the recorded bias on the
+    unconstrained scale, its standard error the gate's widened by sqrt(2), and the first
+    refit was simulated at the gate's estimate. One tiny repetition run for real."""
+    import json
+    import math
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    runs = tmp_path / "runs.jsonl"
+    cmd = [
+        *(sys.executable, "bench/fit_validation.py", "--families", "bounded_confidence"),
+        *("--users", "80", "--steps", "12", "--reps", "1", "--no-selection", "--no-predictive"),
+        *("--replicates", "20", "--seed", "7", "--runs-out", str(runs)),
+    ]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in runs.read_text().splitlines()]
+    gate = row["gate_correction"]
+    assert gate["applied"] and gate["attempt"] == 1
+    rec = gate["record"]
+    fam = FAMILIES["bounded_confidence"]
+    assert len(rec["steps"]) == 2 and all(len(s["fitted"]) == 1 for s in rec["steps"])
+    for i, q in enumerate(fam.params):
+        own = rec["gate"][q.name]
+        raw = float(q.to_raw(torch.tensor(own["estimate"]))) - rec["bias_unconstrained"][i]
+        got = row["parameters"][q.name]
+        assert got["estimate"] == pytest.approx(float(q.to_value(torch.tensor(raw))), rel=1e-5)
+        se = got["relative_se"] * max(abs(got["estimate"]), q.resolution)
+        assert se == pytest.approx(own["se"] * math.sqrt(2), rel=1e-5)
+        assert rec["steps"][0]["at"][q.name] == pytest.approx(own["estimate"])
