@@ -1901,28 +1901,38 @@ def test_the_validation_table_pools_two_digests_with_the_first_s_row_for_a_seed(
     assert "repetitions" not in out.stderr
 
 
+def _one_validation_row(runs, *options):
+    """One tiny repetition of ``bench/fit_validation.py`` with ``options`` (20 bootstrap
+    replicates, seed 7), run for real and appended to ``runs``: its row."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "bench/fit_validation.py", *options, "--reps", "1"]
+    cmd += ["--replicates", "20", "--seed", "7", "--runs-out", str(runs)]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in runs.read_text().splitlines()]
+    return row
+
+
 def test_a_validation_row_records_its_machine_which_does_not_decide_the_pooling(tmp_path):
     """A row reproduces on the CPU it ran on, and another CPU may round differently in the
     last digits (docs/benchmarks.md): each repetition records the machine it ran on,
     outside the setup, so that rows of one code from two machines still pool. One tiny
     repetition run for real, then summarized with a copy of it from another CPU."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
     import torch
 
     runs = tmp_path / "runs.jsonl"
-    cmd = [
-        *(sys.executable, "bench/fit_validation.py", "--families", "static", "--reps", "1"),
-        *("--users", "30", "--steps", "5", "--no-predictive", "--candidates", "static,trecs"),
-        *("--replicates", "20", "--seed", "7", "--runs-out", str(runs)),
-    ]
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    (row,) = [json.loads(line) for line in runs.read_text().splitlines()]
+    row = _one_validation_row(
+        runs,
+        *("--families", "static", "--users", "30", "--steps", "5", "--no-predictive"),
+        *("--candidates", "static,trecs"),
+    )
     assert row["machine"]["cpu"] and row["machine"]["torch"] == torch.__version__
     assert "machine" not in row["setup"]
     other = {**row, "seed": 8, "machine": {**row["machine"], "cpu": "another CPU"}}
@@ -1945,22 +1955,13 @@ def test_a_gated_validation_row_records_the_gate_fit_its_correction_came_from(tm
     row's numbers came from: each estimate is the gate's less the recorded bias on the
     unconstrained scale, its standard error the gate's widened by sqrt(2), and the first
     refit was simulated at the gate's estimate. One tiny repetition run for real."""
-    import json
     import math
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    runs = tmp_path / "runs.jsonl"
-    cmd = [
-        *(sys.executable, "bench/fit_validation.py", "--families", "bounded_confidence"),
-        *("--users", "80", "--steps", "12", "--reps", "1", "--no-selection", "--no-predictive"),
-        *("--replicates", "20", "--seed", "7", "--runs-out", str(runs)),
-    ]
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    (row,) = [json.loads(line) for line in runs.read_text().splitlines()]
+    row = _one_validation_row(
+        tmp_path / "runs.jsonl",
+        *("--families", "bounded_confidence", "--users", "80", "--steps", "12"),
+        *("--no-selection", "--no-predictive"),
+    )
     gate = row["gate_correction"]
     assert gate["applied"] and gate["attempt"] == 1
     rec = gate["record"]
