@@ -7,8 +7,8 @@ own error divided by the slope of the gate's expected estimate in the true param
 truth by less than the change, the corrected estimate spreads more than the gate's
 interval says. This measures that slope on one log of the validation's setup: the gate's
 fit and its bootstrap standard errors, the correction's two steps as the fit runs them
-(first simulated log, hard threshold), then, at the correction's last point, one forward
-difference per parameter, ``--mult`` of the gate's standard errors long on the
+(:func:`simulator.fitting.debias.gate_bias` itself, its simulated refits recorded),
+then, at the correction's last point, one forward difference per parameter, ``--mult`` of the gate's standard errors long on the
 unconstrained scale, each a refit to choices simulated with the same seed from the same
 initial preferences (common random numbers).
 
@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -37,7 +36,7 @@ import torch  # noqa: E402
 from recommenders.baselines import UniformRandom  # noqa: E402
 from simulator.fitting import debias  # noqa: E402
 from simulator.fitting.families import FAMILIES  # noqa: E402
-from simulator.fitting.fit import Evaluator, maximize, posterior_u0, raw_to_theta  # noqa: E402
+from simulator.fitting.fit import Evaluator, maximize  # noqa: E402
 from simulator.fitting.recovery import recovery_spec, simulate_log  # noqa: E402
 from simulator.fitting.uncertainty import analyse  # noqa: E402
 
@@ -48,7 +47,6 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--mult", type=float, default=3.0, help="step, in standard errors")
-    ap.add_argument("--sim", type=int, default=1, help="the simulated log's seed (1: the fit's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -66,29 +64,32 @@ def main() -> None:
         ]
     )
     se = raw_boot.std(axis=0, ddof=1)
-    hard = replace(fam, smooth_gate=False)
-    s = args.sim
+    calls = []  # every simulated refit of the correction: (at, seed, u0, its estimate)
 
-    def refit(at: np.ndarray, u0: torch.Tensor) -> np.ndarray:
-        got = debias._simulated_fit(ev, est, tuple(float(a) for a in at), s, u0)
-        if got is None:
-            raise SystemExit(f"a simulated refit at {at.tolist()} was not located")
-        return np.array(got.raw)
+    def simulated_fit(ev_, best, at, s, u0):
+        got = refit_of(ev_, best, at, s, u0)
+        calls.append((at, s, u0, got))
+        return got
 
-    at = np.array(est.raw)
-    steps = []
-    for _ in range(debias.STEPS):  # as debias._gate_bias_once runs them
-        here = replace(est, raw=tuple(float(a) for a in at), theta=raw_to_theta(fam, tuple(at)))
-        u0 = posterior_u0(ev, here, ev.seed + 104729 * s, family=hard)
-        fitted = refit(at, u0)
-        steps.append({"at": at.tolist(), "fitted": fitted.tolist()})
-        at = np.array(est.raw) - (fitted - at)
-    last_at, last_fit = np.array(steps[-1]["at"]), np.array(steps[-1]["fitted"])
+    refit_of = debias._simulated_fit
+    debias._simulated_fit = simulated_fit
+    correction = debias.gate_bias(ev, est)  # its steps, as the fit runs them
+    debias._simulated_fit = refit_of
+    if correction is None:
+        raise SystemExit("the correction's simulated refits were not located")
+    done = calls[-debias.STEPS :]  # the attempt whose refits were all located
+    steps = [{"at": list(at), "fitted": list(got.raw)} for at, _, _, got in done]
+    at, s, u0, got = done[-1]
+    last_at, last_fit = np.array(at), np.array(got.raw)
     slope = np.zeros((len(se), len(se)))
     for i in range(len(se)):
         moved = last_at.copy()
         moved[i] += args.mult * se[i]
-        slope[:, i] = (refit(moved, u0) - last_fit) / (args.mult * se[i])
+        # the same simulated seed and initial preferences (common random numbers)
+        probe = refit_of(ev, est, tuple(float(a) for a in moved), s, u0)
+        if probe is None:
+            raise SystemExit(f"the simulated refit at {moved.tolist()} was not located")
+        slope[:, i] = (np.array(probe.raw) - last_fit) / (args.mult * se[i])
     print(
         json.dumps(
             {
@@ -98,6 +99,7 @@ def main() -> None:
                 "steps": args.steps,
                 "mult": args.mult,
                 "sim": s,
+                "attempt": correction.attempt,
                 "params": [q.name for q in fam.params],
                 "gate_estimate": est.theta,
                 "gate_se_unconstrained": se.tolist(),
